@@ -1,0 +1,195 @@
+//! The internal listener: the publish webhook, topic deletion and revocation, and the
+//! operator endpoints (`/healthz`, `/readyz`, `/metrics`, `/stats`). It must only be
+//! reachable from the app's side (loopback by default).
+
+use crate::hub::{Hub, validate_topic};
+use crate::metrics::Metrics;
+use crate::publish::{self, PublishError};
+use crate::response::{Body, empty, error_response, json, json_error};
+use crate::server::Handler;
+use crate::shutdown::Shutdown;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the internal listener needs.
+pub struct Admin {
+    /// The hub events are published to.
+    pub hub: Hub,
+    /// The process's counters.
+    pub metrics: Arc<Metrics>,
+    /// The shutdown switch (`/readyz` turns 503).
+    pub shutdown: Shutdown,
+    /// `publish.token`, if set.
+    pub publish_token: Option<String>,
+    /// `publish.max_body`.
+    pub max_body: usize,
+    /// `publish.max_event_bytes`.
+    pub max_event_bytes: usize,
+    /// When the process started, for `/stats`.
+    pub started: Instant,
+}
+
+impl Admin {
+    async fn publish(&self, req: Request<Incoming>) -> Result<Response<Body>, PublishError> {
+        if let Some(token) = &self.publish_token {
+            let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+            if !publish::token_matches(auth, token) {
+                return Err(PublishError::Unauthorized);
+            }
+        }
+        let ct = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !publish::is_json_content_type(ct) {
+            return Err(PublishError::UnsupportedMediaType);
+        }
+        let too_large = || {
+            PublishError::TooLarge(format!(
+                "the body is larger than publish.max_body ({} bytes)",
+                self.max_body
+            ))
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large());
+        }
+        let body = Limited::new(req.into_body(), self.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    PublishError::InvalidJson(format!("the body could not be read: {e}"))
+                }
+            })?
+            .to_bytes();
+        let batch = publish::parse_body(&body, self.max_event_bytes)?;
+        let ids = self
+            .hub
+            .publish(batch)
+            .await
+            .map_err(|e| PublishError::BrokerUnavailable(e.to_string()))?;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(json(
+            StatusCode::OK,
+            serde_json::json!({ "ids": ids }).to_string(),
+        ))
+    }
+
+    fn stats(&self) -> Response<Body> {
+        let stats = self.hub.stats();
+        let top: Vec<_> = stats
+            .topics
+            .iter()
+            .take(100)
+            .map(|(t, n)| serde_json::json!({ "topic": t, "subscribers": n }))
+            .collect();
+        let body = serde_json::json!({
+            "connections": stats.subscribers,
+            "topics": stats.topics.len(),
+            "top_topics": top,
+            "history": {
+                "events": stats.history_len,
+                "oldest_id": stats.oldest.map(|id| id.to_string()),
+            },
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "broker": { "kind": "memory", "up": true },
+            "shutting_down": self.shutdown.is_triggered(),
+        });
+        json(StatusCode::OK, body.to_string())
+    }
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no such endpoint: {path}"),
+    )
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("use {allow}"),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn decode_segment(s: &str) -> Option<String> {
+    form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        match path.as_str() {
+            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
+            "/readyz" if self.shutdown.is_triggered() => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+            "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+            "/metrics" => {
+                let mut resp = Response::new(Body::full(self.metrics.render(true)));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            "/stats" => self.stats(),
+            "/publish" if method == Method::POST => match self.publish(req).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(&e),
+            },
+            "/publish" => method_not_allowed("POST"),
+            p => {
+                if let Some(raw) = p.strip_prefix("/topics/") {
+                    if method != Method::DELETE {
+                        return method_not_allowed("DELETE");
+                    }
+                    let topic = decode_segment(raw).unwrap_or_default();
+                    if let Err(e) = validate_topic(&topic) {
+                        return json_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_topic",
+                            &format!("topic {topic:?} is not valid: {e}"),
+                        );
+                    }
+                    let ended = self.hub.delete_topic(&topic);
+                    tracing::info!(topic, streams = ended, "topic deleted");
+                    return empty(StatusCode::NO_CONTENT);
+                }
+                if let Some(raw) = p.strip_prefix("/subscribers/") {
+                    if method != Method::DELETE {
+                        return method_not_allowed("DELETE");
+                    }
+                    let sub = decode_segment(raw).unwrap_or_default();
+                    let ended = self.hub.revoke(&sub);
+                    tracing::info!(sub, streams = ended, "subscriber revoked");
+                    return empty(StatusCode::NO_CONTENT);
+                }
+                not_found(p)
+            }
+        }
+    }
+}

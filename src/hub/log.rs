@@ -1,0 +1,218 @@
+//! The memory broker's event log: the bounded, globally ordered history.
+//!
+//! Publishing appends here (one short lock: assign ids, encode each frame once, append).
+//! The dispatchers read it by sequence number to fan events out, and new subscribers read
+//! it to replay what they missed, so history and live delivery come from one ordered source.
+
+use super::{Event, NewEvent, Resume};
+use crate::sse::{self, EventId};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// One history entry. `event` is `None` once its topic was deleted: the slot keeps its id
+/// so sequence numbers and the id order stay intact.
+struct Slot {
+    id: EventId,
+    event: Option<Arc<Event>>,
+}
+
+struct State {
+    ring: VecDeque<Slot>,
+    /// Sequence number of `ring[0]`; the next appended event gets `first_seq + ring.len()`.
+    first_seq: u64,
+    last_id: EventId,
+    /// The greatest id pushed out by `max_events` or `max_age`: a resume from before it
+    /// may have missed events.
+    evicted_upto: Option<EventId>,
+}
+
+/// The result of reading the log for fan-out.
+pub(crate) enum Read {
+    /// Events were copied out (possibly none); continue from this sequence number.
+    Events { next: u64 },
+    /// The reader fell so far behind that events it never saw were evicted.
+    Lagged { next: u64 },
+}
+
+/// What a new subscriber must be sent before live events.
+pub(crate) struct Replay {
+    pub events: Vec<Arc<Event>>,
+    /// `Some(oldest_available)` when the history no longer reaches back to the resume point.
+    pub gap: Option<Option<EventId>>,
+    /// The id of the newest event at the time of the snapshot: live events up to it are
+    /// already covered by the replay (or predate the subscription).
+    pub head: EventId,
+}
+
+/// The in-memory history.
+pub(crate) struct MemoryLog {
+    state: Mutex<State>,
+    max_events: usize,
+    max_age: Duration,
+    /// Ids below this were issued by an earlier process (or never): a resume from before it
+    /// is a gap.
+    boot: EventId,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl MemoryLog {
+    pub fn new(max_events: usize, max_age: Duration) -> Self {
+        let boot = EventId::new(now_ms(), 0);
+        Self {
+            state: Mutex::new(State {
+                ring: VecDeque::new(),
+                first_seq: 0,
+                last_id: EventId::new(boot.ms.saturating_sub(1), 0),
+                evicted_upto: None,
+            }),
+            max_events: max_events.max(1),
+            max_age,
+            boot,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock would be a bug in this file; the state it guards
+        // is consistent after every statement, so keep serving rather than poisoning.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sequence number the next appended event will get.
+    pub fn next_seq(&self) -> u64 {
+        let st = self.lock();
+        st.first_seq + st.ring.len() as u64
+    }
+
+    /// Appends a batch atomically and returns the ids, in order.
+    pub fn append(&self, batch: Vec<NewEvent>) -> Vec<EventId> {
+        let now = now_ms();
+        let mut st = self.lock();
+        self.trim_age(&mut st, now);
+        let mut ids = Vec::with_capacity(batch.len());
+        for ev in batch {
+            let id = if now > st.last_id.ms {
+                EventId::new(now, 0)
+            } else {
+                st.last_id.next()
+            };
+            st.last_id = id;
+            let frame = sse::encode_event(id, ev.event_type.as_deref(), &ev.data);
+            let event = Arc::new(Event {
+                id,
+                topics: ev.topics.into_boxed_slice(),
+                event_type: ev.event_type,
+                close: ev.close,
+                frame,
+            });
+            st.ring.push_back(Slot {
+                id,
+                event: Some(event),
+            });
+            if st.ring.len() > self.max_events {
+                self.evict_front(&mut st);
+            }
+            ids.push(id);
+        }
+        ids
+    }
+
+    fn evict_front(&self, st: &mut State) {
+        if let Some(slot) = st.ring.pop_front() {
+            st.first_seq += 1;
+            st.evicted_upto = Some(slot.id);
+        }
+    }
+
+    fn trim_age(&self, st: &mut State, now: u64) {
+        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(max_age);
+        while st.ring.front().is_some_and(|s| s.id.ms < cutoff) {
+            self.evict_front(st);
+        }
+    }
+
+    /// Copies up to `max` events from sequence number `from` into `out`.
+    pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Event>>) -> Read {
+        let st = self.lock();
+        if from < st.first_seq {
+            return Read::Lagged {
+                next: st.first_seq + st.ring.len() as u64,
+            };
+        }
+        let start = usize::try_from(from - st.first_seq).unwrap_or(usize::MAX);
+        let mut next = from;
+        for slot in st.ring.iter().skip(start).take(max) {
+            next += 1;
+            if let Some(ev) = &slot.event {
+                out.push(Arc::clone(ev));
+            }
+        }
+        Read::Events { next }
+    }
+
+    /// The events a new subscriber missed, in order, as one snapshot.
+    pub fn replay(&self, resume: &Resume, wanted: impl Fn(&Event) -> bool) -> Replay {
+        let mut st = self.lock();
+        self.trim_age(&mut st, now_ms());
+        let head = st.last_id;
+        let start = match *resume {
+            Resume::None => {
+                return Replay {
+                    events: Vec::new(),
+                    gap: None,
+                    head,
+                };
+            }
+            Resume::After(id) => id.next(),
+            Resume::Since(ms) => EventId::new(ms, 0),
+        };
+        let from = st.ring.partition_point(|s| s.id < start);
+        let events: Vec<_> = st
+            .ring
+            .iter()
+            .skip(from)
+            .filter_map(|s| s.event.as_ref())
+            .filter(|e| wanted(e))
+            .cloned()
+            .collect();
+        let missed = start < self.boot || st.evicted_upto.is_some_and(|e| start <= e);
+        let gap = missed.then(|| {
+            events
+                .first()
+                .map(|e| e.id)
+                .or_else(|| st.ring.iter().find_map(|s| s.event.as_ref().map(|e| e.id)))
+        });
+        Replay { events, gap, head }
+    }
+
+    /// Drops the history of `topic` (events published to it alone; events that were also
+    /// published to other topics stay for those).
+    pub fn delete_topic(&self, topic: &str) {
+        let mut st = self.lock();
+        for slot in st.ring.iter_mut() {
+            if slot
+                .event
+                .as_ref()
+                .is_some_and(|e| e.topics.len() == 1 && &*e.topics[0] == topic)
+            {
+                slot.event = None;
+            }
+        }
+    }
+
+    /// Number of events held and the oldest id.
+    pub fn stats(&self) -> (usize, Option<EventId>) {
+        let st = self.lock();
+        let len = st.ring.iter().filter(|s| s.event.is_some()).count();
+        let oldest = st.ring.iter().find_map(|s| s.event.as_ref().map(|e| e.id));
+        (len, oldest)
+    }
+}

@@ -1,0 +1,309 @@
+//! The hub: topics, history and subscriptions. Publishing appends to the log; per-shard
+//! dispatchers read the log in order and queue each event for the subscribers that want
+//! it; each subscriber's [`Subscription`] turns its queue into SSE frames.
+//!
+//! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
+//! every subscriber queue holds a reference-counted pointer to it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use ssegate::hub::{Hub, HubSettings, NewEvent, SubscribeRequest, Filter, Resume, Selector};
+//! let hub = Hub::start(HubSettings::default(), Default::default());
+//! let mut sub = hub.subscribe(SubscribeRequest::new(Filter {
+//!     selectors: vec![Selector::parse("job/1").unwrap()], types: None }));
+//! let ids = hub.publish(vec![NewEvent::new("job/1", "done")]).await.unwrap();
+//! let first = std::future::poll_fn(|cx| sub.poll_chunk(cx)).await.unwrap(); // retry:
+//! let event = std::future::poll_fn(|cx| sub.poll_chunk(cx)).await.unwrap();
+//! assert_eq!(&event[..], format!("id: {}\ndata: done\n\n", ids[0]).as_bytes());
+//! # }
+//! ```
+
+mod log;
+mod registry;
+mod subscriber;
+pub mod topic;
+
+pub use subscriber::{End, Filter, Subscription};
+pub use topic::{Selector, TopicError, validate_topic};
+
+use crate::metrics::Metrics;
+use crate::sse::{self, EventId};
+use bytes::Bytes;
+use log::MemoryLog;
+use registry::Registry;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use subscriber::Subscriber;
+use tokio::sync::watch;
+
+/// What to do when a subscriber's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumer {
+    /// End the stream; the client reconnects and resumes from history.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued events and tell the client how many with `ssegate.overflow`.
+    DropOldest,
+}
+
+/// The hub's settings (from the `events` section of the configuration).
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    /// Events kept in the history.
+    pub history_max_events: usize,
+    /// Age after which events leave the history.
+    pub history_max_age: Duration,
+    /// Events queued per subscriber before the slow-consumer policy applies.
+    pub subscriber_buffer: usize,
+    /// The slow-consumer policy.
+    pub slow_consumer: SlowConsumer,
+    /// Silence after which a stream gets a heartbeat comment.
+    pub heartbeat: Duration,
+    /// The `retry:` sent first on every stream.
+    pub retry: Duration,
+    /// Dispatcher shards (one per core is right).
+    pub shards: usize,
+}
+
+impl Default for HubSettings {
+    fn default() -> Self {
+        Self {
+            history_max_events: 10_000,
+            history_max_age: Duration::from_secs(3600),
+            subscriber_buffer: 1000,
+            slow_consumer: SlowConsumer::Disconnect,
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            shards: std::thread::available_parallelism().map_or(1, usize::from),
+        }
+    }
+}
+
+/// A published event, encoded once and shared by every subscriber it reaches.
+#[derive(Debug)]
+pub struct Event {
+    /// Its id, unique and increasing across all topics.
+    pub id: EventId,
+    /// The topics it was published to (one event, one id, even for several topics).
+    pub topics: Box<[Box<str>]>,
+    /// Its SSE event type, if any.
+    pub event_type: Option<Box<str>>,
+    /// Whether it ends the streams of its topics.
+    pub close: bool,
+    /// The complete SSE frame, written as is to every subscriber.
+    pub frame: Bytes,
+}
+
+/// An event to publish, already validated (topics are exact, the type is valid and not
+/// reserved, the data is the text to send).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Exact topics, at least one, no duplicates.
+    pub topics: Vec<Box<str>>,
+    /// The SSE event type.
+    pub event_type: Option<Box<str>>,
+    /// The data, sent as one `data:` line per line.
+    pub data: String,
+    /// End the streams of these topics after this event.
+    pub close: bool,
+}
+
+impl NewEvent {
+    /// An untyped event on one topic.
+    pub fn new(topic: &str, data: &str) -> Self {
+        Self {
+            topics: vec![topic.into()],
+            event_type: None,
+            data: data.to_owned(),
+            close: false,
+        }
+    }
+}
+
+/// Where a new stream starts in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resume {
+    /// Live events only.
+    #[default]
+    None,
+    /// Everything after this id (`Last-Event-ID`, `last_event_id=`).
+    After(EventId),
+    /// Everything at or after this instant, in Unix milliseconds (`since=`).
+    Since(u64),
+}
+
+/// A request for a stream.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest {
+    /// What the stream follows.
+    pub filter: Filter,
+    /// Where it starts.
+    pub resume: Resume,
+    /// The resume point as the client gave it, echoed in `ssegate.gap`.
+    pub resume_raw: Option<String>,
+    /// The token subject, for revocation.
+    pub subject: Option<Box<str>>,
+    /// When the authorizing token expires.
+    pub expires: Option<tokio::time::Instant>,
+}
+
+impl SubscribeRequest {
+    /// A live-only, unauthenticated request.
+    pub fn new(filter: Filter) -> Self {
+        Self {
+            filter,
+            resume: Resume::None,
+            resume_raw: None,
+            subject: None,
+            expires: None,
+        }
+    }
+}
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// The broker cannot store events right now.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A point-in-time view of the hub, for `/stats`.
+#[derive(Debug, Clone)]
+pub struct HubStats {
+    /// Open streams.
+    pub subscribers: usize,
+    /// Followed topics and patterns with their subscriber counts.
+    pub topics: Vec<(Box<str>, usize)>,
+    /// Events in the history.
+    pub history_len: usize,
+    /// The oldest event in the history.
+    pub oldest: Option<EventId>,
+}
+
+struct Inner {
+    settings: HubSettings,
+    log: Arc<MemoryLog>,
+    registry: Arc<Registry>,
+    head: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+    next_subscriber: AtomicU64,
+}
+
+/// The embedded (memory) broker with its local fan-out. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// Creates the hub and spawns its dispatchers on the current tokio runtime.
+    pub fn start(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
+        let log = Arc::new(MemoryLog::new(
+            settings.history_max_events,
+            settings.history_max_age,
+        ));
+        let registry = Arc::new(Registry::new(settings.shards));
+        let (head, _) = watch::channel(0);
+        registry.spawn_dispatchers(&log, &head, &metrics);
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                log,
+                registry,
+                head,
+                metrics,
+                next_subscriber: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Appends a batch to the history, all or nothing, and returns the ids once stored.
+    /// Fan-out happens right after, on the dispatchers.
+    pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
+        let n = batch.len() as u64;
+        let ids = self.inner.log.append(batch);
+        self.inner
+            .head
+            .send_modify(|seq| *seq = seq.wrapping_add(1));
+        self.inner.metrics.published(n);
+        Ok(ids)
+    }
+
+    /// Opens a stream: registers the subscriber, then takes the replay snapshot, so every
+    /// event is delivered exactly once across the replay/live seam.
+    pub fn subscribe(&self, req: SubscribeRequest) -> Subscription {
+        let inner = &self.inner;
+        let id = inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        let sub = Arc::new(Subscriber::new(
+            id,
+            req.filter,
+            req.subject,
+            inner.settings.subscriber_buffer,
+            inner.settings.slow_consumer,
+        ));
+        inner.registry.insert(&sub);
+        let replay = inner.log.replay(&req.resume, |e| sub.filter.wants(e));
+        let retry_ms = u64::try_from(inner.settings.retry.as_millis()).unwrap_or(u64::MAX);
+        let mut preamble = VecDeque::with_capacity(2);
+        preamble.push_back(sse::encode_retry(retry_ms));
+        if let Some(oldest) = replay.gap {
+            let data = serde_json::json!({
+                "last_event_id": req.resume_raw.unwrap_or_default(),
+                "oldest_available": oldest.map(|id| id.to_string()),
+            });
+            preamble.push_back(sse::encode_control("ssegate.gap", &data.to_string()));
+        }
+        Subscription::new(
+            sub,
+            Arc::clone(&inner.registry),
+            Arc::clone(&inner.metrics),
+            preamble,
+            replay.events,
+            replay.head,
+            inner.settings.heartbeat,
+            req.expires,
+        )
+    }
+
+    /// Ends every stream following `topic` with `ssegate.closed` and drops its history.
+    pub fn delete_topic(&self, topic: &str) -> usize {
+        self.inner.log.delete_topic(topic);
+        self.inner
+            .registry
+            .end_topic(topic, &End::TopicDeleted(topic.into()))
+    }
+
+    /// Ends every stream authorized for `subject`.
+    pub fn revoke(&self, subject: &str) -> usize {
+        self.inner
+            .registry
+            .end_where(|s| s.subject.as_deref() == Some(subject), &End::Revoked)
+    }
+
+    /// Ends every stream with `ssegate.shutdown`, telling clients to retry after `retry`.
+    pub fn shutdown(&self, retry: Duration) -> usize {
+        self.inner
+            .registry
+            .end_where(|_| true, &End::Shutdown { retry })
+    }
+
+    /// Counts for `/stats`.
+    pub fn stats(&self) -> HubStats {
+        let (subscribers, topics) = self.inner.registry.counts();
+        let (history_len, oldest) = self.inner.log.stats();
+        let mut topics: Vec<_> = topics.into_iter().collect();
+        topics.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        HubStats {
+            subscribers,
+            topics,
+            history_len,
+            oldest,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Who follows what: the subscriber index, split into shards, each with its own
+//! dispatcher task that reads the log in order and queues events for its subscribers.
+//!
+//! There is no global lock on delivery: a subscriber lives in one shard, each shard's
+//! index has its own lock, taken by its dispatcher once per event and by subscribe /
+//! unsubscribe of that shard's subscribers. Each shard reads every event once, in log
+//! order, so every subscriber sees events in id order.
+
+use super::Event;
+use super::log::{MemoryLog, Read};
+use super::subscriber::{End, Subscriber};
+use super::topic::{Selector, covering_prefixes};
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+type Subs = Vec<(u64, Arc<Subscriber>)>;
+
+#[derive(Default)]
+struct Index {
+    exact: HashMap<Box<str>, Subs>,
+    prefix: HashMap<Box<str>, Subs>,
+    all: HashMap<u64, Arc<Subscriber>>,
+}
+
+impl Index {
+    fn insert(&mut self, sub: &Arc<Subscriber>) {
+        for sel in &sub.filter.selectors {
+            let (map, key) = match sel {
+                Selector::Exact(t) => (&mut self.exact, t),
+                Selector::Prefix(p) => (&mut self.prefix, p),
+            };
+            let list = map.entry(key.clone()).or_default();
+            if !list.iter().any(|(id, _)| *id == sub.id) {
+                list.push((sub.id, Arc::clone(sub)));
+            }
+        }
+        self.all.insert(sub.id, Arc::clone(sub));
+    }
+
+    fn remove(&mut self, sub: &Subscriber) {
+        for sel in &sub.filter.selectors {
+            let (map, key) = match sel {
+                Selector::Exact(t) => (&mut self.exact, t),
+                Selector::Prefix(p) => (&mut self.prefix, p),
+            };
+            if let Some(list) = map.get_mut(key) {
+                list.retain(|(id, _)| *id != sub.id);
+                if list.is_empty() {
+                    // A topic nobody follows holds no memory.
+                    map.remove(key);
+                }
+            }
+        }
+        self.all.remove(&sub.id);
+    }
+
+    /// Queues `ev` for every subscriber of this shard that wants it; returns how many.
+    fn fan_out(&self, ev: &Arc<Event>, metrics: &Metrics) -> u64 {
+        let mut queued = 0;
+        let mut offer = |list: &Subs| {
+            for (_, sub) in list {
+                if sub.filter.accepts_type(ev) && sub.enqueue(ev, metrics) {
+                    queued += 1;
+                }
+            }
+        };
+        for topic in &*ev.topics {
+            if let Some(list) = self.exact.get(&**topic) {
+                offer(list);
+            }
+            if !self.prefix.is_empty() {
+                for p in covering_prefixes(topic) {
+                    if let Some(list) = self.prefix.get(p) {
+                        offer(list);
+                    }
+                }
+            }
+        }
+        queued
+    }
+}
+
+struct Shard {
+    index: Mutex<Index>,
+}
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// All subscribers of this instance, sharded.
+pub(crate) struct Registry {
+    shards: Box<[Shard]>,
+}
+
+/// Above this many queued deliveries a dispatcher yields, so a burst of large fan-outs
+/// does not keep the connections on its worker thread from writing.
+const YIELD_EVERY: u64 = 4096;
+
+/// Events copied out of the log per read.
+const READ_BATCH: usize = 64;
+
+impl Registry {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|_| Shard {
+                    index: Mutex::new(Index::default()),
+                })
+                .collect(),
+        }
+    }
+
+    fn shard(&self, id: u64) -> &Shard {
+        let n = self.shards.len() as u64;
+        &self.shards[usize::try_from(id % n).unwrap_or(0)]
+    }
+
+    pub fn insert(&self, sub: &Arc<Subscriber>) {
+        self.shard(sub.id).lock().insert(sub);
+    }
+
+    pub fn remove(&self, sub: &Subscriber) {
+        self.shard(sub.id).lock().remove(sub);
+    }
+
+    /// Ends every stream that `pick` selects.
+    pub fn end_where(&self, pick: impl Fn(&Subscriber) -> bool, end: &End) -> usize {
+        let mut n = 0;
+        for shard in &*self.shards {
+            let subs: Vec<_> = shard
+                .lock()
+                .all
+                .values()
+                .filter(|s| pick(s))
+                .cloned()
+                .collect();
+            for s in subs {
+                s.end(end.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Ends the streams following `topic` exactly.
+    pub fn end_topic(&self, topic: &str, end: &End) -> usize {
+        let mut n = 0;
+        for shard in &*self.shards {
+            let subs: Vec<_> = shard
+                .lock()
+                .exact
+                .get(topic)
+                .map(|l| l.iter().map(|(_, s)| Arc::clone(s)).collect())
+                .unwrap_or_default();
+            for s in subs {
+                s.end(end.clone());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Subscribers and followed topics (exact and patterns) of this instance.
+    pub fn counts(&self) -> (usize, HashMap<Box<str>, usize>) {
+        let mut subs = 0;
+        let mut topics: HashMap<Box<str>, usize> = HashMap::new();
+        for shard in &*self.shards {
+            let idx = shard.lock();
+            subs += idx.all.len();
+            for (t, l) in &idx.exact {
+                *topics.entry(t.clone()).or_default() += l.len();
+            }
+            for (p, l) in &idx.prefix {
+                let name = Selector::Prefix(p.clone()).to_string();
+                *topics.entry(name.into()).or_default() += l.len();
+            }
+        }
+        (subs, topics)
+    }
+
+    /// Spawns one dispatcher per shard, reading the log from `from` on.
+    pub fn spawn_dispatchers(
+        self: &Arc<Self>,
+        log: &Arc<MemoryLog>,
+        head: &watch::Sender<u64>,
+        metrics: &Arc<Metrics>,
+    ) {
+        let from = log.next_seq();
+        for i in 0..self.shards.len() {
+            let registry = Arc::clone(self);
+            let log = Arc::clone(log);
+            let rx = head.subscribe();
+            let metrics = Arc::clone(metrics);
+            tokio::spawn(async move { registry.dispatch(i, &log, rx, from, &metrics).await });
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        shard: usize,
+        log: &MemoryLog,
+        mut head: watch::Receiver<u64>,
+        mut cursor: u64,
+        metrics: &Metrics,
+    ) {
+        let shard = &self.shards[shard];
+        let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut since_yield = 0;
+        loop {
+            head.borrow_and_update();
+            match log.read_from(cursor, READ_BATCH, &mut batch) {
+                Read::Lagged { next } => {
+                    cursor = next;
+                    let subs: Vec<_> = shard.lock().all.values().cloned().collect();
+                    tracing::warn!(
+                        subscribers = subs.len(),
+                        "dispatcher fell behind the history; ending its streams so they resume"
+                    );
+                    for s in subs {
+                        s.end(End::Lagged);
+                    }
+                }
+                Read::Events { next } if next == cursor => {
+                    if head.changed().await.is_err() {
+                        return;
+                    }
+                }
+                Read::Events { next } => {
+                    cursor = next;
+                    for ev in batch.drain(..) {
+                        let queued = shard.lock().fan_out(&ev, metrics);
+                        since_yield += queued;
+                        if since_yield >= YIELD_EVERY {
+                            since_yield = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! One subscriber: its bounded queue (filled by the dispatchers) and its stream of frames
+//! (drained by the connection that serves it).
+
+use super::registry::Registry;
+use super::topic::Selector;
+use super::{Event, SlowConsumer};
+use crate::metrics::Metrics;
+use crate::sse::{self, EventId};
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// Why the server ends a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The queue overflowed under the `disconnect` policy; the client resumes from history.
+    Overflow,
+    /// The topic was deleted (`DELETE /topics/{topic}`): `ssegate.closed`.
+    TopicDeleted(Box<str>),
+    /// The server is shutting down: `ssegate.shutdown` with a retry hint.
+    Shutdown {
+        /// How long the client should wait before reconnecting.
+        retry: Duration,
+    },
+    /// The token's subject was revoked (`DELETE /subscribers/{sub}`): `ssegate.revoked`.
+    Revoked,
+    /// The token expired: `ssegate.expired`.
+    Expired,
+    /// The dispatcher fell behind the history; the client resumes (with a gap if needed).
+    Lagged,
+}
+
+impl End {
+    fn frame(&self) -> Option<Bytes> {
+        match self {
+            Self::Overflow | Self::Lagged => None,
+            Self::TopicDeleted(t) => Some(sse::encode_control(
+                "ssegate.closed",
+                &serde_json::json!({ "topic": t }).to_string(),
+            )),
+            Self::Shutdown { retry } => {
+                let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+                let mut b = BytesMut::from(&sse::encode_retry(ms)[..]);
+                b.extend_from_slice(&sse::encode_control(
+                    "ssegate.shutdown",
+                    &format!("{{\"retry_ms\":{ms}}}"),
+                ));
+                Some(b.freeze())
+            }
+            Self::Revoked => Some(sse::encode_control("ssegate.revoked", "{}")),
+            Self::Expired => Some(sse::encode_control("ssegate.expired", "{}")),
+        }
+    }
+}
+
+/// Which events a subscriber receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// The topics and patterns followed.
+    pub selectors: Vec<Selector>,
+    /// Only these event types (untyped events count as `message`); `None` for all.
+    pub types: Option<Vec<Box<str>>>,
+}
+
+impl Filter {
+    /// Whether the event's type passes the `type=` filter.
+    pub fn accepts_type(&self, ev: &Event) -> bool {
+        self.types.as_ref().is_none_or(|types| {
+            let t = ev.event_type.as_deref().unwrap_or("message");
+            types.iter().any(|x| &**x == t)
+        })
+    }
+
+    /// Whether the event belongs on this stream.
+    pub fn wants(&self, ev: &Event) -> bool {
+        self.accepts_type(ev)
+            && ev
+                .topics
+                .iter()
+                .any(|t| self.selectors.iter().any(|s| s.matches(t)))
+    }
+
+    /// Whether this event ends the stream: `close: true` on a topic followed exactly (a
+    /// pattern subscriber, e.g. a dashboard over `job/*`, stays open).
+    fn closed_by(&self, ev: &Event) -> bool {
+        ev.close
+            && ev.topics.iter().any(|t| {
+                self.selectors
+                    .iter()
+                    .any(|s| matches!(s, Selector::Exact(x) if x == t))
+            })
+    }
+}
+
+struct Queue {
+    events: VecDeque<Arc<Event>>,
+    dropped: u64,
+    last_enqueued: EventId,
+    end: Option<End>,
+    waker: Option<Waker>,
+}
+
+/// The part of a subscriber shared with the dispatchers.
+pub(crate) struct Subscriber {
+    pub id: u64,
+    pub filter: Filter,
+    /// The `sub` claim of the token that authorized the stream, for revocation.
+    pub subject: Option<Box<str>>,
+    capacity: usize,
+    policy: SlowConsumer,
+    queue: Mutex<Queue>,
+}
+
+impl Subscriber {
+    pub fn new(
+        id: u64,
+        filter: Filter,
+        subject: Option<Box<str>>,
+        capacity: usize,
+        policy: SlowConsumer,
+    ) -> Self {
+        Self {
+            id,
+            filter,
+            subject,
+            capacity: capacity.max(1),
+            policy,
+            queue: Mutex::new(Queue {
+                events: VecDeque::new(),
+                dropped: 0,
+                last_enqueued: EventId::default(),
+                end: None,
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues an event (once, even when it reaches this subscriber by several topics) and
+    /// applies the slow-consumer policy. Returns whether the event was queued.
+    pub fn enqueue(&self, ev: &Arc<Event>, metrics: &Metrics) -> bool {
+        let mut q = self.lock();
+        if q.end.is_some() || ev.id <= q.last_enqueued {
+            return false;
+        }
+        q.last_enqueued = ev.id;
+        if q.events.len() >= self.capacity {
+            match self.policy {
+                SlowConsumer::Disconnect => {
+                    q.events.clear();
+                    q.end = Some(End::Overflow);
+                    metrics.slow_consumer_disconnect();
+                    tracing::warn!(
+                        subscriber = self.id,
+                        buffer = self.capacity,
+                        "slow consumer disconnected: its queue is full; it will resume from history"
+                    );
+                }
+                SlowConsumer::DropOldest => {
+                    q.events.pop_front();
+                    if q.dropped == 0 {
+                        tracing::warn!(
+                            subscriber = self.id,
+                            buffer = self.capacity,
+                            "slow consumer: dropping its oldest queued events"
+                        );
+                    }
+                    q.dropped += 1;
+                    metrics.dropped_overflow(1);
+                    q.events.push_back(Arc::clone(ev));
+                }
+            }
+        } else {
+            q.events.push_back(Arc::clone(ev));
+        }
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Ends the stream after what is already queued.
+    pub fn end(&self, end: End) {
+        let mut q = self.lock();
+        if q.end.is_none() {
+            q.end = Some(end);
+        }
+        let waker = q.waker.take();
+        drop(q);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Largest chunk built from coalesced frames (a single larger frame is still sent whole).
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// Collects the frames ready for one write: a single frame is passed on as is, several
+/// are copied into one buffer so the connection makes one write for all of them.
+#[derive(Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.rest
+            .as_ref()
+            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    fn push(&mut self, b: &Bytes) {
+        if let Some(rest) = &mut self.rest {
+            rest.extend_from_slice(b);
+        } else if let Some(first) = self.first.take() {
+            let mut rest = BytesMut::with_capacity((first.len() + b.len()) * 4);
+            rest.extend_from_slice(&first);
+            rest.extend_from_slice(b);
+            self.rest = Some(rest);
+        } else {
+            self.first = Some(b.clone());
+        }
+    }
+
+    fn take(&mut self) -> Option<Bytes> {
+        match self.rest.take() {
+            Some(rest) => Some(rest.freeze()),
+            None => self.first.take(),
+        }
+    }
+}
+
+/// A subscriber's stream of SSE frames: `retry:`, an optional `ssegate.gap`, the replayed
+/// history, then live events and heartbeats, until the server or the client ends it.
+///
+/// It knows nothing of HTTP: the public listener wraps it in a response body. Dropping it
+/// (the client went away) removes the subscriber from the hub at once.
+pub struct Subscription {
+    sub: Arc<Subscriber>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    preamble: VecDeque<Bytes>,
+    replay: std::vec::IntoIter<Arc<Event>>,
+    /// The newest event id at subscription time: the replay covers everything up to it,
+    /// so live events up to it are duplicates (or predate the stream) and are skipped.
+    head: EventId,
+    last_sent: EventId,
+    scratch: Vec<Arc<Event>>,
+    heartbeat: Pin<Box<Sleep>>,
+    heartbeat_every: Duration,
+    expires: Option<Pin<Box<Sleep>>>,
+    finishing: bool,
+    done: bool,
+    /// Events put in the chunk being built, for the delivery counter.
+    counted: u64,
+}
+
+impl Subscription {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sub: Arc<Subscriber>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        preamble: VecDeque<Bytes>,
+        replay: Vec<Arc<Event>>,
+        head: EventId,
+        heartbeat_every: Duration,
+        expires: Option<Instant>,
+    ) -> Self {
+        Self {
+            sub,
+            registry,
+            metrics,
+            preamble,
+            replay: replay.into_iter(),
+            head,
+            last_sent: EventId::default(),
+            scratch: Vec::new(),
+            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            heartbeat_every,
+            expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            finishing: false,
+            done: false,
+            counted: 0,
+        }
+    }
+
+    /// The hub's id for this subscriber (appears in log lines).
+    pub fn id(&self) -> u64 {
+        self.sub.id
+    }
+
+    fn push_event(&mut self, chunk: &mut Chunk, ev: &Event) {
+        if ev.id <= self.last_sent {
+            return;
+        }
+        self.last_sent = ev.id;
+        self.counted += 1;
+        chunk.push(&ev.frame);
+        if self.sub.filter.closed_by(ev) {
+            self.finishing = true;
+        }
+    }
+
+    /// The next chunk of bytes to write, `Ready(None)` once the stream is over.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut chunk = Chunk::default();
+        while let Some(b) = self.preamble.pop_front() {
+            chunk.push(&b);
+        }
+        while !self.finishing && chunk.len() < MAX_CHUNK {
+            let Some(ev) = self.replay.next() else { break };
+            self.push_event(&mut chunk, &ev);
+        }
+        if !self.finishing && self.replay.len() == 0 {
+            self.drain_live(cx, &mut chunk);
+        }
+        if let Some(bytes) = chunk.take() {
+            self.metrics.delivered(std::mem::take(&mut self.counted));
+            self.heartbeat
+                .as_mut()
+                .reset(Instant::now() + self.heartbeat_every);
+            return Poll::Ready(Some(bytes));
+        }
+        if self.finishing {
+            self.done = true;
+            return Poll::Ready(None);
+        }
+        if let Some(exp) = &mut self.expires {
+            if exp.as_mut().poll(cx).is_ready() {
+                self.sub.end(End::Expired);
+                self.expires = None;
+                return self.poll_chunk(cx);
+            }
+        }
+        if self.heartbeat.as_mut().poll(cx).is_ready() {
+            self.heartbeat
+                .as_mut()
+                .reset(Instant::now() + self.heartbeat_every);
+            return Poll::Ready(Some(Bytes::from_static(sse::HEARTBEAT)));
+        }
+        Poll::Pending
+    }
+
+    fn drain_live(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) {
+        self.last_sent = self.last_sent.max(self.head);
+        let mut q = self.sub.lock();
+        let dropped = std::mem::take(&mut q.dropped);
+        self.scratch.extend(q.events.drain(..));
+        let end = if self.scratch.is_empty() {
+            q.end.take()
+        } else {
+            None
+        };
+        if self.scratch.is_empty() && end.is_none() && dropped == 0 {
+            let same = q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if !same {
+                q.waker = Some(cx.waker().clone());
+            }
+        }
+        drop(q);
+        if dropped > 0 {
+            chunk.push(&sse::encode_control(
+                "ssegate.overflow",
+                &format!("{{\"dropped\":{dropped}}}"),
+            ));
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for ev in scratch.drain(..) {
+            if self.finishing {
+                break;
+            }
+            self.push_event(chunk, &ev);
+        }
+        self.scratch = scratch;
+        if let Some(end) = end {
+            if let Some(frame) = end.frame() {
+                chunk.push(&frame);
+            }
+            self.finishing = true;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.remove(&self.sub);
+    }
+}

@@ -1,0 +1,27 @@
+//! ssegate: a reverse-proxy sidecar that adds Server-Sent Events fan-out to an existing
+//! web app without changing how the app serves its pages.
+//!
+//! ```text
+//!  browsers ──► public listener (proxy)
+//!                ├─ GET /events…  → hub subscription → SSE stream
+//!                ├─ /_ssegate/…   → ssegate's own
+//!                └─ anything else → forwarded to the app (hyper client, pooled)
+//!  the app  ──► internal listener (admin)
+//!                POST /publish → publish (validate) → hub log → dispatchers → subscriber queues
+//! ```
+//!
+//! Dependencies point one way: [`sse`] and [`config`] use nothing of ours; [`hub`] uses
+//! `sse`; [`proxy`], [`publish`] and [`admin`] use the hub; only [`app`] wires everything.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod proxy;
+pub mod publish;
+pub mod response;
+pub mod server;
+pub mod shutdown;
+pub mod sse;

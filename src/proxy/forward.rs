@@ -1,0 +1,256 @@
+//! Forwarding to the app: every method, bodies streamed both ways, hop-by-hop headers
+//! removed, `X-Forwarded-*` and `Forwarded` added, `Host` kept, upgrades tunnelled, and a
+//! JSON 502 or 504 instead of a hang when the app is down or slow.
+
+use crate::response::{ApiError, Body, error_response};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Why a request could not be forwarded; the upstream is the cause of each.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The app refused the connection or broke it.
+    #[error("the upstream app at {0} could not be reached: {1}")]
+    Unreachable(String, String),
+    /// The app did not answer within the timeout.
+    #[error("the upstream app at {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+}
+
+impl ApiError for ForwardError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unreachable(..) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Unreachable(..) => "bad_gateway",
+            Self::Timeout(..) => "gateway_timeout",
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// A pooled HTTP/1.1 client for the app.
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    upstream: Uri,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Forwarder {
+    /// A forwarder to `upstream` (scheme and authority are used).
+    pub fn new(upstream: Uri, connect_timeout: Duration, response_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self {
+            client,
+            upstream,
+            response_timeout,
+            connect_timeout,
+        }
+    }
+
+    fn authority(&self) -> String {
+        self.upstream
+            .authority()
+            .map_or_else(String::new, ToString::to_string)
+    }
+
+    /// Forwards `req` from `peer` and returns the app's response (or a 502/504).
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        peer_trusted: bool,
+    ) -> Response<Body> {
+        let upgrade = upgrade_protocol(req.headers(), req.version());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        let mut uri = self.upstream.clone().into_parts();
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = match Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(e) => {
+                return error_response(&ForwardError::Unreachable(self.authority(), e.to_string()));
+            }
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        // ssegate answers `Expect: 100-continue` itself when it starts reading the body.
+        parts.headers.remove(header::EXPECT);
+        if let Some(h) = &host {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+        add_forwarded(&mut parts.headers, peer.ip(), host.as_ref(), peer_trusted);
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        let req = Request::from_parts(parts, Body::Incoming(body));
+
+        let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
+        let mut resp = match sent {
+            Err(_) => {
+                return error_response(&ForwardError::Timeout(
+                    self.authority(),
+                    self.response_timeout,
+                ));
+            }
+            Ok(Err(e)) => return error_response(&self.classify(&e)),
+            Ok(Ok(resp)) => resp,
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                let (parts, _) = resp.into_parts();
+                return Response::from_parts(parts, Body::Empty);
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, Body::Incoming(body))
+    }
+
+    fn classify(&self, e: &hyper_util::client::legacy::Error) -> ForwardError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut detail = e.to_string();
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return ForwardError::Timeout(self.authority(), self.connect_timeout);
+                }
+                detail = io.to_string();
+            }
+            source = s.source();
+        }
+        ForwardError::Unreachable(self.authority(), detail)
+    }
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request.
+fn upgrade_protocol(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`, `X-Forwarded-Host`
+/// and `Forwarded`. A trusted proxy's own proto and host values are kept.
+fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>, trusted: bool) {
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
+        _ => peer.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if !(trusted && headers.contains_key("x-forwarded-host")) {
+        match host {
+            Some(h) => headers.insert("x-forwarded-host", h.clone()),
+            None => headers.remove("x-forwarded-host"),
+        };
+    }
+    let node = match peer {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let mut element = format!("for={node};proto=http");
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        if h.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            element.push_str(";host=\"");
+            element.push_str(h);
+            element.push('"');
+        }
+    }
+    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
+        _ => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

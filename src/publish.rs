@@ -1,0 +1,309 @@
+//! The publish webhook's rules: a JSON body (one event or a batch) becomes validated
+//! [`NewEvent`]s, or one refusal that names the field and the item. Nothing of a batch is
+//! published when any item is bad. No HTTP here; `admin` serves it.
+
+use crate::hub::{NewEvent, validate_topic};
+use crate::response::ApiError;
+use crate::sse;
+use hyper::StatusCode;
+use serde_json::Value;
+
+/// Most topics one event may be published to.
+pub const MAX_TOPICS_PER_EVENT: usize = 32;
+
+/// Why a publish is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The body is not JSON.
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// A field is missing, of the wrong type or invalid.
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// The publish token is missing or wrong.
+    #[error("POST /publish needs \"Authorization: Bearer <publish.token>\"")]
+    Unauthorized,
+    /// The body or one event is too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not `application/json`.
+    #[error("the body must be sent with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// The broker could not store the events.
+    #[error("the broker is unavailable, nothing was published: {0}")]
+    BrokerUnavailable(String),
+}
+
+impl ApiError for PublishError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_) | Self::InvalidEvent(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidEvent(_) => "invalid_event",
+            Self::Unauthorized => "unauthorized",
+            Self::TooLarge(_) => "too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BrokerUnavailable(_) => "broker_unavailable",
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        matches!(self, Self::BrokerUnavailable(_)).then_some(1)
+    }
+}
+
+/// Whether a `Content-Type` value is JSON (`application/json`, any parameters).
+pub fn is_json_content_type(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        v.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
+}
+
+/// Parses and validates a publish body. `max_event_bytes` bounds each event's data.
+pub fn parse_body(body: &[u8], max_event_bytes: usize) -> Result<Vec<NewEvent>, PublishError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        PublishError::InvalidJson(format!(
+            "{} (line {}, column {})",
+            strip_position(&e),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(PublishError::InvalidEvent("the batch is empty".to_owned()));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| parse_event(item, Some(i), max_event_bytes))
+                .collect()
+        }
+        item => Ok(vec![parse_event(&item, None, max_event_bytes)?]),
+    }
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_owned(),
+        None => s,
+    }
+}
+
+fn parse_event(
+    item: &Value,
+    index: Option<usize>,
+    max_event_bytes: usize,
+) -> Result<NewEvent, PublishError> {
+    let at = |field: &str, why: &str| {
+        let msg = match index {
+            Some(i) => format!("item {i}: field `{field}` {why}"),
+            None => format!("field `{field}` {why}"),
+        };
+        PublishError::InvalidEvent(msg)
+    };
+    let Value::Object(obj) = item else {
+        let msg = match index {
+            Some(i) => format!("item {i} is not a JSON object"),
+            None => "the body must be a JSON object or an array of them".to_owned(),
+        };
+        return Err(PublishError::InvalidEvent(msg));
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "topic" | "topics" | "event" | "data" | "close"))
+    {
+        return Err(at(
+            k,
+            "is not known (expected topic, topics, event, data, close)",
+        ));
+    }
+
+    let mut topics: Vec<Box<str>> = Vec::new();
+    match (obj.get("topic"), obj.get("topics")) {
+        (Some(_), Some(_)) => return Err(at("topics", "cannot be given together with `topic`")),
+        (None, None) => return Err(at("topic", "is required (or `topics`)")),
+        (Some(t), None) => {
+            let t = t.as_str().ok_or_else(|| at("topic", "must be a string"))?;
+            validate_topic(t).map_err(|e| at("topic", &format!("{t:?} is not valid: {e}")))?;
+            topics.push(t.into());
+        }
+        (None, Some(list)) => {
+            let list = list
+                .as_array()
+                .ok_or_else(|| at("topics", "must be an array of strings"))?;
+            if list.is_empty() || list.len() > MAX_TOPICS_PER_EVENT {
+                return Err(at(
+                    "topics",
+                    &format!("must hold 1 to {MAX_TOPICS_PER_EVENT} topics"),
+                ));
+            }
+            for t in list {
+                let t = t
+                    .as_str()
+                    .ok_or_else(|| at("topics", "must be an array of strings"))?;
+                validate_topic(t).map_err(|e| at("topics", &format!("{t:?} is not valid: {e}")))?;
+                if !topics.iter().any(|x| &**x == t) {
+                    topics.push(t.into());
+                }
+            }
+        }
+    }
+
+    let event_type = match obj.get("event") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => {
+            if !sse::is_valid_event_type(t) {
+                return Err(at(
+                    "event",
+                    &format!(
+                        "{t:?} is not a valid event type (1-64 characters, no whitespace or control characters)"
+                    ),
+                ));
+            }
+            if t.starts_with(sse::RESERVED_TYPE_PREFIX) {
+                return Err(at(
+                    "event",
+                    &format!("{t:?} uses the reserved prefix `ssegate.`"),
+                ));
+            }
+            Some(t.as_str().into())
+        }
+        Some(_) => return Err(at("event", "must be a string")),
+    };
+
+    let data = match obj.get("data") {
+        None => return Err(at("data", "is required")),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    if data.len() > max_event_bytes {
+        let which = index.map_or_else(String::new, |i| format!("item {i}: "));
+        return Err(PublishError::TooLarge(format!(
+            "{which}`data` is {} bytes; the limit (publish.max_event_bytes) is {max_event_bytes}",
+            data.len()
+        )));
+    }
+
+    let close = match obj.get("close") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(at("close", "must be true or false")),
+    };
+
+    Ok(NewEvent {
+        topics,
+        event_type,
+        data,
+        close,
+    })
+}
+
+/// Compares a presented bearer token with the configured one in constant time.
+pub fn token_matches(authorization: Option<&[u8]>, token: &str) -> bool {
+    let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let expected = token.as_bytes();
+    if presented.len() != expected.len() {
+        return false;
+    }
+    presented
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn err(body: &str) -> PublishError {
+        parse_body(body.as_bytes(), 64).unwrap_err()
+    }
+
+    #[test]
+    fn single_and_batch_bodies_parse() {
+        let evs = parse_body(br#"{"topic":"a","event":"x","data":{"k":[1,2]}}"#, 64).unwrap();
+        assert_eq!(evs[0].data, r#"{"k":[1,2]}"#);
+        assert_eq!(evs[0].event_type.as_deref(), Some("x"));
+        let evs = parse_body(
+            br#"[{"topics":["a","b","a"],"data":"x\ny","close":true},{"topic":"c","data":1}]"#,
+            64,
+        )
+        .unwrap();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].topics.len(), 2);
+        assert!(evs[0].close);
+        assert_eq!(evs[1].data, "1");
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let cases = [
+            (r#"{"data":"x"}"#, "`topic`"),
+            (r#"{"topic":"a b","data":"x"}"#, "`topic`"),
+            (r#"{"topic":"a/*","data":"x"}"#, "`topic`"),
+            (r#"{"topic":"a","topics":["b"],"data":"x"}"#, "`topics`"),
+            (r#"{"topics":[],"data":"x"}"#, "`topics`"),
+            (r#"{"topic":"a"}"#, "`data`"),
+            (r#"{"topic":"a","data":"x","event":"a b"}"#, "`event`"),
+            (
+                r#"{"topic":"a","data":"x","event":"ssegate.gap"}"#,
+                "`event`",
+            ),
+            (r#"{"topic":"a","data":"x","event":5}"#, "`event`"),
+            (r#"{"topic":"a","data":"x","close":"yes"}"#, "`close`"),
+            (r#"{"topic":"a","data":"x","evnt":"t"}"#, "`evnt`"),
+            (
+                r#"[{"topic":"a","data":"x"},{"topic":"b"}]"#,
+                "item 1: field `data`",
+            ),
+        ];
+        for (body, needle) in cases {
+            match err(body) {
+                PublishError::InvalidEvent(m) => assert!(m.contains(needle), "{body}: {m}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert!(matches!(err("[]"), PublishError::InvalidEvent(_)));
+        assert!(matches!(err("5"), PublishError::InvalidEvent(_)));
+        assert!(matches!(
+            err(&format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(65))),
+            PublishError::TooLarge(_)
+        ));
+        match err("{\n  \"topic\": }") {
+            PublishError::InvalidJson(m) => assert!(m.contains("line 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_and_content_types() {
+        assert!(token_matches(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(!token_matches(Some(b"Bearer s3cres"), "s3cret"));
+        assert!(!token_matches(Some(b"s3cret"), "s3cret"));
+        assert!(!token_matches(None, "s3cret"));
+        assert!(is_json_content_type(Some(
+            "application/json; charset=utf-8"
+        )));
+        assert!(is_json_content_type(Some("Application/JSON")));
+        assert!(!is_json_content_type(Some(
+            "application/x-www-form-urlencoded"
+        )));
+        assert!(!is_json_content_type(None));
+    }
+}

@@ -1,0 +1,120 @@
+//! Response bodies and the one shape every refusal takes: `{"error", "detail"}`.
+
+use crate::hub::Subscription;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The body of every response ssegate sends: nothing, a buffer, the upstream's body
+/// streamed through, or an SSE stream.
+pub enum Body {
+    /// No body.
+    Empty,
+    /// A complete body.
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed as it arrives.
+    Incoming(Incoming),
+    /// An event stream.
+    Stream(Box<EventBody>),
+}
+
+impl Body {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
+    }
+}
+
+/// An SSE stream as a response body, with whatever must be released when it ends
+/// (connection gauges, per-IP slots) held in `guard`.
+pub struct EventBody {
+    /// The subscription the frames come from.
+    pub subscription: Subscription,
+    /// Dropped with the body.
+    pub guard: Box<dyn Send + Sync>,
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Self::Stream(s) => s
+                .subscription
+                .poll_chunk(cx)
+                .map(|c| c.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(b) => b.is_none(),
+            Self::Incoming(b) => b.is_end_stream(),
+            Self::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Incoming(b) => b.size_hint(),
+            Self::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// A refusal that knows its status, its machine-readable code and its human sentence.
+pub trait ApiError: std::fmt::Display {
+    /// The HTTP status.
+    fn status(&self) -> StatusCode;
+    /// The `error` code of the JSON body.
+    fn code(&self) -> &'static str;
+    /// Seconds for `Retry-After`, for refusals the client should retry.
+    fn retry_after(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The JSON error response for `err`.
+pub fn error_response(err: &dyn ApiError) -> Response<Body> {
+    let mut resp = json_error(err.status(), err.code(), &err.to_string());
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// `{"error": code, "detail": detail}` with `status`.
+pub fn json_error(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": code, "detail": detail }).to_string();
+    json(status, body)
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// A response with an empty body.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = status;
+    resp
+}

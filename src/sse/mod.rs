@@ -1,0 +1,195 @@
+//! The SSE wire format, and nothing else: event ids, frames, the heartbeat, and a
+//! spec-following parser for the client side (tests, the load generator, fuzzing).
+//!
+//! No I/O and no HTTP types live here. Frames are built once into [`Bytes`] and shared by
+//! every subscriber. Whatever a publisher sends as data can never break the framing: each
+//! CR, LF or CRLF in the data starts a new `data:` line, so no `id:`, `event:` or `retry:`
+//! line and no premature blank line can be injected.
+//!
+//! ```
+//! use ssegate::sse::{encode_event, EventId, Parser};
+//! let frame = encode_event(EventId::new(1, 0), Some("note"), "a\nb");
+//! assert_eq!(&frame[..], b"id: 1-0\nevent: note\ndata: a\ndata: b\n\n");
+//! let events = Parser::default().feed(&frame);
+//! assert_eq!(events[0].data, "a\nb");
+//! ```
+
+mod parser;
+
+pub use parser::{ParsedEvent, Parser};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt;
+use std::str::FromStr;
+
+/// The heartbeat: one SSE comment line, sent after `events.heartbeat` of silence.
+pub const HEARTBEAT: &[u8] = b": hb\n";
+
+/// Longest accepted event type, in bytes.
+pub const MAX_EVENT_TYPE_LEN: usize = 64;
+
+/// Event types starting with this prefix are ssegate's own and cannot be published.
+pub const RESERVED_TYPE_PREFIX: &str = "ssegate.";
+
+/// An event id, `<ms>-<seq>`: milliseconds since the Unix epoch and a counter within that
+/// millisecond. Ordered numerically (the derived order compares `ms`, then `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EventId {
+    /// Milliseconds since the Unix epoch.
+    pub ms: u64,
+    /// Counter within the millisecond.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// The id `<ms>-<seq>`.
+    pub const fn new(ms: u64, seq: u64) -> Self {
+        Self { ms, seq }
+    }
+
+    /// The smallest id greater than `self`.
+    pub const fn next(self) -> Self {
+        match self.seq.checked_add(1) {
+            Some(seq) => Self { ms: self.ms, seq },
+            None => Self {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Why a string is not an event id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an event id of the form <ms>-<seq>")]
+pub struct BadEventId;
+
+impl FromStr for EventId {
+    type Err = BadEventId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').ok_or(BadEventId)?;
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(BadEventId);
+        }
+        Ok(Self {
+            ms: ms.parse().map_err(|_| BadEventId)?,
+            seq: seq.parse().map_err(|_| BadEventId)?,
+        })
+    }
+}
+
+/// Whether `t` may be used as an SSE event type: 1–64 bytes, no whitespace, no control
+/// characters (so it cannot end its own line). The reserved prefix is checked by callers.
+pub fn is_valid_event_type(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_EVENT_TYPE_LEN
+        && !t.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Encodes one event: `id:`, then `event:` if any, then one `data:` line per line of
+/// `data` (CR, LF and CRLF each end a line), then the blank line that dispatches it.
+///
+/// `event_type` must satisfy [`is_valid_event_type`]; the caller validates it.
+pub fn encode_event(id: EventId, event_type: Option<&str>, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(encoded_len_hint(event_type, data));
+    buf.put_slice(b"id: ");
+    write_id(&mut buf, id);
+    buf.put_u8(b'\n');
+    if let Some(t) = event_type {
+        buf.put_slice(b"event: ");
+        buf.put_slice(t.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    put_data(&mut buf, data);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// Encodes one of ssegate's own events (no id, so the client's last event id is kept).
+pub fn encode_control(event_type: &str, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(encoded_len_hint(Some(event_type), data));
+    buf.put_slice(b"event: ");
+    buf.put_slice(event_type.as_bytes());
+    buf.put_u8(b'\n');
+    put_data(&mut buf, data);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// The `retry:` field telling the client how long to wait before reconnecting.
+pub fn encode_retry(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
+    // id line + event line + data lines; a small overestimate avoids regrowth.
+    32 + event_type.map_or(0, |t| t.len() + 8) + data.len() + 8
+}
+
+fn write_id(buf: &mut BytesMut, id: EventId) {
+    let mut itoa = itoa_buf();
+    buf.put_slice(fmt_u64(&mut itoa, id.ms));
+    buf.put_u8(b'-');
+    buf.put_slice(fmt_u64(&mut itoa, id.seq));
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn put_data(buf: &mut BytesMut, data: &str) {
+    let bytes = data.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\r' => {
+                put_data_line(buf, &bytes[start..i]);
+                i += if bytes.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                start = i;
+            }
+            b'\n' => {
+                put_data_line(buf, &bytes[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    put_data_line(buf, &bytes[start..]);
+}
+
+fn put_data_line(buf: &mut BytesMut, line: &[u8]) {
+    buf.put_slice(b"data: ");
+    buf.put_slice(line);
+    buf.put_u8(b'\n');
+}
+
+#[cfg(test)]
+mod tests;

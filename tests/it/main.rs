@@ -1,0 +1,10 @@
+//! Integration tests: real sockets on 127.0.0.1 port 0, ssegate started in-process (or
+//! the real binary, in `cli`), upstream apps built in the test.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+mod stream;
+mod publish;
+mod proxy;
+mod cli;

@@ -1,0 +1,417 @@
+//! Test helpers: an in-process upstream app, an in-process sidecar on port 0, an HTTP
+//! client over a real socket, an SSE client that parses frames, and a poll-with-deadline.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ssegate::app::Running;
+use ssegate::config::Config;
+use ssegate::sse::{ParsedEvent, Parser};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The body type the test upstream answers with.
+pub type UBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A complete upstream body.
+pub fn full(b: impl Into<Bytes>) -> UBody {
+    Full::new(b.into())
+        .map_err(|e: Infallible| match e {})
+        .boxed()
+}
+
+/// An app built in the test, serving on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub uri: hyper::Uri,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Stops accepting and drops the listener (later connects are refused).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an upstream whose every request is answered by `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<UBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        uri: format!("http://{addr}").parse().unwrap(),
+        task,
+    }
+}
+
+/// Defaults, both listeners on 127.0.0.1:0, pointing at `upstream`.
+pub fn test_config(upstream: &hyper::Uri) -> Config {
+    let mut c = Config::with_upstream(upstream.clone());
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+/// A sidecar started in-process.
+pub struct Sidecar {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub running: Option<Running>,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+}
+
+/// Starts ssegate with `config`.
+pub async fn sidecar(config: Config) -> Sidecar {
+    let running = ssegate::app::start(config).await.unwrap();
+    Sidecar {
+        proxy: running.proxy_addr,
+        admin: running.admin_addr,
+        running: Some(running),
+    }
+}
+
+/// An upstream that answers 200 "app" to everything, and a sidecar in front of it.
+pub async fn sidecar_with(tune: impl FnOnce(&mut Config)) -> (Sidecar, Upstream) {
+    let up = upstream(|_req| async { Response::new(full("app")) }).await;
+    let mut config = test_config(&up.uri);
+    tune(&mut config);
+    (sidecar(config).await, up)
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection and returns the response head and
+/// the connection's body.
+pub async fn send(addr: SocketAddr, req: Request<UBody>) -> Response<Incoming> {
+    send_on(TcpStream::connect(addr).await.unwrap(), req).await
+}
+
+/// Sends one request on an already connected stream.
+pub async fn send_on(stream: TcpStream, req: Request<UBody>) -> Response<Incoming> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .expect("no response within the deadline")
+        .unwrap()
+}
+
+/// A request with headers and a body.
+pub fn request(
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<UBody> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", "test.local");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(full(body)).unwrap()
+}
+
+/// Reads a whole body.
+pub async fn body_bytes(resp: Response<Incoming>) -> Bytes {
+    tokio::time::timeout(DEADLINE, resp.into_body().collect())
+        .await
+        .expect("body not complete within the deadline")
+        .unwrap()
+        .to_bytes()
+}
+
+/// Status and body (as JSON) of a request.
+pub async fn call_json(addr: SocketAddr, req: Request<UBody>) -> (StatusCode, serde_json::Value) {
+    let resp = send(addr, req).await;
+    let status = resp.status();
+    let body = body_bytes(resp).await;
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Publishes `body` (JSON text) on the internal listener; returns the status and JSON.
+pub async fn publish(admin: SocketAddr, body: &str) -> (StatusCode, serde_json::Value) {
+    call_json(
+        admin,
+        request(
+            "POST",
+            "/publish",
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        ),
+    )
+    .await
+}
+
+/// Publishes and returns the ids, asserting success.
+pub async fn publish_ok(admin: SocketAddr, body: &str) -> Vec<String> {
+    let (status, json) = publish(admin, body).await;
+    assert_eq!(status, StatusCode::OK, "publish failed: {json}");
+    json["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A client reading an SSE stream over a real socket with a spec-following parser.
+pub struct SseClient {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    body: Incoming,
+    parser: Parser,
+    queue: VecDeque<ParsedEvent>,
+    /// Comment lines seen so far (heartbeats are `" hb"`).
+    pub comments: Vec<String>,
+    /// Retry values seen so far.
+    pub retries: Vec<u64>,
+    /// The raw bytes received so far.
+    pub raw: Vec<u8>,
+}
+
+impl SseClient {
+    /// Opens `GET path_and_query` with extra headers.
+    pub async fn connect(addr: SocketAddr, path_and_query: &str, headers: &[(&str, &str)]) -> Self {
+        Self::connect_on(
+            TcpStream::connect(addr).await.unwrap(),
+            path_and_query,
+            headers,
+        )
+        .await
+    }
+
+    /// Opens `GET path_and_query` on an already connected stream.
+    pub async fn connect_on(
+        stream: TcpStream,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
+        let mut h = vec![("accept", "text/event-stream")];
+        h.extend_from_slice(headers);
+        let resp = send_on(stream, request("GET", path_and_query, &h, Bytes::new())).await;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        Self {
+            status,
+            headers: parts.headers,
+            body,
+            parser: Parser::default(),
+            queue: VecDeque::new(),
+            comments: Vec::new(),
+            retries: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    /// Opens a stream and asserts it was accepted.
+    pub async fn open(addr: SocketAddr, path_and_query: &str) -> Self {
+        let c = Self::connect(addr, path_and_query, &[]).await;
+        assert_eq!(c.status, StatusCode::OK, "stream {path_and_query} refused");
+        c
+    }
+
+    /// Reads one more chunk; false at the end of the stream.
+    async fn read_chunk(&mut self, deadline: Duration) -> bool {
+        let frame = tokio::time::timeout(deadline, self.body.frame())
+            .await
+            .expect("nothing received within the deadline");
+        match frame {
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    self.raw.extend_from_slice(&data);
+                    for ev in self.parser.feed(&data) {
+                        self.comments.extend(ev.comments.iter().cloned());
+                        if let Some(r) = ev.retry {
+                            self.retries.push(r);
+                        }
+                        if ev.event.is_some() || ev.id.is_some() || !ev.data.is_empty() {
+                            self.queue.push_back(ev);
+                        }
+                    }
+                    self.comments.extend(self.parser.take_comments());
+                }
+                true
+            }
+            Some(Err(e)) => panic!("stream broke: {e}"),
+            None => false,
+        }
+    }
+
+    /// The next event (blocks of only `retry:` or comments are skipped); `None` when the
+    /// server ended the stream.
+    pub async fn next(&mut self) -> Option<ParsedEvent> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(ev);
+            }
+            if !self.read_chunk(DEADLINE).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next event, which must exist.
+    pub async fn event(&mut self) -> ParsedEvent {
+        self.next()
+            .await
+            .expect("the stream ended instead of sending an event")
+    }
+
+    /// The next `n` events' data.
+    pub async fn data(&mut self, n: usize) -> Vec<String> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(self.event().await.data);
+        }
+        v
+    }
+
+    /// Asserts the server ends the stream with no further event.
+    pub async fn assert_ended(&mut self) {
+        if let Some(ev) = self.next().await {
+            panic!("expected the end of the stream, got {ev:?}");
+        }
+    }
+
+    /// Waits until a heartbeat comment arrives.
+    pub async fn wait_heartbeat(&mut self) {
+        while !self.comments.iter().any(|c| c == " hb") {
+            assert!(
+                self.read_chunk(DEADLINE).await,
+                "stream ended before a heartbeat"
+            );
+        }
+    }
+
+    /// Asserts nothing arrives within `quiet` (for isolation checks).
+    pub async fn assert_no_event_within(&mut self, quiet: Duration) {
+        if let Some(ev) = self.queue.pop_front() {
+            panic!("unexpected event {ev:?}");
+        }
+        if let Ok(Some(Ok(f))) = tokio::time::timeout(quiet, self.body.frame()).await
+            && let Ok(data) = f.into_data()
+        {
+            let evs: Vec<_> = self
+                .parser
+                .feed(&data)
+                .into_iter()
+                .filter(|e| !e.data.is_empty() || e.event.is_some())
+                .collect();
+            assert!(evs.is_empty(), "unexpected events {evs:?}");
+        }
+    }
+}
+
+/// Polls `check` until it returns true, failing after [`DEADLINE`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The number of open streams, from `/stats`.
+pub async fn connections(admin: SocketAddr) -> u64 {
+    let (_, json) = call_json(admin, request("GET", "/stats", &[], Bytes::new())).await;
+    json["connections"].as_u64().unwrap()
+}
+
+/// Like [`upstream`], also counting the TCP connections the upstream accepts (to see
+/// whether ssegate reuses its connections to the app).
+pub async fn counting_upstream<F, Fut>(
+    handler: F,
+) -> (Upstream, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<UBody>> + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let handler = Arc::new(handler);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let up = Upstream {
+        addr,
+        uri: format!("http://{addr}").parse().unwrap(),
+        task,
+    };
+    (up, accepted)
+}
