@@ -104,7 +104,7 @@ impl Admin {
                 "oldest_id": stats.oldest.map(|id| id.to_string()),
             },
             "uptime_seconds": self.started.elapsed().as_secs(),
-            "broker": { "kind": "memory", "up": true },
+            "broker": { "kind": self.hub.broker_kind(), "up": self.hub.broker_up() },
             "shutting_down": self.shutdown.is_triggered(),
         });
         json(StatusCode::OK, body.to_string())
@@ -147,9 +147,14 @@ impl Handler for Admin {
                 "shutting_down",
                 "the server is shutting down",
             ),
+            "/readyz" if !self.hub.broker_up() => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker_unavailable",
+                "the broker is unreachable",
+            ),
             "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
             "/metrics" => {
-                let mut resp = Response::new(Body::full(self.metrics.render(true)));
+                let mut resp = Response::new(Body::full(self.metrics.render(self.hub.broker_up())));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -33,7 +33,7 @@ impl Running {
     pub fn shutdown(&self) {
         if !self.shutdown.is_triggered() {
             self.shutdown.trigger();
-            let n = self.hub.shutdown(self.retry);
+            let n = self.hub.shutdown(self.retry, self.retry.min(std::time::Duration::from_secs(5)));
             tracing::info!(streams = n, grace = ?self.grace, "shutting down");
         }
     }

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;

@@ -20,10 +20,15 @@ struct Cli {
 enum Command {
     /// Validate the configuration file: print every error, exit 1 if there is one.
     Check,
+    /// Run on the embedded defaults with a built-in demo app, at http://127.0.0.1:8080/.
+    Demo,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Demo) = cli.command {
+        return run_demo();
+    }
     let Some(path) = cli.config else {
         eprintln!("ssegate: no configuration file: pass --config PATH or set SSEGATE_CONFIG");
         return ExitCode::from(1);
@@ -41,7 +46,31 @@ fn main() -> ExitCode {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
-        None => run(config),
+        Some(Command::Demo) | None => run(config),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("ssegate: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
+fn run_demo() -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(ssegate::demo::run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ssegate demo: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -283,11 +283,22 @@ impl Hub {
             .end_where(|s| s.subject.as_deref() == Some(subject), &End::Revoked)
     }
 
-    /// Ends every stream with `ssegate.shutdown`, telling clients to retry after `retry`.
-    pub fn shutdown(&self, retry: Duration) -> usize {
+    /// Ends every stream with `ssegate.shutdown`, telling each client to retry after
+    /// `retry` plus its own share of `spread`.
+    pub fn shutdown(&self, retry: Duration, spread: Duration) -> usize {
         self.inner
             .registry
-            .end_where(|_| true, &End::Shutdown { retry })
+            .end_where(|_| true, &End::Shutdown { retry, spread })
+    }
+
+    /// Whether the broker can take publishes (always, for the memory broker).
+    pub fn broker_up(&self) -> bool {
+        true
+    }
+
+    /// The broker's kind, for `/stats`.
+    pub fn broker_kind(&self) -> &'static str {
+        "memory"
     }
 
     /// Counts for `/stats`.

@@ -23,8 +23,11 @@ pub enum End {
     TopicDeleted(Box<str>),
     /// The server is shutting down: `ssegate.shutdown` with a retry hint.
     Shutdown {
-        /// How long the client should wait before reconnecting.
+        /// The shortest wait before reconnecting.
         retry: Duration,
+        /// Each stream's hint is `retry` plus a share of this window, spread by subscriber,
+        /// so thousands of clients do not reconnect elsewhere in the same millisecond.
+        spread: Duration,
     },
     /// The token's subject was revoked (`DELETE /subscribers/{sub}`): `ssegate.revoked`.
     Revoked,
@@ -35,15 +38,19 @@ pub enum End {
 }
 
 impl End {
-    fn frame(&self) -> Option<Bytes> {
+    fn frame(&self, subscriber: u64) -> Option<Bytes> {
         match self {
             Self::Overflow | Self::Lagged => None,
             Self::TopicDeleted(t) => Some(sse::encode_control(
                 "ssegate.closed",
                 &serde_json::json!({ "topic": t }).to_string(),
             )),
-            Self::Shutdown { retry } => {
-                let ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX);
+            Self::Shutdown { retry, spread } => {
+                let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+                let jitter = if spread == 0 { 0 } else { mix(subscriber) % spread };
+                let ms = u64::try_from(retry.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(jitter);
                 let mut b = BytesMut::from(&sse::encode_retry(ms)[..]);
                 b.extend_from_slice(&sse::encode_control(
                     "ssegate.shutdown",
@@ -55,6 +62,14 @@ impl End {
             Self::Expired => Some(sse::encode_control("ssegate.expired", "{}")),
         }
     }
+}
+
+/// A cheap, well-spread hash (splitmix64) of a subscriber id, for jitter.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Which events a subscriber receives.
@@ -390,7 +405,7 @@ impl Subscription {
         }
         self.scratch = scratch;
         if let Some(end) = end {
-            if let Some(frame) = end.frame() {
+            if let Some(frame) = end.frame(self.sub.id) {
                 chunk.push(&frame);
             }
             self.finishing = true;

@@ -8,3 +8,4 @@ mod stream;
 mod publish;
 mod proxy;
 mod cli;
+mod redis;

@@ -1,0 +1,1 @@
+//! Scale-out on Redis (SPEC §9): several instances on one real redis-server.
