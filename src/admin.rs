@@ -2,6 +2,7 @@
 //! operator endpoints (`/healthz`, `/readyz`, `/metrics`, `/stats`). It must only be
 //! reachable from the app's side (loopback by default).
 
+use crate::config::Config;
 use crate::hub::{Hub, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishError};
@@ -13,30 +14,64 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-/// What the internal listener needs.
+/// The `publish` section, replaced whole on reload.
+struct PublishPolicy {
+    token: Option<String>,
+    max_body: usize,
+    max_event_bytes: usize,
+}
+
+impl PublishPolicy {
+    fn new(config: &Config) -> Self {
+        Self {
+            token: config.publish.token.clone(),
+            max_body: config.publish.max_body,
+            max_event_bytes: config.publish.max_event_bytes,
+        }
+    }
+}
+
+/// The internal listener's request handler.
 pub struct Admin {
-    /// The hub events are published to.
-    pub hub: Hub,
-    /// The process's counters.
-    pub metrics: Arc<Metrics>,
-    /// The shutdown switch (`/readyz` turns 503).
-    pub shutdown: Shutdown,
-    /// `publish.token`, if set.
-    pub publish_token: Option<String>,
-    /// `publish.max_body`.
-    pub max_body: usize,
-    /// `publish.max_event_bytes`.
-    pub max_event_bytes: usize,
-    /// When the process started, for `/stats`.
-    pub started: Instant,
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+    policy: RwLock<Arc<PublishPolicy>>,
+    started: Instant,
 }
 
 impl Admin {
+    /// The handler for `config`, publishing to `hub`.
+    pub fn new(config: &Config, hub: Hub, metrics: Arc<Metrics>, shutdown: Shutdown) -> Self {
+        Self {
+            hub,
+            metrics,
+            shutdown,
+            policy: RwLock::new(Arc::new(PublishPolicy::new(config))),
+            started: Instant::now(),
+        }
+    }
+
+    /// Applies a reloaded `publish` section.
+    pub fn reload(&self, config: &Config) {
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Arc::new(PublishPolicy::new(config));
+    }
+
     async fn publish(&self, req: Request<Incoming>) -> Result<Response<Body>, PublishError> {
-        if let Some(token) = &self.publish_token {
+        let policy = Arc::clone(
+            &self
+                .policy
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let Some(token) = &policy.token {
             let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
             if !publish::token_matches(auth, token) {
                 return Err(PublishError::Unauthorized);
@@ -52,7 +87,7 @@ impl Admin {
         let too_large = || {
             PublishError::TooLarge(format!(
                 "the body is larger than publish.max_body ({} bytes)",
-                self.max_body
+                policy.max_body
             ))
         };
         let declared = req
@@ -60,10 +95,10 @@ impl Admin {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body as u64) {
+        if declared.is_some_and(|n| n > policy.max_body as u64) {
             return Err(too_large());
         }
-        let body = Limited::new(req.into_body(), self.max_body)
+        let body = Limited::new(req.into_body(), policy.max_body)
             .collect()
             .await
             .map_err(|e| {
@@ -74,12 +109,14 @@ impl Admin {
                 }
             })?
             .to_bytes();
-        let batch = publish::parse_body(&body, self.max_event_bytes)?;
+        let batch = publish::parse_body(&body, policy.max_event_bytes)?;
+        let started = std::time::Instant::now();
         let ids = self
             .hub
             .publish(batch)
             .await
             .map_err(|e| PublishError::BrokerUnavailable(e.to_string()))?;
+        self.metrics.publish_duration(started.elapsed());
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         Ok(json(
             StatusCode::OK,
@@ -157,7 +194,9 @@ impl Handler for Admin {
                 let mut resp = Response::new(Body::full(self.metrics.render(self.hub.broker_up())));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 resp
             }

@@ -4,13 +4,13 @@
 use crate::admin::Admin;
 use crate::config::{self, Config};
 use crate::hub::{Hub, HubSettings, SlowConsumer};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::proxy::Public;
 use crate::server;
-use crate::shutdown::{self, Shutdown};
+use crate::shutdown::{Shutdown, Signals};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 
 /// A running instance: its bound addresses and the handle to stop it.
@@ -21,6 +21,10 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The instance's hub.
     pub hub: Hub,
+    public: Arc<Public>,
+    admin: Arc<Admin>,
+    limits: Arc<Limits>,
+    config: Mutex<Config>,
     shutdown: Shutdown,
     grace: std::time::Duration,
     retry: std::time::Duration,
@@ -33,9 +37,44 @@ impl Running {
     pub fn shutdown(&self) {
         if !self.shutdown.is_triggered() {
             self.shutdown.trigger();
-            let n = self.hub.shutdown(self.retry, self.retry.min(std::time::Duration::from_secs(5)));
+            let n = self.hub.shutdown(
+                self.retry,
+                self.retry.min(std::time::Duration::from_secs(5)),
+            );
             tracing::info!(streams = n, grace = ?self.grace, "shutting down");
         }
+    }
+
+    /// Applies a re-read configuration without dropping any connection: limits, rate
+    /// limits, auth keys, CORS, the publish token and sizes. Returns the keys whose change
+    /// needs a restart (they keep their old values); on error nothing changes.
+    pub fn reload(&self, new: Config) -> Result<Vec<&'static str>, String> {
+        self.public.reload(&new)?;
+        self.limits.update(&new.limits);
+        self.admin.reload(&new);
+        let mut config = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let restart = needs_restart(&config, &new);
+        let mut kept = new;
+        // Keys that need a restart keep their running values, so a later reload compares
+        // against what is really in force.
+        kept.listen = config.listen;
+        kept.admin_listen = config.admin_listen;
+        kept.upstream = config.upstream.clone();
+        kept.upstream_timeouts = config.upstream_timeouts.clone();
+        kept.broker = config.broker.clone();
+        kept.events.path = config.events.path.clone();
+        kept.events.history = config.events.history.clone();
+        kept.events.subscriber_buffer = config.events.subscriber_buffer;
+        kept.events.slow_consumer = config.events.slow_consumer;
+        kept.events.heartbeat = config.events.heartbeat;
+        kept.events.retry = config.events.retry;
+        kept.shutdown = config.shutdown.clone();
+        kept.log.format = config.log.format;
+        *config = kept;
+        Ok(restart)
     }
 
     /// Waits until both listeners have drained (at most the grace period after shutdown).
@@ -46,21 +85,72 @@ impl Running {
     }
 
     /// Serves until SIGTERM or SIGINT, then shuts down gracefully; a second signal exits
-    /// at once.
-    pub async fn run_until_signal(self) {
-        let name = shutdown::signal().await;
+    /// at once. SIGHUP re-reads the configuration through `reload`, if given.
+    pub async fn run_until_signal(self, mut signals: Signals, reload: Option<Reload>) {
+        let name = loop {
+            match signals.next().await {
+                Err(name) => break name,
+                Ok(()) => match &reload {
+                    Some(r) => self.apply_reload(r),
+                    None => tracing::warn!("SIGHUP ignored: no configuration file to re-read"),
+                },
+            }
+        };
         tracing::info!(signal = name, "signal received");
         self.shutdown();
         tokio::select! {
             () = self.wait() => {}
-            name = shutdown::signal() => {
+            name = signals.terminate() => {
                 tracing::warn!(signal = name, "second signal: exiting now");
+            }
+        }
+    }
+
+    fn apply_reload(&self, reload: &Reload) {
+        let new = match (reload.read)() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(errors = %e, "configuration reload refused; the old configuration stays in force");
+                return;
+            }
+        };
+        let level = new.log.level.clone();
+        match self.reload(new) {
+            Ok(restart) => {
+                (reload.log_level)(&level);
+                if restart.is_empty() {
+                    tracing::info!("configuration reloaded");
+                } else {
+                    tracing::warn!(keys = %restart.join(", "), "configuration reloaded; these changes need a restart and were not applied");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload refused; the old configuration stays in force");
             }
         }
     }
 }
 
-/// Converts the `events` section into hub settings.
+/// How SIGHUP re-reads the configuration and applies the log level.
+pub struct Reload {
+    /// Reads and validates the file again; the errors as text on failure.
+    pub read: Box<dyn Fn() -> Result<Config, String> + Send + Sync>,
+    /// Applies `log.level` (the binary owns the logging setup).
+    pub log_level: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// Forgets idle rate-limiter keys every minute, so their memory stays bounded.
+async fn housekeeping(limits: Arc<Limits>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limits.housekeeping(),
+            () = shutdown.triggered() => return,
+        }
+    }
+}
+
+/// Converts the `events` and `broker` sections into hub settings.
 pub fn hub_settings(config: &Config) -> HubSettings {
     let e = &config.events;
     HubSettings {
@@ -73,8 +163,51 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         },
         heartbeat: e.heartbeat,
         retry: e.retry,
+        broker: match config.broker.kind {
+            config::BrokerKind::Memory => crate::hub::BrokerSettings::Memory,
+            config::BrokerKind::Redis => crate::hub::BrokerSettings::Redis {
+                url: config.broker.redis.url.clone(),
+                stream: config.broker.redis.stream.clone(),
+            },
+        },
         ..HubSettings::default()
     }
+}
+
+/// The keys that differ between `old` and `new` and only take effect after a restart.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check(old.listen != new.listen, "listen");
+    check(old.admin_listen != new.admin_listen, "admin_listen");
+    check(old.upstream != new.upstream, "upstream");
+    check(
+        old.upstream_timeouts != new.upstream_timeouts,
+        "upstream_timeouts",
+    );
+    check(old.broker != new.broker, "broker");
+    check(old.events.path != new.events.path, "events.path");
+    check(old.events.history != new.events.history, "events.history");
+    check(
+        old.events.subscriber_buffer != new.events.subscriber_buffer,
+        "events.subscriber_buffer",
+    );
+    check(
+        old.events.slow_consumer != new.events.slow_consumer,
+        "events.slow_consumer",
+    );
+    check(
+        old.events.heartbeat != new.events.heartbeat,
+        "events.heartbeat",
+    );
+    check(old.events.retry != new.events.retry, "events.retry");
+    check(old.shutdown != new.shutdown, "shutdown.grace");
+    check(old.log.format != new.log.format, "log.format");
+    keys
 }
 
 /// Binds both listeners and starts serving. Errors are one line naming the cause.
@@ -88,33 +221,40 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let shutdown = Shutdown::new();
     let grace = config.shutdown.grace;
 
+    let limits = Limits::new(&config.limits);
     let public = Arc::new(Public::new(
+        &config,
+        hub.clone(),
+        Arc::clone(&limits),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    )?);
+    let admin = Arc::new(Admin::new(
         &config,
         hub.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
-    let admin = Arc::new(Admin {
-        hub: hub.clone(),
-        metrics: Arc::clone(&metrics),
-        shutdown: shutdown.clone(),
-        publish_token: config.publish.token.clone(),
-        max_body: config.publish.max_body,
-        max_event_bytes: config.publish.max_event_bytes,
-        started: Instant::now(),
-    });
+    tokio::spawn(housekeeping(Arc::clone(&limits), shutdown.clone()));
+    let finish = shutdown.clone();
+    let public_server = server::serve(
+        proxy_listener,
+        Arc::clone(&public),
+        shutdown.clone(),
+        grace,
+        false,
+    );
     let servers = vec![
-        tokio::spawn(server::serve(
-            proxy_listener,
-            public,
-            shutdown.clone(),
-            grace,
-        )),
+        tokio::spawn(async move {
+            public_server.await;
+            finish.finish();
+        }),
         tokio::spawn(server::serve(
             admin_listener,
-            admin,
+            Arc::clone(&admin),
             shutdown.clone(),
             grace,
+            true,
         )),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.upstream, "listening");
@@ -122,9 +262,13 @@ pub async fn start(config: Config) -> Result<Running, String> {
         proxy_addr,
         admin_addr,
         hub,
+        public,
+        admin,
+        limits,
         shutdown,
         grace,
         retry: config.events.retry,
+        config: Mutex::new(config),
         servers,
     })
 }

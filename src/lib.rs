@@ -16,9 +16,12 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;

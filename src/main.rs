@@ -21,13 +21,27 @@ enum Command {
     /// Validate the configuration file: print every error, exit 1 if there is one.
     Check,
     /// Run on the embedded defaults with a built-in demo app, at http://127.0.0.1:8080/.
-    Demo,
+    Demo {
+        /// The public listener (the page and the streams).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The internal listener (the publish webhook).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin_listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo) = cli.command {
-        return run_demo();
+    if let Some(Command::Demo {
+        listen,
+        admin_listen,
+    }) = cli.command
+    {
+        return run_demo(ssegate::demo::DemoOptions {
+            listen,
+            admin_listen,
+        });
     }
     let Some(path) = cli.config else {
         eprintln!("ssegate: no configuration file: pass --config PATH or set SSEGATE_CONFIG");
@@ -46,7 +60,7 @@ fn main() -> ExitCode {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
-        Some(Command::Demo) | None => run(config),
+        Some(Command::Demo { .. }) | None => run(config, path),
     }
 }
 
@@ -60,12 +74,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn run_demo() -> ExitCode {
+fn run_demo(options: ssegate::demo::DemoOptions) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(ssegate::demo::run()) {
+    match rt.block_on(ssegate::demo::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ssegate demo: {e}");
@@ -74,36 +94,60 @@ fn run_demo() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Sets up logging as configured (`RUST_LOG` overrides `log.level`) and returns what
+/// applies a new `log.level` on reload.
+fn init_logging(config: &Config) -> Box<dyn Fn(&str) + Send + Sync> {
+    use tracing_subscriber::{
+        EnvFilter, fmt, layer::SubscriberExt, reload, util::SubscriberInitExt,
+    };
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = |level: &str| EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter_layer, handle) =
+        reload::Layer::new(filter(from_env.as_deref().unwrap_or(&config.log.level)));
+    let registry = tracing_subscriber::registry().with(filter_layer);
     match config.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init(),
     }
+    Box::new(move |level: &str| {
+        if from_env.is_none() {
+            let _ = handle.reload(filter(level));
+        }
+    })
 }
 
-fn run(config: Config) -> ExitCode {
-    init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn run(config: Config, path: PathBuf) -> ExitCode {
+    let log_level = init_logging(&config);
+    let reload = ssegate::app::Reload {
+        read: Box::new(move || config::load(&path).map_err(|e| e.to_string())),
+        log_level,
+    };
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ssegate: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
+        // Before binding: a signal that arrives right after `listening` must be caught.
+        let signals = match ssegate::shutdown::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ssegate: cannot install signal handlers: {e}");
+                return ExitCode::from(1);
+            }
+        };
         match ssegate::app::start(config).await {
             Ok(running) => {
-                running.run_until_signal().await;
+                running.run_until_signal(signals, Some(reload)).await;
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,90 +1,272 @@
-//! Counters for `/metrics`: plain atomics, cheap enough for the hot path.
+//! The process's metrics, rendered for Prometheus at `/metrics` (SPEC §8).
+//!
+//! Every labelled series is created up front and its handle kept, so an increment on the hot
+//! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come
+//! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::time::Duration;
 
-/// The process's counters and gauges. Shared by every module through an `Arc`.
-#[derive(Debug, Default)]
+/// Why a stream was refused (`ssegate_connections_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// `limits.max_connections`.
+    MaxConnections,
+    /// `limits.max_connections_per_ip`.
+    MaxConnectionsPerIp,
+    /// `limits.connect_rate_per_ip`.
+    ConnectRate,
+    /// No or an invalid token.
+    Unauthorized,
+    /// A topic outside the grant.
+    Forbidden,
+    /// The app said no (`auth.mode: upstream`), or could not be asked.
+    UpstreamAuth,
+    /// A malformed request (topic, type, resume point).
+    BadRequest,
+    /// The instance is shutting down.
+    ShuttingDown,
+}
+
+impl Rejection {
+    const ALL: [Self; 8] = [
+        Self::MaxConnections,
+        Self::MaxConnectionsPerIp,
+        Self::ConnectRate,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::UpstreamAuth,
+        Self::BadRequest,
+        Self::ShuttingDown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::ConnectRate => "connect_rate",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::UpstreamAuth => "upstream_auth",
+            Self::BadRequest => "bad_request",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Which rate limit refused (`ssegate_rate_limited_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimited {
+    /// New streams per IP.
+    Connect,
+    /// Proxied requests per IP.
+    Requests,
+}
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// All of ssegate's metrics. Shared through an `Arc`.
+#[derive(Debug)]
 pub struct Metrics {
-    connections: AtomicI64,
-    published: AtomicU64,
-    delivered: AtomicU64,
-    dropped_overflow: AtomicU64,
-    slow_consumer_disconnects: AtomicU64,
+    registry: Registry,
+    connections: Gauge,
+    rejected: [Counter; Rejection::ALL.len()],
+    published: Counter,
+    delivered: Counter,
+    dropped_overflow: Counter,
+    slow_consumer_disconnects: Counter,
+    publish_duration: Histogram,
+    proxy_requests: [Counter; 5],
+    upstream_duration: Histogram,
+    rate_limited: [Counter; 2],
+    broker_up: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
+    ]
+    .into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let connections = Gauge::default();
+        registry.register(
+            "ssegate_connections",
+            "Open event streams",
+            connections.clone(),
+        );
+
+        let rejected_family = Family::<Labels, Counter>::default();
+        let rejected = Rejection::ALL.map(|r| {
+            rejected_family
+                .get_or_create(&vec![("reason", r.as_str())])
+                .clone()
+        });
+        registry.register(
+            "ssegate_connections_rejected",
+            "Streams refused, by reason",
+            rejected_family,
+        );
+
+        let published = Counter::default();
+        registry.register(
+            "ssegate_events_published",
+            "Events accepted by the broker",
+            published.clone(),
+        );
+        let delivered = Counter::default();
+        registry.register(
+            "ssegate_events_delivered",
+            "Events written to subscriber connections",
+            delivered.clone(),
+        );
+
+        let dropped_family = Family::<Labels, Counter>::default();
+        let dropped_overflow = dropped_family
+            .get_or_create(&vec![("reason", "overflow")])
+            .clone();
+        registry.register(
+            "ssegate_events_dropped",
+            "Events dropped before delivery, by reason",
+            dropped_family,
+        );
+
+        let slow_consumer_disconnects = Counter::default();
+        registry.register(
+            "ssegate_slow_consumer_disconnects",
+            "Streams ended because their queue was full",
+            slow_consumer_disconnects.clone(),
+        );
+
+        let publish_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ssegate_publish_duration_seconds",
+            "Time to store a publish request's events",
+            publish_duration.clone(),
+        );
+
+        let proxy_family = Family::<Labels, Counter>::default();
+        let proxy_requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
+            proxy_family
+                .get_or_create(&vec![("status_class", c)])
+                .clone()
+        });
+        registry.register(
+            "ssegate_proxy_requests",
+            "Proxied requests, by response status class",
+            proxy_family,
+        );
+
+        let upstream_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "ssegate_upstream_duration_seconds",
+            "Time from forwarding a request to the upstream's response head",
+            upstream_duration.clone(),
+        );
+
+        let limited_family = Family::<Labels, Counter>::default();
+        let rate_limited = ["connect", "requests"]
+            .map(|k| limited_family.get_or_create(&vec![("kind", k)]).clone());
+        registry.register(
+            "ssegate_rate_limited",
+            "Refusals by a per-IP rate limit, by kind",
+            limited_family,
+        );
+
+        let broker_up = Gauge::default();
+        registry.register(
+            "ssegate_broker_up",
+            "Whether the broker is reachable (1) or not (0)",
+            broker_up.clone(),
+        );
+
+        Self {
+            registry,
+            connections,
+            rejected,
+            published,
+            delivered,
+            dropped_overflow,
+            slow_consumer_disconnects,
+            publish_duration,
+            proxy_requests,
+            upstream_duration,
+            rate_limited,
+            broker_up,
+        }
+    }
 }
 
 impl Metrics {
     /// Events accepted by the broker.
     pub fn published(&self, n: u64) {
-        self.published.fetch_add(n, Relaxed);
+        self.published.inc_by(n);
     }
 
     /// Events handed to subscribers' connections.
     pub fn delivered(&self, n: u64) {
         if n > 0 {
-            self.delivered.fetch_add(n, Relaxed);
+            self.delivered.inc_by(n);
         }
     }
 
     /// Events dropped by the `drop_oldest` policy.
     pub fn dropped_overflow(&self, n: u64) {
-        self.dropped_overflow.fetch_add(n, Relaxed);
+        self.dropped_overflow.inc_by(n);
     }
 
     /// A stream ended by the `disconnect` policy.
     pub fn slow_consumer_disconnect(&self) {
-        self.slow_consumer_disconnects.fetch_add(1, Relaxed);
+        self.slow_consumer_disconnects.inc();
     }
 
     /// A stream opened (`+1`) or closed (`-1`).
     pub fn connections_add(&self, d: i64) {
-        self.connections.fetch_add(d, Relaxed);
+        self.connections.inc_by(d);
     }
 
-    /// Renders the Prometheus text format.
+    /// A refused stream.
+    pub fn rejected(&self, why: Rejection) {
+        if let Some(i) = Rejection::ALL.iter().position(|r| *r == why) {
+            self.rejected[i].inc();
+        }
+    }
+
+    /// A refusal by a rate limit.
+    pub fn rate_limited(&self, kind: RateLimited) {
+        self.rate_limited[kind as usize].inc();
+    }
+
+    /// How long a publish took to store.
+    pub fn publish_duration(&self, d: Duration) {
+        self.publish_duration.observe(d.as_secs_f64());
+    }
+
+    /// A proxied request's status, and the upstream's time to answer if it was reached.
+    pub fn proxied(&self, status: u16, upstream: Option<Duration>) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.proxy_requests[class].inc();
+        if let Some(d) = upstream {
+            self.upstream_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// Renders the text exposition format.
     pub fn render(&self, broker_up: bool) -> String {
-        use std::fmt::Write;
-        let mut s = String::with_capacity(1024);
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
-        metric(
-            "ssegate_connections",
-            "gauge",
-            "Open event streams.",
-            self.connections.load(Relaxed).to_string(),
-        );
-        metric(
-            "ssegate_events_published_total",
-            "counter",
-            "Events accepted by the broker.",
-            self.published.load(Relaxed).to_string(),
-        );
-        metric(
-            "ssegate_events_delivered_total",
-            "counter",
-            "Events written to subscribers.",
-            self.delivered.load(Relaxed).to_string(),
-        );
-        metric(
-            "ssegate_slow_consumer_disconnects_total",
-            "counter",
-            "Streams ended because their queue was full.",
-            self.slow_consumer_disconnects.load(Relaxed).to_string(),
-        );
-        metric(
-            "ssegate_broker_up",
-            "gauge",
-            "Whether the broker is reachable.",
-            u8::from(broker_up).to_string(),
-        );
-        let _ = writeln!(
-            s,
-            "# HELP ssegate_events_dropped_total Events dropped before delivery.\n# TYPE ssegate_events_dropped_total counter\nssegate_events_dropped_total{{reason=\"overflow\"}} {}",
-            self.dropped_overflow.load(Relaxed)
-        );
-        s
+        self.broker_up.set(i64::from(broker_up));
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
     }
 }

@@ -43,13 +43,18 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-/// Serves `listener` with `handler` until `shutdown`, then waits up to `grace` for open
-/// connections to finish.
+/// Serves `listener` with `handler` until `shutdown`, then drains: connections already
+/// open get up to `grace` to finish (hyper closes idle keep-alive ones), while the
+/// listener keeps answering new connections with one request each, so a client that
+/// arrives during the drain gets a clear answer (a 503 for a new stream, `/readyz` 503)
+/// instead of a refused connection. With `linger`, the listener keeps answering until
+/// [`Shutdown::finish`] too (the internal listener waits for the public one to drain).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     shutdown: Shutdown,
     grace: Duration,
+    linger: bool,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -60,26 +65,14 @@ pub async fn serve<H: Handler>(
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly instead of spinning; the
-                    // connections already open keep working.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = shutdown.triggered() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = Arc::clone(&handler);
-        let service = service_fn(move |req| {
-            let handler = Arc::clone(&handler);
-            async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
-        });
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                service(Arc::clone(&handler), peer),
+            )
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -88,11 +81,74 @@ pub async fn serve<H: Handler>(
             }
         });
     }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?grace, "connections still open after the shutdown grace; closing them");
+
+    let mut late = tokio::task::JoinSet::new();
+    builder.http1().keep_alive(false);
+    let drained = async {
+        graceful.shutdown().await;
+        if linger {
+            shutdown.finished().await;
+        }
+    };
+    tokio::pin!(drained);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut drained => break,
+            () = &mut deadline => {
+                tracing::warn!(grace = ?grace, "connections still open after the shutdown grace; closing them");
+                break;
+            }
+            (stream, peer) = accept(&listener) => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service(Arc::clone(&handler), peer))
+                    .into_owned();
+                late.spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
     }
+    drop(listener);
+    // Connections accepted during the drain answer one request each; give them what is
+    // left of the grace.
+    let _ = tokio::time::timeout_at(deadline.deadline(), async {
+        while late.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+/// The next connection. Accept errors (typically EMFILE) back off briefly instead of
+/// spinning; the connections already open keep working.
+async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn service<H: Handler>(
+    handler: Arc<H>,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+    })
 }

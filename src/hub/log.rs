@@ -1,8 +1,11 @@
-//! The memory broker's event log: the bounded, globally ordered history.
+//! The event log: the bounded, globally ordered history of this instance.
 //!
-//! Publishing appends here (one short lock: assign ids, encode each frame once, append).
-//! The dispatchers read it by sequence number to fan events out, and new subscribers read
-//! it to replay what they missed, so history and live delivery come from one ordered source.
+//! With the memory broker, publishing appends here (one short lock: assign ids, encode each
+//! frame once, append). With Redis, the log is the local mirror of the shared stream: the
+//! reader appends the stream's entries with the ids Redis gave them ([`MemoryLog::append_remote`]).
+//! Either way the dispatchers read it by sequence number to fan events out, and new
+//! subscribers read it to replay what they missed, so history and live delivery come from
+//! one ordered source.
 
 use super::{Event, NewEvent, Resume};
 use crate::sse::{self, EventId};
@@ -22,9 +25,13 @@ struct State {
     /// Sequence number of `ring[0]`; the next appended event gets `first_seq + ring.len()`.
     first_seq: u64,
     last_id: EventId,
-    /// The greatest id pushed out by `max_events` or `max_age`: a resume from before it
-    /// may have missed events.
-    evicted_upto: Option<EventId>,
+    /// The history is complete from this id on: a resume starting before it may have missed
+    /// events. It starts at the process's boot (memory) or at the oldest entry loaded from
+    /// Redis, and moves up past every evicted event and every hole in the mirror.
+    horizon: EventId,
+    /// Dispatchers start reading at this sequence number: history loaded from Redis at
+    /// startup is for replays only, never sent to live streams as new events.
+    dispatch_from: u64,
 }
 
 /// The result of reading the log for fan-out.
@@ -50,31 +57,59 @@ pub(crate) struct MemoryLog {
     state: Mutex<State>,
     max_events: usize,
     max_age: Duration,
-    /// Ids below this were issued by an earlier process (or never): a resume from before it
-    /// is a gap.
-    boot: EventId,
+    /// When the log was created, by this machine's clock.
+    created_ms: u64,
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl MemoryLog {
+    /// The memory broker's log. Ids before this process started are unknown: resuming from
+    /// one is a gap.
     pub fn new(max_events: usize, max_age: Duration) -> Self {
-        let boot = EventId::new(now_ms(), 0);
+        let now = now_ms();
+        // Streams opened now skip live events up to here: everything older is history.
+        let last_id = EventId::new(now.saturating_sub(1), 0);
+        Self::with(max_events, max_age, now, last_id, EventId::new(now, 0))
+    }
+
+    /// The local mirror of a Redis stream: every resume is a gap until [`Self::load`] has
+    /// brought in the stream's history. Ids come from Redis's clock, not this machine's:
+    /// nothing is assumed about them until then.
+    pub fn mirror(max_events: usize, max_age: Duration) -> Self {
+        let horizon = EventId::new(u64::MAX, u64::MAX);
+        Self::with(max_events, max_age, now_ms(), EventId::default(), horizon)
+    }
+
+    fn with(
+        max_events: usize,
+        max_age: Duration,
+        created_ms: u64,
+        last_id: EventId,
+        horizon: EventId,
+    ) -> Self {
         Self {
             state: Mutex::new(State {
                 ring: VecDeque::new(),
                 first_seq: 0,
-                last_id: EventId::new(boot.ms.saturating_sub(1), 0),
-                evicted_upto: None,
+                last_id,
+                horizon,
+                dispatch_from: 0,
             }),
             max_events: max_events.max(1),
             max_age,
-            boot,
+            created_ms,
         }
+    }
+
+    /// When the log was created, in Unix milliseconds by this machine's clock.
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -103,7 +138,6 @@ impl MemoryLog {
             } else {
                 st.last_id.next()
             };
-            st.last_id = id;
             let frame = sse::encode_event(id, ev.event_type.as_deref(), &ev.data);
             let event = Arc::new(Event {
                 id,
@@ -112,22 +146,76 @@ impl MemoryLog {
                 close: ev.close,
                 frame,
             });
-            st.ring.push_back(Slot {
-                id,
-                event: Some(event),
-            });
-            if st.ring.len() > self.max_events {
-                self.evict_front(&mut st);
-            }
+            self.push(&mut st, event);
             ids.push(id);
         }
         ids
     }
 
+    fn push(&self, st: &mut State, event: Arc<Event>) {
+        st.last_id = event.id;
+        st.ring.push_back(Slot {
+            id: event.id,
+            event: Some(event),
+        });
+        if st.ring.len() > self.max_events {
+            self.evict_front(st);
+        }
+    }
+
+    /// Appends events that already have their ids (read from Redis, in stream order).
+    /// Events not newer than the last one appended are skipped, so a re-read is harmless.
+    /// Returns how many were appended.
+    pub fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) -> usize {
+        let mut st = self.lock();
+        self.trim_age(&mut st, now_ms());
+        let mut n = 0;
+        for event in events {
+            if event.id > st.last_id {
+                self.push(&mut st, event);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Loads the history found in Redis at startup (in stream order), before anything was
+    /// appended. Resumes from before `horizon` are gaps from now on. Loaded events after
+    /// `live_after` (this log's creation, in Redis's clock) are dispatched to the streams
+    /// opened meanwhile; older ones only serve replays.
+    pub fn load(&self, events: Vec<Arc<Event>>, horizon: EventId, live_after: EventId) {
+        let mut st = self.lock();
+        for event in events {
+            if st.ring.back().is_none_or(|s| s.id < event.id) {
+                st.ring.push_back(Slot {
+                    id: event.id,
+                    event: Some(event),
+                });
+            }
+        }
+        st.horizon = horizon;
+        while st.ring.len() > self.max_events {
+            self.evict_front(&mut st);
+        }
+        self.trim_age(&mut st, now_ms());
+        if let Some(last) = st.ring.back().map(|s| s.id) {
+            st.last_id = last;
+        }
+        let old = st.ring.partition_point(|s| s.id <= live_after) as u64;
+        st.dispatch_from = st.first_seq + old;
+    }
+
+    /// Records that events after what this log holds may be lost (Redis lost its history,
+    /// or trimmed it before this instance read it): a resume from before `horizon` is a gap.
+    pub fn mark_hole(&self, horizon: EventId) {
+        let mut st = self.lock();
+        st.horizon = st.horizon.max(horizon);
+    }
+
     fn evict_front(&self, st: &mut State) {
         if let Some(slot) = st.ring.pop_front() {
             st.first_seq += 1;
-            st.evicted_upto = Some(slot.id);
+            st.horizon = st.horizon.max(slot.id.next());
         }
     }
 
@@ -142,6 +230,7 @@ impl MemoryLog {
     /// Copies up to `max` events from sequence number `from` into `out`.
     pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Event>>) -> Read {
         let st = self.lock();
+        let from = from.max(st.dispatch_from);
         if from < st.first_seq {
             return Read::Lagged {
                 next: st.first_seq + st.ring.len() as u64,
@@ -183,12 +272,14 @@ impl MemoryLog {
             .filter(|e| wanted(e))
             .cloned()
             .collect();
-        let missed = start < self.boot || st.evicted_upto.is_some_and(|e| start <= e);
+        let missed = start < st.horizon;
         let gap = missed.then(|| {
-            events
-                .first()
-                .map(|e| e.id)
-                .or_else(|| st.ring.iter().find_map(|s| s.event.as_ref().map(|e| e.id)))
+            events.first().map(|e| e.id).or_else(|| {
+                st.ring
+                    .iter()
+                    .skip(from)
+                    .find_map(|s| s.event.as_ref().map(|e| e.id))
+            })
         });
         Replay { events, gap, head }
     }

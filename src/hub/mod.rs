@@ -5,6 +5,10 @@
 //! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
 //! every subscriber queue holds a reference-counted pointer to it.
 //!
+//! With `broker: redis` ([`redis`](self::redis)), publishing writes to a Redis stream
+//! instead, and the log is this instance's mirror of that stream, filled by one reader
+//! task; everything downstream of the log (dispatchers, replay, the seam) is the same.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use ssegate::hub::{Hub, HubSettings, NewEvent, SubscribeRequest, Filter, Resume, Selector};
@@ -19,6 +23,7 @@
 //! ```
 
 mod log;
+mod redis;
 mod registry;
 mod subscriber;
 pub mod topic;
@@ -26,6 +31,7 @@ pub mod topic;
 pub use subscriber::{End, Filter, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
+use self::redis::RedisBroker;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 use bytes::Bytes;
@@ -48,7 +54,44 @@ pub enum SlowConsumer {
     DropOldest,
 }
 
-/// The hub's settings (from the `events` section of the configuration).
+/// Where events are stored and how instances share them (the `broker` section).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum BrokerSettings {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// One Redis stream shared by every instance.
+    Redis {
+        /// `redis://` or `rediss://` URL; password and database index come from it.
+        url: String,
+        /// The stream's key.
+        stream: String,
+    },
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            // The URL may carry a password: show only where it points.
+            Self::Redis { url, stream } => {
+                let shown = match url.split_once("://") {
+                    Some((scheme, rest)) => match rest.split_once('@') {
+                        Some((_, host)) => format!("{scheme}://***@{host}"),
+                        None => url.clone(),
+                    },
+                    None => "***".to_owned(),
+                };
+                f.debug_struct("Redis")
+                    .field("url", &shown)
+                    .field("stream", stream)
+                    .finish()
+            }
+        }
+    }
+}
+
+/// The hub's settings (from the `events` and `broker` sections of the configuration).
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     /// Events kept in the history.
@@ -65,6 +108,8 @@ pub struct HubSettings {
     pub retry: Duration,
     /// Dispatcher shards (one per core is right).
     pub shards: usize,
+    /// The broker.
+    pub broker: BrokerSettings,
 }
 
 impl Default for HubSettings {
@@ -77,6 +122,7 @@ impl Default for HubSettings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(2),
             shards: std::thread::available_parallelism().map_or(1, usize::from),
+            broker: BrokerSettings::Memory,
         }
     }
 }
@@ -183,31 +229,64 @@ pub struct HubStats {
     pub oldest: Option<EventId>,
 }
 
+/// The broker behind the log.
+enum Broker {
+    /// The log is the history.
+    Memory,
+    /// The log mirrors a Redis stream.
+    Redis(RedisBroker),
+    /// `broker: redis` with a URL the client refused: every publish fails with this.
+    Unusable(String),
+}
+
 struct Inner {
     settings: HubSettings,
     log: Arc<MemoryLog>,
     registry: Arc<Registry>,
-    head: watch::Sender<u64>,
+    /// Bumped after each append, to wake the dispatchers (the Redis reader holds a clone).
+    head: Arc<watch::Sender<u64>>,
     metrics: Arc<Metrics>,
     next_subscriber: AtomicU64,
+    broker: Broker,
 }
 
-/// The embedded (memory) broker with its local fan-out. Cheap to clone.
+/// Topics, history and subscriptions of this instance, on the memory broker or mirroring a
+/// Redis stream shared with other instances. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
 }
 
 impl Hub {
-    /// Creates the hub and spawns its dispatchers on the current tokio runtime.
+    /// Creates the hub and spawns its dispatchers (and, with Redis, its reader) on the
+    /// current tokio runtime. Redis is connected in the background: until it answers,
+    /// publishes fail with [`HubError::Unavailable`] and [`Hub::broker_up`] is false.
     pub fn start(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
-        let log = Arc::new(MemoryLog::new(
-            settings.history_max_events,
-            settings.history_max_age,
-        ));
+        let (max_events, max_age) = (settings.history_max_events, settings.history_max_age);
+        let log = Arc::new(match settings.broker {
+            BrokerSettings::Memory => MemoryLog::new(max_events, max_age),
+            BrokerSettings::Redis { .. } => MemoryLog::mirror(max_events, max_age),
+        });
         let registry = Arc::new(Registry::new(settings.shards));
-        let (head, _) = watch::channel(0);
+        let head = Arc::new(watch::channel(0).0);
         registry.spawn_dispatchers(&log, &head, &metrics);
+        let broker = match &settings.broker {
+            BrokerSettings::Memory => Broker::Memory,
+            BrokerSettings::Redis { url, stream } => {
+                let local = self::redis::Local {
+                    log: Arc::clone(&log),
+                    registry: Arc::clone(&registry),
+                    head: Arc::clone(&head),
+                };
+                match RedisBroker::start(url, stream, max_events, max_age, local) {
+                    Ok(b) => Broker::Redis(b),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the redis broker cannot start");
+                        Broker::Unusable(e)
+                    }
+                }
+            }
+        };
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -216,18 +295,27 @@ impl Hub {
                 head,
                 metrics,
                 next_subscriber: AtomicU64::new(1),
+                broker,
             }),
         }
     }
 
-    /// Appends a batch to the history, all or nothing, and returns the ids once stored.
-    /// Fan-out happens right after, on the dispatchers.
+    /// Appends a batch to the history, all or nothing, and returns the ids once stored
+    /// (with Redis: once the transaction is acknowledged). Fan-out happens right after, on
+    /// the dispatchers.
     pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let n = batch.len() as u64;
-        let ids = self.inner.log.append(batch);
-        self.inner
-            .head
-            .send_modify(|seq| *seq = seq.wrapping_add(1));
+        let ids = match &self.inner.broker {
+            Broker::Memory => {
+                let ids = self.inner.log.append(batch);
+                self.inner
+                    .head
+                    .send_modify(|seq| *seq = seq.wrapping_add(1));
+                ids
+            }
+            Broker::Redis(redis) => redis.publish(&batch).await?,
+            Broker::Unusable(e) => return Err(HubError::Unavailable(e.clone())),
+        };
         self.inner.metrics.published(n);
         Ok(ids)
     }
@@ -246,6 +334,12 @@ impl Hub {
         ));
         inner.registry.insert(&sub);
         let replay = inner.log.replay(&req.resume, |e| sub.filter.wants(e));
+        let mut head = replay.head;
+        if let (Broker::Redis(_), Resume::After(after)) = (&inner.broker, req.resume) {
+            // The client may have read its last event on an instance whose reader is ahead
+            // of this one: it never needs again what it already has.
+            head = head.max(after);
+        }
         let retry_ms = u64::try_from(inner.settings.retry.as_millis()).unwrap_or(u64::MAX);
         let mut preamble = VecDeque::with_capacity(2);
         preamble.push_back(sse::encode_retry(retry_ms));
@@ -262,22 +356,31 @@ impl Hub {
             Arc::clone(&inner.metrics),
             preamble,
             replay.events,
-            replay.head,
+            head,
             inner.settings.heartbeat,
             req.expires,
         )
     }
 
     /// Ends every stream following `topic` with `ssegate.closed` and drops its history.
+    /// With Redis, the other instances do the same when they read the control entry
+    /// (queued while Redis is unreachable). Returns the streams ended on this instance.
     pub fn delete_topic(&self, topic: &str) -> usize {
         self.inner.log.delete_topic(topic);
+        if let Broker::Redis(redis) = &self.inner.broker {
+            redis.delete_topic(topic);
+        }
         self.inner
             .registry
             .end_topic(topic, &End::TopicDeleted(topic.into()))
     }
 
-    /// Ends every stream authorized for `subject`.
+    /// Ends every stream authorized for `subject`, on every instance with Redis. Returns
+    /// the streams ended on this instance.
     pub fn revoke(&self, subject: &str) -> usize {
+        if let Broker::Redis(redis) = &self.inner.broker {
+            redis.revoke(subject);
+        }
         self.inner
             .registry
             .end_where(|s| s.subject.as_deref() == Some(subject), &End::Revoked)
@@ -291,14 +394,22 @@ impl Hub {
             .end_where(|_| true, &End::Shutdown { retry, spread })
     }
 
-    /// Whether the broker can take publishes (always, for the memory broker).
+    /// Whether the broker can take publishes: always for the memory broker; for Redis,
+    /// while this instance's reader is connected.
     pub fn broker_up(&self) -> bool {
-        true
+        match &self.inner.broker {
+            Broker::Memory => true,
+            Broker::Redis(redis) => redis.is_up(),
+            Broker::Unusable(_) => false,
+        }
     }
 
     /// The broker's kind, for `/stats`.
     pub fn broker_kind(&self) -> &'static str {
-        "memory"
+        match self.inner.broker {
+            Broker::Memory => "memory",
+            Broker::Redis(_) | Broker::Unusable(_) => "redis",
+        }
     }
 
     /// Counts for `/stats`.

@@ -47,7 +47,11 @@ impl End {
             )),
             Self::Shutdown { retry, spread } => {
                 let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
-                let jitter = if spread == 0 { 0 } else { mix(subscriber) % spread };
+                let jitter = if spread == 0 {
+                    0
+                } else {
+                    mix(subscriber) % spread
+                };
                 let ms = u64::try_from(retry.as_millis())
                     .unwrap_or(u64::MAX)
                     .saturating_add(jitter);

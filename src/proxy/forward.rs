@@ -148,6 +148,75 @@ impl Forwarder {
         Response::from_parts(parts, Body::Incoming(body))
     }
 
+    /// Asks the app whether a subscriber may open a stream (`auth.mode: upstream`):
+    /// `GET {path}` with the subscriber's cookies and `Authorization`, the requested topics
+    /// in `X-Ssegate-Topics` and the original URI in `X-Original-URI`. Bounded by the
+    /// response timeout.
+    pub async fn ask(
+        &self,
+        path: &str,
+        original: &hyper::http::request::Parts,
+        topics: &str,
+        peer: SocketAddr,
+        peer_trusted: bool,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut uri = self.upstream.clone().into_parts();
+        uri.path_and_query = path.parse().ok();
+        let uri = Uri::from_parts(uri)
+            .map_err(|e| ForwardError::Unreachable(self.authority(), e.to_string()))?;
+        let mut req = Request::get(uri)
+            .body(Body::Empty)
+            .map_err(|e| ForwardError::Unreachable(self.authority(), e.to_string()))?;
+        let h = req.headers_mut();
+        for name in [
+            header::COOKIE,
+            header::AUTHORIZATION,
+            header::USER_AGENT,
+            header::ORIGIN,
+        ] {
+            for v in original.headers.get_all(&name) {
+                h.append(name.clone(), v.clone());
+            }
+        }
+        let host = original.headers.get(header::HOST).cloned();
+        if let Some(host) = &host {
+            h.insert(header::HOST, host.clone());
+        }
+        if let Ok(v) = HeaderValue::from_str(topics) {
+            h.insert("x-ssegate-topics", v);
+        }
+        if let Some(pq) = original.uri.path_and_query() {
+            if let Ok(v) = HeaderValue::from_str(pq.as_str()) {
+                h.insert("x-original-uri", v);
+            }
+        }
+        for name in [
+            "x-forwarded-for",
+            "forwarded",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ] {
+            if peer_trusted {
+                if let Some(v) = original.headers.get(name) {
+                    h.insert(name, v.clone());
+                }
+            }
+        }
+        add_forwarded(h, peer.ip(), host.as_ref(), peer_trusted);
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(ForwardError::Timeout(
+                self.authority(),
+                self.response_timeout,
+            )),
+            Ok(Err(e)) => Err(self.classify(&e)),
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body))
+            }
+        }
+    }
+
     fn classify(&self, e: &hyper_util::client::legacy::Error) -> ForwardError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         let mut detail = e.to_string();
@@ -201,9 +270,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`, `X-Forwarded-Host`
 /// and `Forwarded`. A trusted proxy's own proto and host values are kept.
 fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>, trusted: bool) {
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-        _ => peer.to_string(),
+    let xff = match joined(headers, "x-forwarded-for") {
+        Some(prev) => format!("{prev}, {peer}"),
+        None => peer.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
@@ -231,13 +300,26 @@ fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValu
             element.push('"');
         }
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {element}"),
-        _ => element,
+    let forwarded = match joined(headers, "forwarded") {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         headers.insert(header::FORWARDED, v);
     }
+}
+
+/// Every line of the list header `name` as one comma-separated value (RFC 9110 §5.3), so a
+/// hop sent on a second line is not lost when the header is rewritten.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {

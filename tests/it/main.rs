@@ -4,8 +4,11 @@
 
 mod support;
 
-mod stream;
-mod publish;
-mod proxy;
+mod access;
 mod cli;
+mod deploy;
+mod ops;
+mod proxy;
+mod publish;
 mod redis;
+mod stream;

@@ -221,9 +221,10 @@ async fn large_request_body(exact: bool) {
     if exact {
         req = req.header(header::CONTENT_LENGTH, LARGE);
     }
-    let req = req.body(Generated::new(seed, LARGE, exact).boxed()).unwrap();
+    let req = req
+        .body(Generated::new(seed, LARGE, exact).boxed())
+        .unwrap();
 
-    let started = Instant::now();
     let resp = tokio::time::timeout(LARGE_DEADLINE, send(gate.proxy, req))
         .await
         .expect("the upload did not finish");
@@ -236,7 +237,6 @@ async fn large_request_body(exact: bool) {
         "transfer-encoding chunked".to_owned()
     };
     assert_eq!(text, format!("{framing}\n{} {:x}", want.len, want.hash));
-    eprintln!("64 MiB request (exact={exact}) in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +264,6 @@ async fn large_response_body(exact: bool) {
     .await;
     let gate = sidecar(test_config(&up.uri)).await;
 
-    let started = Instant::now();
     let resp = send(gate.proxy, request("GET", "/download", &[], Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::OK);
     if exact {
@@ -280,7 +279,6 @@ async fn large_response_body(exact: bool) {
         .await
         .expect("the download did not finish");
     assert_eq!(got, Digest::of_generated(seed, LARGE));
-    eprintln!("64 MiB response (exact={exact}) in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,7 +313,29 @@ async fn forwarding_headers_are_added_and_host_is_kept() {
     let resp = send(gate.proxy, request("GET", "/page", &headers, Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let s = next_seen(&mut seen).await;
-    assert_eq!(header(&s.headers, "x-forwarded-for"), Some("10.9.8.7, 127.0.0.1"));
+    assert_eq!(
+        header(&s.headers, "x-forwarded-for"),
+        Some("10.9.8.7, 127.0.0.1")
+    );
+
+    // Several header lines are one list (RFC 9110 §5.3): every hop is kept, in order, and
+    // the upstream gets a single line.
+    let headers = [
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ("forwarded", "for=10.0.0.1"),
+        ("forwarded", "for=10.0.0.2;proto=https"),
+    ];
+    let resp = send(gate.proxy, request("GET", "/page", &headers, Bytes::new())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let s = next_seen(&mut seen).await;
+    let xff: Vec<_> = s.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(xff, ["10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"]);
+    let fwd: Vec<_> = s.headers.get_all("forwarded").iter().collect();
+    assert_eq!(
+        fwd,
+        ["for=10.0.0.1, for=10.0.0.2;proto=https, for=127.0.0.1;proto=http;host=\"test.local\""]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +361,11 @@ async fn hop_by_hop_request_headers_do_not_reach_the_upstream() {
         "te",
         "trailer",
     ] {
-        assert_eq!(header(&s.headers, name), None, "{name} reached the upstream");
+        assert_eq!(
+            header(&s.headers, name),
+            None,
+            "{name} reached the upstream"
+        );
     }
     // Whatever Connection the upstream sees, it is ssegate's own, not the client's.
     if let Some(c) = header(&s.headers, "connection") {
@@ -400,7 +424,10 @@ async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
             .await
             .expect("no response head within the deadline")
             .unwrap();
-        assert!(n > 0, "connection closed before the end of the head: {buf:?}");
+        assert!(
+            n > 0,
+            "connection closed before the end of the head: {buf:?}"
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -568,10 +595,16 @@ async fn a_slow_upstream_is_a_504_after_the_response_timeout() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(json["error"], "gateway_timeout", "{json}");
     assert!(json["detail"].is_string(), "{json}");
-    assert!(took >= Duration::from_millis(300), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     // It was the answer that was late, not the connection.
-    assert!(arrived.try_recv().is_ok(), "the request never reached the upstream");
+    assert!(
+        arrived.try_recv().is_ok(),
+        "the request never reached the upstream"
+    );
 }
 
 /// A response body fed from a channel: the test decides when each chunk is sent.
@@ -609,7 +642,9 @@ async fn upstream_event_streams_are_not_buffered() {
     .await;
     let gate = sidecar(test_config(&up.uri)).await;
 
-    events_tx.send(Bytes::from("id: 1\ndata: first\n\n")).unwrap();
+    events_tx
+        .send(Bytes::from("id: 1\ndata: first\n\n"))
+        .unwrap();
     let mut client = SseClient::open(gate.proxy, "/app/stream").await;
     assert_eq!(
         header(&client.headers, "content-type"),
@@ -619,7 +654,9 @@ async fn upstream_event_streams_are_not_buffered() {
     assert_eq!(first.data, "first");
     // Only now does the app produce the second event: had ssegate waited for more bytes
     // (or the end) before passing the first on, the read above would have timed out.
-    events_tx.send(Bytes::from("id: 2\ndata: second\n\n")).unwrap();
+    events_tx
+        .send(Bytes::from("id: 2\ndata: second\n\n"))
+        .unwrap();
     assert_eq!(client.event().await.data, "second");
     drop(events_tx);
     client.assert_ended().await;
@@ -631,11 +668,19 @@ async fn sequential_requests_reuse_one_upstream_connection() {
     let gate = sidecar(test_config(&up.uri)).await;
     for i in 0..8 {
         // A new client connection each time: the reuse is ssegate's, not the client's.
-        let resp = send(gate.proxy, request("GET", &format!("/n/{i}"), &[], Bytes::new())).await;
+        let resp = send(
+            gate.proxy,
+            request("GET", &format!("/n/{i}"), &[], Bytes::new()),
+        )
+        .await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_bytes(resp).await, "app");
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "upstream connections opened");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "upstream connections opened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,7 +713,10 @@ async fn http2_prior_knowledge_clients_are_forwarded_as_http1() {
     assert_eq!(s.method, Method::POST);
     assert_eq!(s.uri.to_string(), "/over/h2?q=1");
     assert_eq!(header(&s.headers, "host"), Some("h2.example:8443"));
-    assert_eq!(header(&s.headers, "x-forwarded-host"), Some("h2.example:8443"));
+    assert_eq!(
+        header(&s.headers, "x-forwarded-host"),
+        Some("h2.example:8443")
+    );
     assert_eq!(s.body, "h2 body");
 }
 
@@ -694,7 +742,11 @@ async fn own_prefix_is_404_and_never_proxied() {
         assert_eq!(json["error"], "not_found", "{method} {path}: {json}");
         assert!(json["detail"].is_string(), "{json}");
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "an own path reached the upstream");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "an own path reached the upstream"
+    );
 
     // The counter does count: an ordinary path is proxied.
     let resp = send(gate.proxy, request("GET", "/_ssegatex", &[], Bytes::new())).await;
@@ -740,4 +792,71 @@ async fn a_trusted_proxy_keeps_its_forwarding_headers() {
     assert_eq!(header(&h, "x-forwarded-proto"), Some("https"));
     assert_eq!(header(&h, "x-forwarded-host"), Some("public.example"));
     assert_eq!(header(&h, "host"), Some("test.local"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_app_goes_away_requests_get_502() {
+    // `Connection: close` from the app: every request needs a new upstream connection.
+    let up = upstream(|_req| async {
+        Response::builder()
+            .header("connection", "close")
+            .body(full("app"))
+            .unwrap()
+    })
+    .await;
+    let gate = sidecar(test_config(&up.uri)).await;
+    let resp = send(gate.proxy, request("GET", "/", &[], Bytes::new())).await;
+    assert_eq!(body_bytes(resp).await, "app");
+
+    up.stop();
+    let addr = up.addr.to_string();
+    eventually("requests get 502 once the app is gone", || {
+        let addr = addr.clone();
+        async move {
+            let (status, json) =
+                call_json(gate.proxy, request("GET", "/", &[], Bytes::new())).await;
+            status == StatusCode::BAD_GATEWAY
+                && json["error"] == "bad_gateway"
+                && json["detail"].as_str().is_some_and(|d| d.contains(&addr))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_accepts_is_a_504_after_the_connect_timeout() {
+    // A listener that never accepts, with an accept queue of one: once it holds a
+    // connection, the kernel drops further SYNs and connecting hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(conn) => held.push(conn.unwrap()),
+            Err(_) => break,
+        }
+        assert!(held.len() < 16, "the accept queue never filled");
+    }
+
+    let mut config = test_config(&format!("http://{addr}").parse().unwrap());
+    config.upstream_timeouts.connect = Duration::from_millis(300);
+    let gate = sidecar(config).await;
+    let started = Instant::now();
+    let (status, json) = tokio::time::timeout(
+        Duration::from_secs(5),
+        call_json(gate.proxy, request("GET", "/", &[], Bytes::new())),
+    )
+    .await
+    .expect("no answer within 5s");
+    let took = started.elapsed();
+    // SPEC §7 and the README: a timeout, connect or response, is 504.
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{json}");
+    assert_eq!(json["error"], "gateway_timeout", "{json}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
+    drop(listener);
 }

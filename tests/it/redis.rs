@@ -1,1 +1,909 @@
 //! Scale-out on Redis (SPEC §9): several instances on one real redis-server.
+//!
+//! Each test starts its own `redis-server` child on a free port (never the default 6379),
+//! kills it with SIGKILL where the test needs Redis to die, and kills it on drop.
+
+use crate::support::*;
+use bytes::Bytes;
+use hyper::StatusCode;
+use ssegate::config::{BrokerKind, Config};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    args: Vec<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn redis_server_binary() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("redis-server"))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "redis-server is not on PATH; the Redis tests start their own. \
+                 Install the Debian package `redis-server` (apt-get install redis-server)"
+            )
+        })
+}
+
+/// A port nothing listens on right now (never 6379, where a shared server may run).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+impl RedisServer {
+    /// A throwaway server: no RDB, no AOF (a restart comes back empty).
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    /// A throwaway server on `port`.
+    pub async fn start_on(port: u16) -> Self {
+        let args = ["--save", "", "--appendonly", "no"];
+        Self::launch(port, args.iter().map(|s| (*s).to_owned()).collect(), None).await
+    }
+
+    /// A server that keeps every acknowledged write across a restart (AOF, fsync always).
+    pub async fn start_durable() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let args = vec![
+            "--save".to_owned(),
+            String::new(),
+            "--appendonly".to_owned(),
+            "yes".to_owned(),
+            "--appendfsync".to_owned(),
+            "always".to_owned(),
+            "--dir".to_owned(),
+            dir.path().display().to_string(),
+        ];
+        Self::launch(free_port(), args, Some(dir)).await
+    }
+
+    async fn launch(port: u16, args: Vec<String>, dir: Option<tempfile::TempDir>) -> Self {
+        let mut server = Self {
+            port,
+            child: None,
+            args,
+            _dir: dir,
+        };
+        server.spawn();
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_server_binary())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server did not start");
+        self.child = Some(child);
+    }
+
+    async fn wait_ready(&mut self) {
+        let port = self.port;
+        let child = self.child.as_mut().unwrap();
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("redis-server on port {port} exited at startup: {status}");
+            }
+            // With --requirepass, an unauthenticated PING is refused: it answers all the same.
+            let reply = redis_cmd(port, &["PING"]).await.unwrap_or_default();
+            if reply == "+PONG" || reply.starts_with("-NOAUTH") {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "redis-server on port {port} never answered PING"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server and starts it again on the same port with the same options.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_ready().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends one command and returns the first line of the reply (`+PONG`, `:3`, `-ERR …`),
+/// or `None` if the server cannot be reached.
+pub async fn redis_cmd(port: u16, args: &[&str]) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    while !reply.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&reply);
+    Some(line.lines().next().unwrap_or_default().to_owned())
+}
+
+fn on_redis(c: &mut Config, url: String) {
+    c.broker.kind = BrokerKind::Redis;
+    c.broker.redis.url = url;
+}
+
+/// `/readyz` is 200.
+async fn ready(admin: std::net::SocketAddr) -> bool {
+    let (status, _) = call_json(admin, request("GET", "/readyz", &[], Bytes::new())).await;
+    status == StatusCode::OK
+}
+
+/// An instance on `redis`, once it is connected (history loaded, publisher answering).
+async fn instance(redis: &RedisServer, tune: impl FnOnce(&mut Config)) -> (Sidecar, Upstream) {
+    let (gw, up) = sidecar_with(|c| {
+        on_redis(c, redis.url());
+        tune(c);
+    })
+    .await;
+    eventually("the instance to connect to redis", || ready(gw.admin)).await;
+    (gw, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_on_one_instance_reaches_subscribers_on_every_instance() {
+    let redis = RedisServer::start().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let mut on_a = SseClient::open(a.proxy, "/events?topic=room/1").await;
+    let mut on_b = SseClient::open(b.proxy, "/events?topic=room/1").await;
+    let mut typed_b = SseClient::open(b.proxy, "/events?topic=room/*&type=said").await;
+    let ids = publish_ok(
+        a.admin,
+        r#"[{"topic":"room/1","event":"said","data":{"m":"hi"}},{"topics":["room/1","room/2"],"data":"both"}]"#,
+    )
+    .await;
+    assert_eq!(
+        redis_cmd(redis.port, &["XLEN", "ssegate:events"])
+            .await
+            .as_deref(),
+        Some(":2")
+    );
+    for c in [&mut on_a, &mut on_b] {
+        let ev = c.event().await;
+        assert_eq!(ev.id.as_deref(), Some(ids[0].as_str()));
+        assert_eq!(ev.event.as_deref(), Some("said"));
+        assert_eq!(ev.data, r#"{"m":"hi"}"#);
+        let ev = c.event().await;
+        assert_eq!(
+            (ev.id.as_deref(), ev.data.as_str()),
+            (Some(ids[1].as_str()), "both")
+        );
+    }
+    assert_eq!(typed_b.event().await.id.as_deref(), Some(ids[0].as_str()));
+    typed_b
+        .assert_no_event_within(Duration::from_millis(100))
+        .await;
+    let (_, stats) = call_json(b.admin, request("GET", "/stats", &[], Bytes::new())).await;
+    assert_eq!(stats["broker"]["kind"], "redis");
+    assert_eq!(stats["broker"]["up"], true);
+    assert_eq!(stats["history"]["events"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_moves_to_another_instance_resumes_with_exactly_what_it_missed() {
+    let redis = RedisServer::start().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let mut c = SseClient::open(a.proxy, "/events?topic=r").await;
+    publish_ok(
+        a.admin,
+        r#"[{"topic":"r","data":"0"},{"topic":"r","data":"1"}]"#,
+    )
+    .await;
+    // The client goes away having handled "0" only.
+    let seen = c.event().await.id.unwrap();
+    drop(c);
+    let ids = publish_ok(
+        b.admin,
+        r#"[{"topic":"r","data":"2"},{"topic":"other","data":"x"},{"topic":"r","data":"3"}]"#,
+    )
+    .await;
+    publish_ok(a.admin, r#"{"topic":"r","data":"4"}"#).await;
+    // Resuming after "0" on B: exactly 1..4 of topic r, then live events.
+    let mut resumed =
+        SseClient::connect(b.proxy, "/events?topic=r", &[("last-event-id", &seen)]).await;
+    assert_eq!(resumed.data(4).await, ["1", "2", "3", "4"]);
+    resumed
+        .assert_no_event_within(Duration::from_millis(100))
+        .await;
+    publish_ok(a.admin, r#"{"topic":"r","data":"5"}"#).await;
+    assert_eq!(resumed.data(1).await, ["5"]);
+    // An instance started after all this loads the history from the stream.
+    let (c3, _uc) = instance(&redis, |_| {}).await;
+    let mut late =
+        SseClient::connect(c3.proxy, "/events?topic=r", &[("last-event-id", &ids[0])]).await;
+    assert_eq!(late.data(3).await, ["3", "4", "5"]);
+    late.assert_no_event_within(Duration::from_millis(100))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_from_two_instances_are_atomic_and_never_interleave() {
+    let redis = RedisServer::start().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let mut watcher = SseClient::open(b.proxy, "/events?topic=*").await;
+    const BATCHES: usize = 10;
+    const SIZE: usize = 25;
+    let publishers: Vec<_> = [("a", a.admin), ("b", b.admin)]
+        .into_iter()
+        .map(|(name, admin)| {
+            tokio::spawn(async move {
+                for batch in 0..BATCHES {
+                    let items: Vec<_> = (0..SIZE)
+                        .map(|i| format!(r#"{{"topic":"t/{name}","data":"{name}{batch}-{i}"}}"#))
+                        .collect();
+                    publish_ok(admin, &format!("[{}]", items.join(","))).await;
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let got = watcher.data(2 * BATCHES * SIZE).await;
+    // Every batch arrives whole and in order, with nothing of the other instance inside.
+    for chunk in got.chunks(SIZE) {
+        let (batch, _) = chunk[0].split_once('-').unwrap();
+        let want: Vec<_> = (0..SIZE).map(|i| format!("{batch}-{i}")).collect();
+        assert_eq!(chunk, want.as_slice());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_dies_publish_fails_fast_streams_stay_open_and_nothing_is_skipped_after() {
+    let mut redis = RedisServer::start_durable().await;
+    let tune = |c: &mut Config| c.events.heartbeat = Duration::from_millis(200);
+    let (a, _ua) = instance(&redis, tune).await;
+    let (b, _ub) = instance(&redis, tune).await;
+    let mut on_a = SseClient::open(a.proxy, "/events?topic=k").await;
+    let mut on_b = SseClient::open(b.proxy, "/events?topic=k").await;
+    publish_ok(a.admin, r#"{"topic":"k","data":"0"}"#).await;
+    assert_eq!(on_a.data(1).await, ["0"]);
+    assert_eq!(on_b.data(1).await, ["0"]);
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    let (status, json) = publish(a.admin, r#"{"topic":"k","data":"lost"}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert_eq!(json["error"], "broker_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a publish with redis down took {:?}",
+        started.elapsed()
+    );
+    for gw in [&a, &b] {
+        eventually("/readyz to turn 503", || async { !ready(gw.admin).await }).await;
+    }
+    let metrics =
+        body_bytes(send(a.admin, request("GET", "/metrics", &[], Bytes::new())).await).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.lines().any(|l| l == "ssegate_broker_up 0"),
+        "ssegate_broker_up should be 0:\n{metrics}"
+    );
+    // The streams stay open: heartbeats keep flowing.
+    on_a.comments.clear();
+    on_a.wait_heartbeat().await;
+
+    redis.restart().await;
+    eventually("B to reconnect", || ready(b.admin)).await;
+    // B publishes at once, possibly before A has reconnected: A must read it afterwards.
+    let ids = publish_ok(
+        b.admin,
+        r#"[{"topic":"k","data":"1"},{"topic":"k","data":"2"},{"topic":"k","data":"3"}]"#,
+    )
+    .await;
+    assert_eq!(on_a.data(3).await, ["1", "2", "3"]);
+    assert_eq!(on_b.data(3).await, ["1", "2", "3"]);
+    eventually("A to reconnect", || ready(a.admin)).await;
+    // Nothing of the refused publish was stored; the ids continue after the restart.
+    assert_eq!(
+        redis_cmd(redis.port, &["XLEN", "ssegate:events"])
+            .await
+            .as_deref(),
+        Some(":4")
+    );
+    let mut resumed = SseClient::connect(
+        a.proxy,
+        "/events?topic=k",
+        &[("last-event-id", ids[0].as_str())],
+    )
+    .await;
+    assert_eq!(resumed.data(2).await, ["2", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_announces_a_gap_to_resuming_clients() {
+    let mut redis = RedisServer::start().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let mut c = SseClient::open(a.proxy, "/events?topic=g").await;
+    let ids = publish_ok(
+        a.admin,
+        r#"[{"topic":"g","data":"0"},{"topic":"g","data":"1"}]"#,
+    )
+    .await;
+    assert_eq!(c.data(2).await, ["0", "1"]);
+
+    redis.restart().await;
+    // A cannot know whether it missed entries that died with Redis: it ends its streams so
+    // they resume, and the resume announces the gap.
+    c.assert_ended().await;
+    eventually("A to reconnect", || ready(a.admin)).await;
+    let mut r = SseClient::connect(a.proxy, "/events?topic=g", &[("last-event-id", &ids[1])]).await;
+    let gap = r.event().await;
+    assert_eq!(gap.event.as_deref(), Some("ssegate.gap"));
+    let data: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["last_event_id"], ids[1].as_str());
+    let new = publish_ok(a.admin, r#"{"topic":"g","data":"2"}"#).await;
+    let ev = r.event().await;
+    assert_eq!(
+        (ev.id.as_deref(), ev.data.as_str()),
+        (Some(new[0].as_str()), "2")
+    );
+    // An instance started after the restart has none of the old history: a gap too.
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let mut r = SseClient::connect(b.proxy, "/events?topic=g", &[("last-event-id", &ids[0])]).await;
+    assert_eq!(r.event().await.event.as_deref(), Some("ssegate.gap"));
+    assert_eq!(r.event().await.data, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_on_one_instance_ends_its_streams_and_history_everywhere() {
+    let redis = RedisServer::start().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let ids = publish_ok(
+        a.admin,
+        r#"[{"topic":"del","data":"0"},{"topic":"del","data":"1"},{"topic":"keep","data":"k"}]"#,
+    )
+    .await;
+    let mut on_b = SseClient::open(b.proxy, "/events?topic=del").await;
+    let mut keep_b = SseClient::open(b.proxy, "/events?topic=keep").await;
+    let (status, _) = call_json(a.admin, request("DELETE", "/topics/del", &[], Bytes::new())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(on_b.event().await.event.as_deref(), Some("ssegate.closed"));
+    on_b.assert_ended().await;
+    // B dropped the topic's history where the control entry stands in the stream; so does
+    // an instance that loads the stream later. Replays never show control entries.
+    let (c, _uc) = instance(&redis, |_| {}).await;
+    for gw in [&b, &c] {
+        let mut r = SseClient::connect(
+            gw.proxy,
+            "/events?topic=del&topic=keep",
+            &[("last-event-id", &ids[0])],
+        )
+        .await;
+        assert_eq!(r.event().await.data, "k");
+        r.assert_no_event_within(Duration::from_millis(100)).await;
+    }
+    keep_b
+        .assert_no_event_within(Duration::from_millis(50))
+        .await;
+    // close: true on A ends B's stream after the event.
+    let mut job = SseClient::open(b.proxy, "/events?topic=job/1").await;
+    publish_ok(a.admin, r#"{"topic":"job/1","data":"done","close":true}"#).await;
+    assert_eq!(job.event().await.data, "done");
+    job.assert_ended().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_subject_on_one_instance_ends_its_streams_on_every_instance() {
+    use ssegate::hub::{BrokerSettings, Filter, Hub, HubSettings, Selector, SubscribeRequest};
+    use std::future::poll_fn;
+    let redis = RedisServer::start().await;
+    let settings = HubSettings {
+        broker: BrokerSettings::Redis {
+            url: redis.url(),
+            stream: "revocations".to_owned(),
+        },
+        ..HubSettings::default()
+    };
+    let metrics = || std::sync::Arc::new(ssegate::metrics::Metrics::default());
+    let hub_a = Hub::start(settings.clone(), metrics());
+    let hub_b = Hub::start(settings, metrics());
+    eventually("both hubs to connect", || async {
+        hub_a.broker_up() && hub_b.broker_up()
+    })
+    .await;
+    let request = |subject: &str| {
+        let mut r = SubscribeRequest::new(Filter {
+            selectors: vec![Selector::parse("t").unwrap()],
+            types: None,
+        });
+        r.subject = Some(subject.into());
+        r
+    };
+    let mut u1 = hub_b.subscribe(request("u1"));
+    let mut u2 = hub_b.subscribe(request("u2"));
+    let next = async |s: &mut ssegate::hub::Subscription| {
+        tokio::time::timeout(DEADLINE, poll_fn(|cx| s.poll_chunk(cx)))
+            .await
+            .expect("nothing within the deadline")
+    };
+    assert!(next(&mut u1).await.unwrap().starts_with(b"retry:"));
+    assert!(next(&mut u2).await.unwrap().starts_with(b"retry:"));
+    assert_eq!(hub_a.revoke("u1"), 0, "no stream of u1 on A itself");
+    let end = next(&mut u1).await.unwrap();
+    assert!(end.starts_with(b"event: ssegate.revoked\n"), "{end:?}");
+    assert_eq!(next(&mut u1).await, None);
+    // u2 is untouched.
+    let ids = hub_a
+        .publish(vec![ssegate::hub::NewEvent::new("t", "still here")])
+        .await
+        .unwrap();
+    let ev = next(&mut u2).await.unwrap();
+    assert_eq!(
+        &ev[..],
+        format!("id: {}\ndata: still here\n\n", ids[0]).as_bytes()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_before_redis_refuses_publishes_then_catches_up() {
+    let port = free_port();
+    let (a, _ua) = sidecar_with(|c| on_redis(c, format!("redis://127.0.0.1:{port}/0"))).await;
+    let (status, json) = publish(a.admin, r#"{"topic":"t","data":"x"}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json["error"], "broker_unavailable");
+    assert!(!ready(a.admin).await);
+    // A stream opened meanwhile gets the events published once Redis is there.
+    let mut early = SseClient::open(a.proxy, "/events?topic=t").await;
+    let _redis = RedisServer::start_on(port).await;
+    eventually("the instance to connect", || ready(a.admin)).await;
+    publish_ok(a.admin, r#"{"topic":"t","data":"first"}"#).await;
+    assert_eq!(early.data(1).await, ["first"]);
+}
+
+/// Sends several commands on one connection (e.g. `AUTH`, `SELECT`, then a query) and
+/// returns the first line of each reply.
+async fn redis_cmds(port: u16, cmds: &[&[&str]]) -> Vec<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    for args in cmds {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut line = Vec::new();
+        while !line.ends_with(b"\r\n") {
+            let mut byte = [0u8; 1];
+            let n = tokio::time::timeout(DEADLINE, s.read(&mut byte))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n == 1, "redis closed the connection");
+            line.push(byte[0]);
+        }
+        replies.push(String::from_utf8_lossy(&line).trim_end().to_owned());
+    }
+    replies
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir` (`ca.pem`, `server.pem`, `server.key`).
+fn make_test_certs(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the rediss:// test needs the openssl command (Debian package `openssl`): {e}"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ssegate test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+}
+
+/// `/readyz` is 200 on a server that may not be listening yet.
+async fn ready_if_listening(admin: std::net::SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(admin).await.is_ok() && ready(admin).await
+}
+
+/// `rediss://` with a password and a database index in the URL. Runs the real binary, so
+/// that the test CA can be trusted through `SSL_CERT_FILE` (read by rustls-native-certs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rediss_url_with_password_and_database_connects_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    make_test_certs(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let tls_port = free_port();
+    let redis = RedisServer::launch(
+        free_port(),
+        [
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "s3cret",
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+        None,
+    )
+    .await;
+    let (proxy, admin) = (free_port(), free_port());
+    let config = dir.path().join("ssegate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{proxy}\nadmin_listen: 127.0.0.1:{admin}\n\
+             upstream: http://127.0.0.1:9\nlog: {{ level: warn }}\n\
+             broker: {{ kind: redis, redis: {{ url: \"rediss://:s3cret@127.0.0.1:{tls_port}/2\", stream: tls }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
+        .arg("--config")
+        .arg(&config)
+        .env("SSL_CERT_FILE", file("ca.pem"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = KillOnDrop(&mut child);
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    eventually("ssegate to connect to redis over TLS", || {
+        ready_if_listening(admin)
+    })
+    .await;
+    publish_ok(admin, r#"{"topic":"t","data":"over tls"}"#).await;
+    let replies = redis_cmds(
+        redis.port,
+        &[&["AUTH", "s3cret"], &["SELECT", "2"], &["XLEN", "tls"]],
+    )
+    .await;
+    assert_eq!(replies, ["+OK", "+OK", ":1"]);
+}
+
+/// One subscriber of the measurement, on a raw socket: it counts the events and records
+/// each one's publish→deliver latency (the publisher writes its send time, in µs since
+/// `base`, into the data: `L <µs>` during the load phase, `P <µs>` during the paced one).
+async fn measuring_subscriber(
+    proxy: std::net::SocketAddr,
+    base: std::time::Instant,
+    (load, paced): (usize, usize),
+    load_done: tokio::sync::mpsc::UnboundedSender<Duration>,
+) -> (Vec<u64>, Vec<u64>) {
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    s.write_all(
+        b"GET /events?topic=bench HTTP/1.1\r\nhost: m\r\naccept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (mut load_lat, mut paced_lat) = (Vec::with_capacity(load), Vec::with_capacity(paced));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut partial = Vec::new();
+    while load_lat.len() < load || paced_lat.len() < paced {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended during the measurement");
+        partial.extend_from_slice(&buf[..n]);
+        let now = base.elapsed().as_micros() as u64;
+        let complete = partial
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        for line in partial[..complete].split(|b| *b == b'\n') {
+            let Some(rest) = line.strip_prefix(b"data: ") else {
+                continue;
+            };
+            let text = std::str::from_utf8(rest).unwrap();
+            let (phase, sent) = text.split_once(' ').unwrap();
+            let latency = now.saturating_sub(sent.parse::<u64>().unwrap());
+            if phase == "L" {
+                load_lat.push(latency);
+                if load_lat.len() == load {
+                    let _ = load_done.send(base.elapsed());
+                }
+            } else {
+                paced_lat.push(latency);
+            }
+        }
+        partial.drain(..complete);
+    }
+    (load_lat, paced_lat)
+}
+
+/// What one measurement found.
+struct Measured {
+    publish_per_s: f64,
+    deliveries_per_s: f64,
+    load_p50_p99_ms: (f64, f64),
+    paced_p50_p99_ms: (f64, f64),
+}
+
+fn p50_p99(mut v: Vec<u64>) -> (f64, f64) {
+    v.sort_unstable();
+    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    (at(0.50), at(0.99))
+}
+
+/// Opens `subs` streams on each instance, then publishes `load` single-event requests from 4
+/// keep-alive connections as fast as they are answered, then `paced` more at 100/s.
+async fn measure(
+    instances: &[(std::net::SocketAddr, std::net::SocketAddr)],
+    publish_to: std::net::SocketAddr,
+    subs: usize,
+    load: usize,
+    paced: usize,
+) -> Measured {
+    let base = std::time::Instant::now();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    for (proxy, _) in instances {
+        for _ in 0..subs {
+            readers.push(tokio::spawn(measuring_subscriber(
+                *proxy,
+                base,
+                (load, paced),
+                done_tx.clone(),
+            )));
+        }
+    }
+    for (_, admin) in instances {
+        eventually("every stream to open", || async {
+            connections(*admin).await == subs as u64
+        })
+        .await;
+    }
+    let publisher = |count: usize, phase: &'static str, every: Option<Duration>| async move {
+        let stream = tokio::net::TcpStream::connect(publish_to).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut tick = every.map(tokio::time::interval);
+        for _ in 0..count {
+            if let Some(t) = &mut tick {
+                t.tick().await;
+            }
+            let sent = base.elapsed().as_micros();
+            let body = format!(r#"{{"topic":"bench","data":"{phase} {sent}"}}"#);
+            sender.ready().await.unwrap();
+            let resp = sender
+                .send_request(request(
+                    "POST",
+                    "/publish",
+                    &[("content-type", "application/json")],
+                    body,
+                ))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            body_bytes(resp).await;
+        }
+    };
+    let started = base.elapsed();
+    let publishers: Vec<_> = (0..4)
+        .map(|i| tokio::spawn(publisher(load / 4 + usize::from(i < load % 4), "L", None)))
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let published = base.elapsed() - started;
+    let mut delivered = started;
+    for _ in 0..readers.len() {
+        delivered = delivered.max(done_rx.recv().await.unwrap());
+    }
+    publisher(paced, "P", Some(Duration::from_millis(10))).await;
+    let (mut load_lat, mut paced_lat) = (Vec::new(), Vec::new());
+    for r in readers {
+        let (l, p) = r.await.unwrap();
+        load_lat.extend(l);
+        paced_lat.extend(p);
+    }
+    Measured {
+        publish_per_s: load as f64 / published.as_secs_f64(),
+        deliveries_per_s: (load * instances.len() * subs) as f64
+            / (delivered - started).as_secs_f64(),
+        load_p50_p99_ms: p50_p99(load_lat),
+        paced_p50_p99_ms: p50_p99(paced_lat),
+    }
+}
+
+/// Publish throughput and publish→deliver latency, memory vs Redis, for 1,000 subscribers
+/// on each instance (everything on this machine: clients, instances, Redis). Run with
+/// `cargo test --release --test it redis::measure -- --ignored --nocapture`;
+/// `SSEGATE_MEASURE_SUBSCRIBERS` and `SSEGATE_MEASURE_EVENTS` change the sizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run it with --ignored --nocapture"]
+async fn measure_fan_out_memory_vs_redis() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let subs = env("SSEGATE_MEASURE_SUBSCRIBERS", 1000);
+    let load = env("SSEGATE_MEASURE_EVENTS", 2000);
+    let paced = 200;
+    let tune = |c: &mut Config| {
+        c.events.subscriber_buffer = 1_000_000;
+        c.limits.max_connections = 100_000;
+    };
+    let mut rows = Vec::new();
+    {
+        let (m, _u) = sidecar_with(tune).await;
+        rows.push((
+            "memory, 1 instance",
+            measure(&[(m.proxy, m.admin)], m.admin, subs, load, paced).await,
+        ));
+    }
+    let redis = RedisServer::start().await;
+    {
+        let (a, _ua) = instance(&redis, tune).await;
+        rows.push((
+            "redis, 1 instance",
+            measure(&[(a.proxy, a.admin)], a.admin, subs, load, paced).await,
+        ));
+    }
+    {
+        let (a, _ua) = instance(&redis, tune).await;
+        let (b, _ub) = instance(&redis, tune).await;
+        let both = [(a.proxy, a.admin), (b.proxy, b.admin)];
+        rows.push((
+            "redis, 2 instances",
+            measure(&both, a.admin, subs, load, paced).await,
+        ));
+    }
+    println!(
+        "\n{subs} subscribers per instance, {load} single-event publishes from 4 connections, \
+         then {paced} at 100/s\n\
+         {:<20} {:>12} {:>14} {:>22} {:>22}",
+        "broker", "publish/s", "deliveries/s", "load p50/p99 ms", "paced p50/p99 ms"
+    );
+    for (name, m) in rows {
+        println!(
+            "{name:<20} {:>12.0} {:>14.0} {:>22} {:>22}",
+            m.publish_per_s,
+            m.deliveries_per_s,
+            format!("{:.2} / {:.2}", m.load_p50_p99_ms.0, m.load_p50_p99_ms.1),
+            format!("{:.2} / {:.2}", m.paced_p50_p99_ms.0, m.paced_p50_p99_ms.1),
+        );
+    }
+}

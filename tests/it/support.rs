@@ -88,6 +88,13 @@ pub fn test_config(upstream: &hyper::Uri) -> Config {
     let mut c = Config::with_upstream(upstream.clone());
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.admin_listen = "127.0.0.1:0".parse().unwrap();
+    // Every test connects from 127.0.0.1: the per-IP defaults (20 streams, 60/min) would
+    // refuse the busier tests. The limit tests set their own.
+    c.limits.max_connections_per_ip = 100_000;
+    c.limits.connect_rate_per_ip = ssegate::config::Rate {
+        count: std::num::NonZeroU32::new(100_000).unwrap(),
+        per: Duration::from_secs(1),
+    };
     c
 }
 

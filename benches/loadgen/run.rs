@@ -1,0 +1,821 @@
+//! The fan-out scenario: N streams over T topics, then events published at a rate R for D
+//! seconds, or a burst of K as fast as the server accepts them; every delivery checked
+//! (sequence per topic: lost, duplicated) and timed (send stamp in the data).
+//!
+//! With `--streams 0` it measures the publish webhook alone.
+
+use crate::http::{self, BodyDecoder, Conn, Framing};
+use crate::sse;
+use crate::stats::{Histogram, Sample, Server, ms, now_us};
+use crate::target::{self, Kind, Outgoing};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+/// Options of `loadgen run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The server under test (decides the publish format).
+    #[arg(long, value_enum, default_value = "ssegate")]
+    pub target: Kind,
+    /// Where streams connect (the public listener).
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub sub_addr: SocketAddr,
+    /// Where events are published (ssegate's admin listener; Nchan 29081; Pushpin 29561).
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    pub pub_addr: SocketAddr,
+    /// Subscribe path template; `{topic}` is replaced. Default `/events/{topic}`.
+    #[arg(long)]
+    pub sub_path: Option<String>,
+    /// Publish path override (default per target: /publish, /pub/{topic}, /publish/).
+    #[arg(long)]
+    pub pub_path: Option<String>,
+    /// Streams to open.
+    #[arg(long, default_value_t = 1000)]
+    pub streams: usize,
+    /// Topics; stream i follows topic i mod T, event k goes to topic k mod T.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Topic names are this prefix followed by the topic's number.
+    #[arg(long, default_value = "lg-")]
+    pub topic_prefix: String,
+    /// Events per second over all topics (0: as fast as the server accepts them).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Bytes of data per event.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of publishing (rate × duration events).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Publish exactly K events as fast as accepted instead of a rate.
+    #[arg(long)]
+    pub burst: Option<u64>,
+    /// Events per publish request (ssegate: a JSON array when > 1; Nchan: always 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Concurrent publisher connections.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Stream connections being opened at once.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N, round robin (loopback targets only).
+    #[arg(long, default_value_t = 8)]
+    pub src_ips: u8,
+    /// Server process ids to sample (RSS, CPU); repeat or comma-separate to sum several.
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Seconds to wait after the last stream connected, before sampling RSS and publishing.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// Stop waiting for deliveries after this many seconds without one.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain_idle: f64,
+    /// Stop waiting for deliveries this many seconds after the last publish, whatever.
+    #[arg(long, default_value_t = 60.0)]
+    pub drain_max: f64,
+    /// Give up connecting streams after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub connect_timeout: f64,
+    /// Read buffer per stream, bytes.
+    #[arg(long, default_value_t = 8192)]
+    pub read_buf: usize,
+    /// Do not reconnect (with Last-Event-ID) a stream the server ends.
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// A name for this run in the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Everything the tasks update while the run goes on.
+struct Shared {
+    latency: Histogram,
+    publish_rtt: Histogram,
+    /// Per topic, per sequence number: the largest publish→receive latency seen, i.e. the
+    /// time to the event's last delivery.
+    last_delivery: Vec<Vec<AtomicU64>>,
+    deliveries: AtomicU64,
+    received: AtomicU64,
+    last_delivery_us: AtomicU64,
+    connected: AtomicUsize,
+    connect_failed: AtomicUsize,
+    connected_per_topic: Vec<AtomicU64>,
+    connect_done_us: AtomicU64,
+    accepted: Vec<AtomicU64>,
+    publish_requests: AtomicU64,
+    publish_failed: AtomicU64,
+    last_publish_us: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, msg: String) {
+        if let Ok(mut e) = self.first_error.lock() {
+            e.get_or_insert(msg);
+        }
+    }
+}
+
+/// What one stream saw.
+#[derive(Default)]
+struct StreamResult {
+    topic: usize,
+    connected: bool,
+    distinct: u64,
+    dups: u64,
+    bad_payload: u64,
+    out_of_range: u64,
+    reconnects: u64,
+    ends: u64,
+    errors: u64,
+    sse: sse::Counters,
+    control: BTreeMap<String, u64>,
+}
+
+/// Which sequence numbers a stream has seen.
+struct Seen {
+    bits: Vec<u64>,
+}
+
+/// Sequence numbers above this are taken as garbage rather than grown into.
+const MAX_SEQ: u64 = 1 << 28;
+
+impl Seen {
+    /// Records `seq`; `Some(true)` if new, `Some(false)` if a duplicate.
+    fn insert(&mut self, seq: u64) -> Option<bool> {
+        if seq >= MAX_SEQ {
+            return None;
+        }
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        let was = self.bits[w] & (1 << b) != 0;
+        self.bits[w] |= 1 << b;
+        Some(!was)
+    }
+}
+
+struct StreamCfg {
+    addr: SocketAddr,
+    host: String,
+    sub_path: String,
+    topic_prefix: String,
+    read_buf: usize,
+    reconnect: bool,
+    src_ips: u8,
+}
+
+fn src_ip(cfg_ips: u8, addr: SocketAddr, i: usize) -> Option<IpAddr> {
+    let loopback = matches!(addr.ip(), IpAddr::V4(v4) if v4.is_loopback());
+    (loopback && cfg_ips > 0).then(|| {
+        let last = (i % usize::from(cfg_ips)) as u8 + 1;
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+    })
+}
+
+/// Connects, sends the GET, and checks the response is an event stream.
+async fn open_stream(
+    cfg: &StreamCfg,
+    src: Option<IpAddr>,
+    path: &str,
+    last_id: Option<&[u8]>,
+) -> io::Result<(Conn, BodyDecoder)> {
+    let tcp = http::connect(cfg.addr, src).await?;
+    let mut conn = Conn::new(tcp, cfg.read_buf);
+    let mut req = Vec::with_capacity(256);
+    target::subscribe_request(path, &cfg.host, last_id, &mut req);
+    conn.write_all(&req).await?;
+    let head = conn.read_head().await?;
+    if head.status != 200 || !head.content_type.starts_with("text/event-stream") {
+        let mut body = Vec::new();
+        if head.framing != Framing::UntilEof {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                conn.read_body(head.framing, &mut body),
+            )
+            .await;
+        }
+        return Err(io::Error::other(format!(
+            "GET {path}: status {} content-type {:?}: {}",
+            head.status,
+            head.content_type,
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )));
+    }
+    Ok((conn, BodyDecoder::new(head.framing)))
+}
+
+enum End {
+    Stopped,
+    Ended,
+    Failed(io::Error),
+}
+
+async fn stream_task(
+    sh: Arc<Shared>,
+    cfg: Arc<StreamCfg>,
+    idx: usize,
+    topic: usize,
+    sem: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> StreamResult {
+    let mut res = StreamResult {
+        topic,
+        ..StreamResult::default()
+    };
+    let src = src_ip(cfg.src_ips, cfg.addr, idx);
+    let path = target::sub_path(&cfg.sub_path, &format!("{}{}", cfg.topic_prefix, topic));
+    let opened = {
+        let _permit = sem.acquire().await;
+        open_stream(&cfg, src, &path, None).await
+    };
+    let (mut conn, mut dec) = match opened {
+        Ok(c) => c,
+        Err(e) => {
+            sh.connect_failed.fetch_add(1, Relaxed);
+            sh.error(format!("stream {idx}: {e}"));
+            return res;
+        }
+    };
+    res.connected = true;
+    sh.connected_per_topic[topic].fetch_add(1, Relaxed);
+    sh.connect_done_us.fetch_max(now_us(), Relaxed);
+    sh.connected.fetch_add(1, Relaxed);
+
+    let mut parser = sse::Parser::default();
+    let mut seen = Seen { bits: Vec::new() };
+    let stopping = stop.clone();
+    let stop_signal = stop.changed();
+    tokio::pin!(stop_signal);
+    loop {
+        let end = read_stream(
+            &sh,
+            &mut conn,
+            &mut dec,
+            &mut parser,
+            &mut seen,
+            &mut res,
+            &mut stop_signal,
+        )
+        .await;
+        match end {
+            End::Stopped => break,
+            End::Ended => res.ends += 1,
+            End::Failed(e) => {
+                res.errors += 1;
+                sh.error(format!("stream {idx}: {e}"));
+            }
+        }
+        if !cfg.reconnect || *stopping.borrow() {
+            break;
+        }
+        // Resume where the stream stopped, as a browser would.
+        parser.reset_connection();
+        let last_id = parser.last_id().to_vec();
+        match open_stream(&cfg, src, &path, Some(&last_id)).await {
+            Ok((c, d)) => {
+                conn = c;
+                dec = d;
+                res.reconnects += 1;
+            }
+            Err(e) => {
+                res.errors += 1;
+                sh.error(format!("stream {idx} reconnecting: {e}"));
+                break;
+            }
+        }
+    }
+    res.sse = parser.counters;
+    res
+}
+
+async fn read_stream<F>(
+    sh: &Shared,
+    conn: &mut Conn,
+    dec: &mut BodyDecoder,
+    parser: &mut sse::Parser,
+    seen: &mut Seen,
+    res: &mut StreamResult,
+    stop: &mut std::pin::Pin<&mut F>,
+) -> End
+where
+    F: std::future::Future,
+{
+    let topic = res.topic;
+    let last = sh.last_delivery.get(topic);
+    loop {
+        // Bytes may already be buffered (after the head): decode before reading.
+        let now = now_us();
+        let mut new = 0u64;
+        let mut received = 0u64;
+        let decoded = dec.decode(conn.buffered(), &mut |body| {
+            parser.feed(body, &mut |ev| match ev.event {
+                None | Some(b"message") => {
+                    let Some((seq, sent)) = target::parse_payload(ev.data) else {
+                        res.bad_payload += 1;
+                        return;
+                    };
+                    received += 1;
+                    match seen.insert(seq) {
+                        Some(true) => {
+                            new += 1;
+                            let lat = now.saturating_sub(sent);
+                            sh.latency.record(lat);
+                            if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
+                                slot.fetch_max(lat, Relaxed);
+                            }
+                        }
+                        Some(false) => res.dups += 1,
+                        None => res.out_of_range += 1,
+                    }
+                }
+                Some(t) => {
+                    *res.control
+                        .entry(String::from_utf8_lossy(t).into_owned())
+                        .or_default() += 1;
+                }
+            });
+        });
+        if received > 0 {
+            sh.received.fetch_add(received, Relaxed);
+            sh.deliveries.fetch_add(new, Relaxed);
+            sh.last_delivery_us.fetch_max(now, Relaxed);
+            res.distinct += new;
+        }
+        match decoded {
+            Ok((used, done)) => {
+                conn.consume(used);
+                if done {
+                    return End::Ended;
+                }
+            }
+            Err(e) => return End::Failed(e),
+        }
+        let read = tokio::select! {
+            biased;
+            _ = stop.as_mut() => return End::Stopped,
+            r = conn.fill() => r,
+        };
+        match read {
+            Ok(0) => {
+                return match dec.eof() {
+                    Ok(()) => End::Ended,
+                    Err(e) => End::Failed(e),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => return End::Failed(e),
+        }
+    }
+}
+
+struct Plan {
+    kind: Kind,
+    addr: SocketAddr,
+    host: String,
+    pub_path: Option<String>,
+    topics: usize,
+    topic_names: Vec<String>,
+    size: usize,
+    batch: usize,
+    rate: f64,
+    total: u64,
+    deadline: Option<Instant>,
+    t0: Instant,
+    next: AtomicU64,
+}
+
+async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
+    let mut conn: Option<Conn> = None;
+    let mut req = Vec::with_capacity(plan.batch * (plan.size + 100) + 256);
+    let mut body = Vec::new();
+    let mut events: Vec<(usize, u64)> = Vec::with_capacity(plan.batch);
+    loop {
+        let k = plan.next.fetch_add(plan.batch as u64, Relaxed);
+        if k >= plan.total {
+            break;
+        }
+        let n = (plan.batch as u64).min(plan.total - k);
+        if plan.rate > 0.0 {
+            tokio::time::sleep_until(plan.t0 + Duration::from_secs_f64(k as f64 / plan.rate)).await;
+        }
+        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        events.clear();
+        let t = plan.topics as u64;
+        events.extend((k..k + n).map(|j| ((j % t) as usize, j / t)));
+        let sent = now_us();
+        let out: Vec<Outgoing<'_>> = events
+            .iter()
+            .map(|&(topic, seq)| Outgoing {
+                topic: &plan.topic_names[topic],
+                seq,
+                sent_us: sent,
+            })
+            .collect();
+        target::publish_request(
+            plan.kind,
+            plan.pub_path.as_deref(),
+            &plan.host,
+            &out,
+            plan.size,
+            &mut req,
+        );
+        sh.publish_requests.fetch_add(1, Relaxed);
+        match publish_once(&mut conn, plan.addr, &req, &mut body).await {
+            Ok((status, close)) if (200..300).contains(&status) => {
+                let done = now_us();
+                sh.publish_rtt.record(done.saturating_sub(sent));
+                sh.last_publish_us.fetch_max(done, Relaxed);
+                for &(topic, _) in &events {
+                    sh.accepted[topic].fetch_add(1, Relaxed);
+                }
+                if close {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                sh.publish_failed.fetch_add(n, Relaxed);
+                sh.error(format!(
+                    "publish: status {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+                conn = None;
+            }
+            Err(e) => {
+                sh.publish_failed.fetch_add(n, Relaxed);
+                sh.error(format!("publish: {e}"));
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Sends one request on a kept-alive connection (opened when needed); returns the status
+/// and whether the server will close the connection. The body lands in `body`.
+pub async fn publish_once(
+    conn: &mut Option<Conn>,
+    addr: SocketAddr,
+    req: &[u8],
+    body: &mut Vec<u8>,
+) -> io::Result<(u16, bool)> {
+    if conn.is_none() {
+        *conn = Some(Conn::new(http::connect(addr, None).await?, 4096));
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(io::Error::other("no connection"));
+    };
+    c.write_all(req).await?;
+    let head = c.read_head().await?;
+    body.clear();
+    c.read_body(head.framing, body).await?;
+    Ok((head.status, head.close))
+}
+
+/// Runs the scenario and prints its report; returns the report as JSON.
+pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
+    if args.topics == 0 || args.publishers == 0 || args.batch == 0 {
+        return Err("--topics, --publishers and --batch must be at least 1".to_owned());
+    }
+    let topic_ok = |c: char| c.is_ascii_alphanumeric() || "/_-.:@".contains(c);
+    if !args.topic_prefix.chars().all(topic_ok) {
+        return Err("--topic-prefix may only hold A-Z a-z 0-9 / _ - . : @".to_owned());
+    }
+    let batch = if args.target.batches() { args.batch } else { 1 };
+    let total = match args.burst {
+        Some(k) => k,
+        None if args.rate > 0.0 => (args.rate * args.duration).round() as u64,
+        None => u64::MAX,
+    };
+    let rate = if args.burst.is_some() { 0.0 } else { args.rate };
+    let server = Server::new(args.pid.clone());
+    let per_topic = total.div_ceil(args.topics as u64);
+    let track_last = args.streams > 0 && total != u64::MAX && per_topic <= 1 << 22;
+    let sh = Arc::new(Shared {
+        latency: Histogram::default(),
+        publish_rtt: Histogram::default(),
+        last_delivery: (0..args.topics)
+            .map(|_| {
+                let n = if track_last { per_topic as usize } else { 0 };
+                (0..n).map(|_| AtomicU64::new(0)).collect()
+            })
+            .collect(),
+        deliveries: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        last_delivery_us: AtomicU64::new(0),
+        connected: AtomicUsize::new(0),
+        connect_failed: AtomicUsize::new(0),
+        connected_per_topic: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
+        connect_done_us: AtomicU64::new(0),
+        accepted: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
+        publish_requests: AtomicU64::new(0),
+        publish_failed: AtomicU64::new(0),
+        last_publish_us: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    });
+
+    // 1. Connect every stream.
+    let rss_before = server.sample();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cfg = Arc::new(StreamCfg {
+        addr: args.sub_addr,
+        host: args.sub_addr.to_string(),
+        sub_path: args
+            .sub_path
+            .clone()
+            .unwrap_or_else(|| args.target.default_sub_path().to_owned()),
+        topic_prefix: args.topic_prefix.clone(),
+        read_buf: args.read_buf,
+        reconnect: !args.no_reconnect,
+        src_ips: args.src_ips,
+    });
+    let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let connect_start = now_us();
+    let mut tasks = Vec::with_capacity(args.streams);
+    for i in 0..args.streams {
+        tasks.push(tokio::spawn(stream_task(
+            Arc::clone(&sh),
+            Arc::clone(&cfg),
+            i,
+            i % args.topics,
+            Arc::clone(&sem),
+            stop_rx.clone(),
+        )));
+    }
+    let connect_deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);
+    while sh.connected.load(Relaxed) + sh.connect_failed.load(Relaxed) < args.streams {
+        if Instant::now() > connect_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let connected = sh.connected.load(Relaxed);
+    let connect_secs = if connected > 0 {
+        sh.connect_done_us
+            .load(Relaxed)
+            .saturating_sub(connect_start) as f64
+            / 1e6
+    } else {
+        0.0
+    };
+    if args.streams > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    }
+    let rss_connected = server.sample();
+
+    // 2. Publish.
+    let host = args.pub_addr.to_string();
+    let t0 = Instant::now();
+    let plan = Arc::new(Plan {
+        kind: args.target,
+        addr: args.pub_addr,
+        host,
+        pub_path: args.pub_path.clone(),
+        topics: args.topics,
+        topic_names: (0..args.topics)
+            .map(|t| format!("{}{t}", args.topic_prefix))
+            .collect(),
+        size: args.size,
+        batch,
+        rate,
+        total,
+        deadline: (total == u64::MAX).then(|| t0 + Duration::from_secs_f64(args.duration)),
+        t0,
+        next: AtomicU64::new(0),
+    });
+    let cpu_start = server.sample();
+    let publish_start = now_us();
+    let pubs: Vec<_> = (0..args.publishers)
+        .map(|_| tokio::spawn(publisher(Arc::clone(&sh), Arc::clone(&plan))))
+        .collect();
+    for p in pubs {
+        let _ = p.await;
+    }
+    let publish_end = sh.last_publish_us.load(Relaxed).max(publish_start);
+
+    // 3. Wait for the deliveries.
+    let expected: u64 = (0..args.topics)
+        .map(|t| sh.accepted[t].load(Relaxed) * sh.connected_per_topic[t].load(Relaxed))
+        .sum();
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_max);
+    let mut last_seen = sh.deliveries.load(Relaxed);
+    let mut last_change = Instant::now();
+    while connected > 0 && sh.deliveries.load(Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let d = sh.deliveries.load(Relaxed);
+        if d != last_seen {
+            last_seen = d;
+            last_change = Instant::now();
+        }
+        let now = Instant::now();
+        if now > drain_deadline || now - last_change > Duration::from_secs_f64(args.drain_idle) {
+            break;
+        }
+    }
+    let cpu_end = server.sample();
+    let rss_delivered = cpu_end;
+    let _ = stop_tx.send(true);
+    let mut results = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(r) = t.await {
+            results.push(r);
+        }
+    }
+
+    // 4. Report.
+    let report = Report {
+        args: &args,
+        sh: &sh,
+        server: &server,
+        results: &results,
+        connected,
+        connect_secs,
+        rss: [rss_before, rss_connected, rss_delivered],
+        cpu: [cpu_start, cpu_end],
+        publish_start,
+        publish_end,
+        expected,
+        batch,
+    };
+    Ok(report.print())
+}
+
+struct Report<'a> {
+    args: &'a RunArgs,
+    sh: &'a Shared,
+    server: &'a Server,
+    results: &'a [StreamResult],
+    connected: usize,
+    connect_secs: f64,
+    rss: [Sample; 3],
+    cpu: [Sample; 2],
+    publish_start: u64,
+    publish_end: u64,
+    expected: u64,
+    batch: usize,
+}
+
+impl Report<'_> {
+    fn print(&self) -> serde_json::Value {
+        let (a, sh) = (self.args, self.sh);
+        let accepted: u64 = sh.accepted.iter().map(|x| x.load(Relaxed)).sum();
+        let publish_secs = self.publish_end.saturating_sub(self.publish_start) as f64 / 1e6;
+        let deliveries = sh.deliveries.load(Relaxed);
+        let received = sh.received.load(Relaxed);
+        let last = sh.last_delivery_us.load(Relaxed);
+        let window_secs = last.saturating_sub(self.publish_start) as f64 / 1e6;
+        let cpu_secs = self.server.cpu_secs(self.cpu[0], self.cpu[1]);
+        let mut lost = 0u64;
+        let (mut dups, mut bad, mut oor, mut reconnects, mut ends, mut errors) = (0, 0, 0, 0, 0, 0);
+        let mut sse_err = 0;
+        let mut heartbeats = 0;
+        let mut lossy_streams = 0;
+        let mut control: BTreeMap<String, u64> = BTreeMap::new();
+        for r in self.results.iter().filter(|r| r.connected) {
+            let want = sh.accepted[r.topic].load(Relaxed);
+            let l = want.saturating_sub(r.distinct);
+            lost += l;
+            lossy_streams += u64::from(l > 0);
+            dups += r.dups;
+            bad += r.bad_payload;
+            oor += r.out_of_range;
+            reconnects += r.reconnects;
+            ends += r.ends;
+            errors += r.errors;
+            sse_err += r.sse.errors;
+            heartbeats += r.sse.comments;
+            for (k, v) in &r.control {
+                *control.entry(k.clone()).or_default() += v;
+            }
+        }
+        let last_delivery = Histogram::default();
+        for topic in &sh.last_delivery {
+            for slot in topic {
+                let v = slot.load(Relaxed);
+                if v > 0 {
+                    last_delivery.record(v);
+                }
+            }
+        }
+        let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let rss_per_stream = if self.connected > 0 {
+            (self.rss[1].rss_kb as f64 - self.rss[0].rss_kb as f64) / self.connected as f64
+        } else {
+            0.0
+        };
+        let mode = match a.burst {
+            Some(k) => format!("burst of {k}"),
+            None if a.rate > 0.0 => format!("{} ev/s for {} s", a.rate, a.duration),
+            None => format!("as fast as accepted for {} s", a.duration),
+        };
+        println!(
+            "== loadgen run {}: target {:?}, {} streams over {} topics, {mode}, {} B, batch {}, {} publishers",
+            a.label, a.target, a.streams, a.topics, a.size, self.batch, a.publishers
+        );
+        if a.streams > 0 {
+            println!(
+                "connect: {}/{} streams in {:.3} s ({} failed)",
+                self.connected,
+                a.streams,
+                self.connect_secs,
+                sh.connect_failed.load(Relaxed)
+            );
+        }
+        println!(
+            "publish: {accepted} events accepted in {publish_secs:.3} s = {:.0} ev/s ({} requests, {} events failed); request round trip {}",
+            per_sec(accepted, publish_secs),
+            sh.publish_requests.load(Relaxed),
+            sh.publish_failed.load(Relaxed),
+            sh.publish_rtt.summary_ms()
+        );
+        if a.streams > 0 {
+            println!(
+                "deliver: {deliveries}/{} delivered in {window_secs:.3} s = {:.0} deliveries/s; lost {lost} (on {lossy_streams} streams), duplicated {dups}",
+                self.expected,
+                per_sec(received, window_secs)
+            );
+            println!("latency publish→receive: {}", sh.latency.summary_ms());
+            if last_delivery.count() > 0 {
+                println!(
+                    "latency publish→last delivery of each event: {}",
+                    last_delivery.summary_ms()
+                );
+            }
+            println!(
+                "streams: {reconnects} reconnects, {ends} ended by server, {errors} errors, {bad} bad payloads, {oor} out-of-range seqs, {sse_err} SSE errors, {heartbeats} comments, control events {control:?}"
+            );
+        }
+        if self.server.is_set() {
+            println!(
+                "server: RSS {} KB before, {} KB connected ({rss_per_stream:.2} KB/stream), {} KB after delivery; CPU {cpu_secs:.2} s over the window = {:.2} µs/delivery, {:.2} µs/accepted event",
+                self.rss[0].rss_kb,
+                self.rss[1].rss_kb,
+                self.rss[2].rss_kb,
+                if deliveries > 0 {
+                    cpu_secs * 1e6 / deliveries as f64
+                } else {
+                    0.0
+                },
+                if accepted > 0 {
+                    cpu_secs * 1e6 / accepted as f64
+                } else {
+                    0.0
+                }
+            );
+        }
+        if let Ok(e) = sh.first_error.lock()
+            && let Some(e) = e.as_ref()
+        {
+            println!("first error: {e}");
+        }
+        serde_json::json!({
+            "label": a.label,
+            "target": format!("{:?}", a.target).to_lowercase(),
+            "streams": a.streams,
+            "topics": a.topics,
+            "mode": mode,
+            "size": a.size,
+            "batch": self.batch,
+            "publishers": a.publishers,
+            "connected": self.connected,
+            "connect_failed": sh.connect_failed.load(Relaxed),
+            "connect_s": self.connect_secs,
+            "accepted": accepted,
+            "publish_s": publish_secs,
+            "publish_per_s": per_sec(accepted, publish_secs),
+            "publish_failed": sh.publish_failed.load(Relaxed),
+            "publish_rtt": sh.publish_rtt.json_ms(),
+            "expected": self.expected,
+            "delivered": deliveries,
+            "received": received,
+            "window_s": window_secs,
+            "deliveries_per_s": per_sec(received, window_secs),
+            "lost": lost,
+            "duplicated": dups,
+            "latency": sh.latency.json_ms(),
+            "last_delivery": last_delivery.json_ms(),
+            "reconnects": reconnects,
+            "server_ended": ends,
+            "stream_errors": errors,
+            "sse_errors": sse_err,
+            "control": control,
+            "rss_kb": [self.rss[0].rss_kb, self.rss[1].rss_kb, self.rss[2].rss_kb],
+            "kb_per_stream": rss_per_stream,
+            "server_cpu_s": cpu_secs,
+            "cpu_us_per_delivery": if deliveries > 0 { cpu_secs * 1e6 / deliveries as f64 } else { 0.0 },
+            "cpu_us_per_event": if accepted > 0 { cpu_secs * 1e6 / accepted as f64 } else { 0.0 },
+            "latency_last_ms": ms(last_delivery.quantile(0.99)),
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! The Redis broker (SPEC §9): several instances share one Redis stream.
+//!
+//! - **Publish** writes a batch in one `MULTI … EXEC`: an `XADD … MAXLEN ~ max_events` per
+//!   event, then `XTRIM … MINID ~` for `max_age`. The ids are the stream's entry ids, and
+//!   the webhook answers only once `EXEC` succeeded; an unreachable Redis is a 503 within
+//!   [`PUBLISH_TIMEOUT`], and a transaction cut off before `EXEC` writes nothing.
+//! - **One reader per instance** ([`reader`]) follows the stream with `XREAD BLOCK` and
+//!   appends each entry to the local log, which mirrors the stream. The dispatchers, the
+//!   replay and the replay/live seam work exactly as with the memory broker, so each event
+//!   is encoded once per instance and a reconnecting client costs no round trip to Redis.
+//!   At startup the reader loads the stream's recent history into the mirror.
+//! - **Control actions** (`DELETE /topics/…`, `DELETE /subscribers/…`) act at once on this
+//!   instance and are written to the stream as control entries, which every other instance
+//!   applies at the same place in the order of events. Replays never contain them.
+//!
+//! Nothing here runs per subscriber or per delivered event.
+
+mod entry;
+mod reader;
+
+use super::log::{MemoryLog, now_ms};
+use super::registry::Registry;
+use super::{HubError, NewEvent};
+use crate::sse::EventId;
+use entry::Control;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Value};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Longest a publish (or a control write) waits for Redis before answering 503.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Control actions waiting for Redis; beyond this many, new ones act on this instance only.
+const CONTROL_QUEUE: usize = 1024;
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The client or the server reported an error.
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// An answer that does not parse.
+    #[error(transparent)]
+    Reply(#[from] entry::Malformed),
+}
+
+/// Runs `fut` with a deadline.
+async fn bounded<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::Timeout(limit)),
+    }
+}
+
+/// What the reader updates on this instance.
+pub(crate) struct Local {
+    /// The mirror of the stream.
+    pub log: Arc<MemoryLog>,
+    /// This instance's subscribers (control actions end some of them).
+    pub registry: Arc<Registry>,
+    /// Bumped after each append, to wake the dispatchers.
+    pub head: Arc<watch::Sender<u64>>,
+}
+
+/// What the publisher, the control writer and the reader share.
+pub(crate) struct Shared {
+    client: Client,
+    /// A multiplexed connection that reconnects by itself; publishes and control writes.
+    publisher: ConnectionManager,
+    key: String,
+    max_events: usize,
+    max_age: Duration,
+    /// This instance's random id, written into its control entries.
+    origin: u64,
+    /// Whether the reader is connected and the publisher answered: `/readyz`, `broker_up`.
+    up: AtomicBool,
+}
+
+/// The Redis side of a hub: publishing, control actions, and the reader task.
+pub(crate) struct RedisBroker {
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+    /// Dropped with the hub, which stops the reader.
+    _stop: oneshot::Sender<()>,
+}
+
+/// A random number from the standard library's per-process random hasher keys.
+pub(crate) fn random_u64() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
+impl RedisBroker {
+    /// Connects in the background: the hub serves at once, publishes answer 503 and
+    /// `broker_up` is false until Redis answers. Fails only on a URL the client refuses.
+    pub fn start(
+        url: &str,
+        key: &str,
+        max_events: usize,
+        max_age: Duration,
+        local: Local,
+    ) -> Result<Self, String> {
+        if url.starts_with("rediss://") {
+            // redis-rs builds its TLS config from rustls's process-wide provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = Client::open(url).map_err(|e| format!("broker.redis.url: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(PUBLISH_TIMEOUT))
+            // One attempt per reconnect: a publish while Redis is down fails at once
+            // instead of waiting through retries; the next publish tries again.
+            .set_number_of_retries(0);
+        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| format!("broker.redis: {e}"))?;
+        let shared = Arc::new(Shared {
+            client,
+            publisher,
+            key: key.to_owned(),
+            max_events: max_events.max(1),
+            max_age,
+            origin: random_u64(),
+            up: AtomicBool::new(false),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        tokio::spawn(reader::Reader::new(Arc::clone(&shared), local).run(stop_rx));
+        tokio::spawn(write_controls(Arc::clone(&shared), control_rx));
+        Ok(Self {
+            shared,
+            control,
+            _stop: stop_tx,
+        })
+    }
+
+    /// Whether the reader is connected (and the publisher answered when it connected).
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// Writes a batch to the stream in one transaction and returns the ids Redis gave.
+    pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<EventId>, HubError> {
+        let s = &self.shared;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ev in batch {
+            entry::add_event(&mut pipe, &s.key, s.max_events, ev);
+        }
+        let max_age = u64::try_from(s.max_age.as_millis()).unwrap_or(u64::MAX);
+        let min_id = EventId::new(now_ms().saturating_sub(max_age), 0);
+        pipe.cmd("XTRIM")
+            .arg(&s.key)
+            .arg("MINID")
+            .arg("~")
+            .arg(min_id.to_string())
+            .ignore();
+        let mut conn = s.publisher.clone();
+        let reply: Value = bounded(PUBLISH_TIMEOUT, pipe.query_async(&mut conn))
+            .await
+            .map_err(|e| HubError::Unavailable(e.to_string()))?;
+        entry::parse_ids(reply, batch.len()).map_err(|e| HubError::Unavailable(e.to_string()))
+    }
+
+    /// Sends a control action to the other instances (this one has already applied it).
+    /// While Redis is unreachable it waits in a queue, written once Redis is back.
+    pub fn send_control(&self, action: Control) {
+        if self.control.try_send(action).is_err() {
+            tracing::warn!(
+                queued = CONTROL_QUEUE,
+                "too many control actions wait for redis: this one acts on this instance only"
+            );
+        }
+    }
+
+    /// A topic was deleted here.
+    pub fn delete_topic(&self, topic: &str) {
+        self.send_control(Control::DeleteTopic(topic.into()));
+    }
+
+    /// A subject was revoked here.
+    pub fn revoke(&self, subject: &str) {
+        self.send_control(Control::Revoke(subject.into()));
+    }
+}
+
+/// Writes queued control actions to the stream in order, each retried until Redis takes it.
+async fn write_controls(shared: Arc<Shared>, mut rx: mpsc::Receiver<Control>) {
+    while let Some(action) = rx.recv().await {
+        let cmd = entry::control_cmd(&shared.key, shared.max_events, &action, shared.origin);
+        let mut backoff = reader::Backoff::new();
+        let mut warned = false;
+        loop {
+            let mut conn = shared.publisher.clone();
+            match bounded(PUBLISH_TIMEOUT, cmd.query_async::<Value>(&mut conn)).await {
+                Ok(_) => break,
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, action = ?action,
+                            "could not write a control action to redis; retrying until it is back");
+                        warned = true;
+                    }
+                    if rx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+}
