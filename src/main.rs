@@ -79,6 +79,7 @@ fn run_demo(options: ssegate::demo::DemoOptions) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let rt = match runtime() {
@@ -116,7 +117,11 @@ fn init_logging(config: &Config) -> Box<dyn Fn(&str) + Send + Sync> {
             )
             .init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .init(),
     }
     Box::new(move |level: &str| {
