@@ -457,3 +457,31 @@ proptest::proptest! {
         let _ = parse(&parts.concat(), &|_| Some("v".to_owned()));
     }
 }
+
+#[test]
+fn upstream_ports_must_be_numbers_in_range() {
+    for bad in [
+        "http://127.0.0.1:three",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:0",
+        "http://127.0.0.1:",
+    ] {
+        let text = format!("upstream: \"{bad}\"\n");
+        let errors = parse(&text, &|_| None).unwrap_err();
+        assert!(
+            errors.to_string().contains("invalid port"),
+            "{bad}: {errors}"
+        );
+    }
+    for good in [
+        "http://127.0.0.1:3000",
+        "http://app",
+        "http://[::1]:8080",
+        "http://[::1]",
+    ] {
+        assert!(
+            parse(&format!("upstream: \"{good}\"\n"), &|_| None).is_ok(),
+            "{good}"
+        );
+    }
+}

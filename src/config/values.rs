@@ -85,6 +85,17 @@ pub fn upstream(s: &str) -> Result<Uri, Bad> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(Bad::new(format!("{t:?} has no host")).hint(UPSTREAM_HINT));
     }
+    // `Uri` accepts any text after the last `:` of the authority; only a number 1-65535
+    // is a port.
+    let port_text = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|_| !authority.ends_with(']'));
+    if let Some(p) = port_text {
+        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
+            return Err(Bad::new(format!("{t:?} has an invalid port {p:?}")).hint(UPSTREAM_HINT));
+        }
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(Bad::new(format!("{t:?} has a path or query"))
             .hint("requests keep their own paths; the upstream is only http://host[:port]"));

@@ -386,3 +386,107 @@ async fn a_listen_port_in_use_is_exit_1_naming_it() {
     );
     drop(taken);
 }
+
+/// The proxy and admin addresses of a `listening` line.
+fn addresses(line: &str) -> (SocketAddr, SocketAddr) {
+    let get = |name| field(line, name).unwrap_or_else(|| panic!("no {name}= in {line:?}"));
+    (get("proxy").parse().unwrap(), get("admin").parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_new_limits_refuses_an_invalid_file_and_names_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://127.0.0.1:{}\n",
+        closed_port()
+    );
+    let config = write_config(
+        dir.path(),
+        &format!("{base}limits: {{ max_connections: 1 }}\n"),
+    );
+    let mut daemon = Daemon::start(&config);
+    let (proxy, admin) = addresses(&daemon.line_with("listening").await);
+    let mut first = SseClient::open(proxy, "/events?topic=hup").await;
+    let refused = SseClient::connect(proxy, "/events?topic=hup", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // Raise the limit: applied, the open stream untouched.
+    write_config(
+        dir.path(),
+        &format!("{base}limits: {{ max_connections: 5 }}\n"),
+    );
+    kill("-HUP", daemon.pid);
+    daemon.line_with("configuration reloaded").await;
+    let mut second = SseClient::open(proxy, "/events?topic=hup").await;
+
+    // An invalid file: refused with check's message, the old configuration stays.
+    write_config(
+        dir.path(),
+        &format!("{base}limits: {{ max_connections: lots }}\n"),
+    );
+    kill("-HUP", daemon.pid);
+    let line = daemon.line_with("reload refused").await;
+    assert!(
+        line.contains("limits.max_connections") && line.contains("line 4"),
+        "{line}"
+    );
+    let mut third = SseClient::open(proxy, "/events?topic=hup").await;
+
+    // A changed listen address needs a restart and says so.
+    write_config(
+        dir.path(),
+        &format!(
+            "{}limits: {{ max_connections: 5 }}\n",
+            base.replace("listen: 127.0.0.1:0\nadmin", "listen: 127.0.0.1:1\nadmin")
+        ),
+    );
+    kill("-HUP", daemon.pid);
+    let line = daemon.line_with("restart").await;
+    assert!(line.contains("listen"), "{line}");
+
+    publish_ok(admin, r#"{"topic":"hup","data":"nobody dropped"}"#).await;
+    for c in [&mut first, &mut second, &mut third] {
+        assert_eq!(c.event().await.data, "nobody dropped");
+    }
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://127.0.0.1:{}\n\
+             log: {{ format: json }}\n",
+            closed_port()
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    let line = daemon.line_with("listening").await;
+    let json: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    let proxy: SocketAddr = json["proxy"].as_str().unwrap().parse().unwrap();
+    // A refused stream logs one structured line.
+    let (status, _) = call_json(proxy, request("GET", "/events", &[], Bytes::new())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let refused = daemon.line_with("stream refused").await;
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+    let mut lines = vec![line, refused];
+    while let Ok(l) = daemon.stderr.try_recv() {
+        lines.push(l);
+    }
+    assert!(lines.len() >= 3, "{lines:?}");
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(v.get(key).is_some(), "{key} missing in {l}");
+        }
+    }
+    let refused: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(refused["reason"], "bad_request");
+    assert_eq!(refused["ip"], "127.0.0.1");
+}

@@ -17,6 +17,8 @@
 
 mod entry;
 mod reader;
+#[cfg(test)]
+mod tests;
 
 use super::log::{MemoryLog, now_ms};
 use super::registry::Registry;
