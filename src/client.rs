@@ -25,6 +25,27 @@ use hyper::{HeaderMap, Method, Response, StatusCode};
 /// `globalThis.SsegateSource`.
 pub const CLIENT_JS: &str = include_str!("client/client.js");
 
+/// The same client as a classic script (`<script src>` without `type="module"`): the
+/// module minus its `export` lines, defining the global `SsegateSource`.
+pub const CLIENT_GLOBAL_JS: &str = before_marker(CLIENT_JS, "// @module-exports");
+
+/// The part of `s` before the line holding `marker` (all of `s` if there is none).
+const fn before_marker<'a>(s: &'a str, marker: &str) -> &'a str {
+    let (h, m) = (s.as_bytes(), marker.as_bytes());
+    let mut i = 0;
+    while i + m.len() <= h.len() {
+        let mut j = 0;
+        while j < m.len() && h[i + j] == m[j] {
+            j += 1;
+        }
+        if j == m.len() {
+            return s.split_at(i).0;
+        }
+        i += 1;
+    }
+    s
+}
+
 /// TypeScript declarations for [`CLIENT_JS`].
 pub const CLIENT_DTS: &str = include_str!("client/client.d.ts");
 
@@ -40,12 +61,18 @@ struct Asset {
     etag: &'static str,
 }
 
-const ASSETS: [Asset; 2] = [
+const ASSETS: [Asset; 3] = [
     Asset {
         path: "/_ssegate/client.js",
         content_type: "text/javascript; charset=utf-8",
         body: CLIENT_JS,
         etag: as_str(&etag(CLIENT_JS)),
+    },
+    Asset {
+        path: "/_ssegate/client.global.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: CLIENT_GLOBAL_JS,
+        etag: as_str(&etag(CLIENT_GLOBAL_JS)),
     },
     Asset {
         path: "/_ssegate/client.d.ts",
@@ -176,6 +203,13 @@ mod tests {
         assert!(etag.len() == 18 && etag.starts_with('"') && etag.ends_with('"'));
         assert_eq!(body(resp).await, CLIENT_JS.as_bytes());
 
+        let global = body(get("/_ssegate/client.global.js", &[])).await;
+        let global = String::from_utf8_lossy(&global);
+        assert!(global.contains("globalThis.SsegateSource = SsegateSource;"));
+        assert!(
+            !global.contains("export "),
+            "a classic script cannot contain export"
+        );
         let dts = get("/_ssegate/client.d.ts", &[]);
         assert_eq!(dts.status(), StatusCode::OK);
         assert_eq!(

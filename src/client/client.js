@@ -31,7 +31,7 @@ const DEFAULT_HEARTBEAT_TIMEOUT = 45000;
  * Feed it decoded text in chunks of any size; it calls `onEvent(type, data, lastEventId)`
  * for each complete event and `onRetry(ms)` for each valid `retry:` field.
  */
-export class SseParser {
+class SseParser {
   /** The last event ID buffer: kept across events and connections, like EventSource's. */
   lastEventId = '';
   #pending = '';
@@ -133,7 +133,7 @@ function errorEvent(status, retryIn, cause) {
  * `maxRetryDelay` caps the backoff (ms, default 30000); `heartbeatTimeout` (ms, default
  * 45000, 0 turns it off) is how long a silent connection is trusted.
  */
-export class SsegateSource extends EventTarget {
+class SsegateSource extends EventTarget {
   static CONNECTING = CONNECTING;
   static OPEN = OPEN;
   static CLOSED = CLOSED;
@@ -379,4 +379,7 @@ Object.defineProperties(SsegateSource.prototype, {
 
 globalThis.SsegateSource = SsegateSource;
 
+// @module-exports (everything below is left out of /_ssegate/client.global.js, the
+// classic-script copy for `<script src>` without `type="module"`)
+export { SseParser, SsegateSource };
 export default SsegateSource;
