@@ -313,10 +313,11 @@ pub fn token(headers: &HeaderMap, query: Option<&str>, cookie: Option<&str>) -> 
             .filter_map(|v| v.to_str().ok())
         {
             for pair in v.split(';') {
-                if let Some((k, val)) = pair.trim().split_once('=') {
-                    if k == name && !val.is_empty() {
-                        return Some(val.to_owned());
-                    }
+                if let Some((k, val)) = pair.trim().split_once('=')
+                    && k == name
+                    && !val.is_empty()
+                {
+                    return Some(val.to_owned());
                 }
             }
         }

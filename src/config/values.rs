@@ -91,10 +91,10 @@ pub fn upstream(s: &str) -> Result<Uri, Bad> {
         .rsplit_once(':')
         .map(|(_, p)| p)
         .filter(|_| !authority.ends_with(']'));
-    if let Some(p) = port_text {
-        if !matches!(p.parse::<u16>(), Ok(n) if n > 0) {
-            return Err(Bad::new(format!("{t:?} has an invalid port {p:?}")).hint(UPSTREAM_HINT));
-        }
+    if let Some(p) = port_text
+        && !matches!(p.parse::<u16>(), Ok(n) if n > 0)
+    {
+        return Err(Bad::new(format!("{t:?} has an invalid port {p:?}")).hint(UPSTREAM_HINT));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(Bad::new(format!("{t:?} has a path or query"))

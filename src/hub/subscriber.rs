@@ -361,12 +361,12 @@ impl Subscription {
             self.done = true;
             return Poll::Ready(None);
         }
-        if let Some(exp) = &mut self.expires {
-            if exp.as_mut().poll(cx).is_ready() {
-                self.sub.end(End::Expired);
-                self.expires = None;
-                return self.poll_chunk(cx);
-            }
+        if let Some(exp) = &mut self.expires
+            && exp.as_mut().poll(cx).is_ready()
+        {
+            self.sub.end(End::Expired);
+            self.expires = None;
+            return self.poll_chunk(cx);
         }
         if self.heartbeat.as_mut().poll(cx).is_ready() {
             self.heartbeat

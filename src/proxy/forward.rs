@@ -135,13 +135,13 @@ impl Forwarder {
             Ok(Ok(resp)) => resp,
         };
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-                let (parts, _) = resp.into_parts();
-                return Response::from_parts(parts, Body::Empty);
-            }
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, Body::Empty);
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -185,10 +185,10 @@ impl Forwarder {
         if let Ok(v) = HeaderValue::from_str(topics) {
             h.insert("x-ssegate-topics", v);
         }
-        if let Some(pq) = original.uri.path_and_query() {
-            if let Ok(v) = HeaderValue::from_str(pq.as_str()) {
-                h.insert("x-original-uri", v);
-            }
+        if let Some(pq) = original.uri.path_and_query()
+            && let Ok(v) = HeaderValue::from_str(pq.as_str())
+        {
+            h.insert("x-original-uri", v);
         }
         for name in [
             "x-forwarded-for",
@@ -196,10 +196,8 @@ impl Forwarder {
             "x-forwarded-proto",
             "x-forwarded-host",
         ] {
-            if peer_trusted {
-                if let Some(v) = original.headers.get(name) {
-                    h.insert(name, v.clone());
-                }
+            if peer_trusted && let Some(v) = original.headers.get(name) {
+                h.insert(name, v.clone());
             }
         }
         add_forwarded(h, peer.ip(), host.as_ref(), peer_trusted);
@@ -291,14 +289,13 @@ fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValu
         IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     let mut element = format!("for={node};proto=http");
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-        if h.bytes()
+    if let Some(h) = host.and_then(|h| h.to_str().ok())
+        && h.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-        {
-            element.push_str(";host=\"");
-            element.push_str(h);
-            element.push('"');
-        }
+    {
+        element.push_str(";host=\"");
+        element.push_str(h);
+        element.push('"');
     }
     let forwarded = match joined(headers, "forwarded") {
         Some(prev) => format!("{prev}, {element}"),

@@ -149,18 +149,18 @@ impl Reader {
         }
         self.kick_publisher().await?;
         self.shared.up.store(true, Ordering::Relaxed);
-        self.backoff.reset();
         let (history, _) = self.local.log.stats();
         if first_time {
             tracing::info!(stream = self.shared.key, history, "connected to redis");
         } else {
             tracing::info!(stream = self.shared.key, "reconnected to redis");
         }
+        // Trimming keeps at least `max_events` entries: Redis can only have dropped
+        // entries this reader has not read yet if a read returns that many (or a full one).
+        let lots = READ_COUNT.min(self.shared.max_events);
         let mut behind = false;
         loop {
             if behind {
-                // A full read means the stream runs ahead of this reader: make sure Redis
-                // did not trim entries it has not read yet.
                 self.check_continuity(&mut conn, self.cursor.unwrap_or_default())
                     .await?;
             }
@@ -175,8 +175,11 @@ impl Reader {
                 .arg(cursor);
             let reply = bounded(READ_TIMEOUT, read.query_async::<Value>(&mut conn)).await?;
             let entries = entry::parse_read(reply)?;
-            behind = entries.len() >= READ_COUNT;
+            behind = entries.len() >= lots;
             self.apply(entries);
+            // Reset only once reading works, so a connection that fails at its first read
+            // is retried with growing delays.
+            self.backoff.reset();
         }
     }
 
