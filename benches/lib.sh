@@ -18,6 +18,7 @@ wait_quiet() {
     start=$(date +%s)
     while :; do
         busy=$(cpu_busy_pct)
+        BUSY=$busy
         [ "$busy" -le "$pct" ] && return 0
         if [ $(( $(date +%s) - start )) -ge "$max" ]; then
             echo "warning: machine still ${busy}% busy after ${max}s; measuring anyway" >&2
@@ -53,9 +54,14 @@ wait_port() {
     return 1
 }
 
-# median of the numbers on stdin (one per line)
+# median [DECIMALS]: median of the numbers on stdin (one per line), rounded
 median() {
-    sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+    sort -g | awk -v d="${1:-2}" '{a[NR]=$1}
+        END {
+            if (NR == 0 || a[1] == "n/a") { print "n/a"; exit }
+            m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+            printf "%.*f\n", d, m
+        }'
 }
 
 # bench_exe NAME: path of the release executable of bench target NAME (builds it).

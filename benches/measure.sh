@@ -31,11 +31,12 @@ one() {
     local envs=()
     while [ "$1" != "--" ]; do envs+=("$1"); shift; done
     shift
+    BUSY=0
     wait_quiet "$QUIET_WAIT" 10
     local pid
     pid=$(env "${envs[@]}" benches/run-ssegate.sh start)
     "$LOADGEN_BIN" --json "$@" --pid "$pid" 2>>"$DIR/stderr.log" | tee -a "$DIR/report.txt" |
-        sed -n 's/^JSON //p' | jq -c --arg l "$label" '. + {label: $l}' >> "$OUT"
+        sed -n 's/^JSON //p' | jq -c --arg l "$label" --argjson b "$BUSY" '. + {label: $l, busy_before_pct: $b}' >> "$OUT"
     benches/run-ssegate.sh stop
 }
 
@@ -58,17 +59,19 @@ for r in $(seq 1 "$RUNS"); do
     done
 done
 
-med() { # LABEL JQ-EXPR -> median over runs
-    jq -r --arg l "$1" "select(.label == \$l) | $2" "$OUT" | median
+med() { # LABEL JQ-EXPR [DECIMALS] -> median over runs
+    jq -r --arg l "$1" "select(.label == \$l) | $2" "$OUT" | median "${3:-2}"
 }
 echo
 echo "Medians of $RUNS runs, each on a fresh server ($(nproc) cores, load generator on the same machine):"
+echo
+echo "machine busy before each run (%, other processes): $(jq -r .busy_before_pct "$OUT" | tr '\n' ' ')"
 echo
 if grep -q '"2a-' "$OUT"; then
     echo "| 2a publish, no subscriber, 4 connections | events/s accepted | request p99 ms | server CPU µs/event |"
     echo "|---|---|---|---|"
     for l in 2a-single 2a-batch100; do
-        echo "| $l | $(med $l .publish_per_s) | $(med $l .publish_rtt.p99_ms) | $(med $l .cpu_us_per_event) |"
+        echo "| $l | $(med $l .publish_per_s 0) | $(med $l .publish_rtt.p99_ms) | $(med $l .cpu_us_per_event 1) |"
     done
     echo
 fi
@@ -76,7 +79,7 @@ if grep -q '"2b-' "$OUT"; then
     echo "| 2b 1,000 subscribers, 1 topic | deliveries/s | publish→receive p50 / p99 ms | publish→last delivery p50 / p99 / max ms | lost | dup | server CPU µs/delivery | KB/stream | connect 1,000 s |"
     echo "|---|---|---|---|---|---|---|---|---|"
     for l in 2b-rate 2b-burst; do
-        echo "| $l | $(med $l .deliveries_per_s) | $(med $l .latency.p50_ms) / $(med $l .latency.p99_ms) | $(med $l .last_delivery.p50_ms) / $(med $l .last_delivery.p99_ms) / $(med $l .last_delivery.max_ms) | $(med $l .lost) | $(med $l .duplicated) | $(med $l .cpu_us_per_delivery) | $(med $l .kb_per_stream) | $(med $l .connect_s) |"
+        echo "| $l | $(med $l .deliveries_per_s 0) | $(med $l .latency.p50_ms) / $(med $l .latency.p99_ms) | $(med $l .last_delivery.p50_ms) / $(med $l .last_delivery.p99_ms) / $(med $l .last_delivery.max_ms) | $(med $l .lost 0) | $(med $l .duplicated 0) | $(med $l .cpu_us_per_delivery) | $(med $l .kb_per_stream 1) | $(med $l .connect_s 3) |"
     done
     echo
 fi
@@ -84,5 +87,5 @@ if grep -q '"2c-' "$OUT"; then
     echo "| 2c 100,000 jobs, 32 at once | jobs/s | RSS before KB | right after KB | after the wait + trim KB | topics after | history after trim |"
     echo "|---|---|---|---|---|---|---|"
     l=2c-jobs
-    echo "| $l | $(med $l .jobs_per_s) | $(med $l .rss_before_kb) | $(med $l .rss_after_kb) | $(med $l .rss_end_kb) | $(med $l '.stats_end[0]') | $(med $l '.stats_end[1]') |"
+    echo "| $l | $(med $l .jobs_per_s 0) | $(med $l .rss_before_kb 0) | $(med $l .rss_after_kb 0) | $(med $l .rss_end_kb 0) | $(med $l '.stats_end[0]' 0) | $(med $l '.stats_end[1]' 0) |"
 fi

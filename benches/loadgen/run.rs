@@ -500,6 +500,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     };
     let rate = if args.burst.is_some() { 0.0 } else { args.rate };
     let server = Server::new(args.pid.clone());
+    let me = Server::new(vec![std::process::id()]);
     let per_topic = total.div_ceil(args.topics as u64);
     let track_last = args.streams > 0 && total != u64::MAX && per_topic <= 1 << 22;
     let sh = Arc::new(Shared {
@@ -595,6 +596,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         next: AtomicU64::new(0),
     });
     let cpu_start = server.sample();
+    let my_cpu_start = me.sample();
     let publish_start = now_us();
     let pubs: Vec<_> = (0..args.publishers)
         .map(|_| tokio::spawn(publisher(Arc::clone(&sh), Arc::clone(&plan))))
@@ -624,6 +626,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         }
     }
     let cpu_end = server.sample();
+    let my_cpu_secs = me.cpu_secs(my_cpu_start, me.sample());
     let rss_delivered = cpu_end;
     let _ = stop_tx.send(true);
     let mut results = Vec::with_capacity(tasks.len());
@@ -643,6 +646,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         connect_secs,
         rss: [rss_before, rss_connected, rss_delivered],
         cpu: [cpu_start, cpu_end],
+        my_cpu_secs,
         publish_start,
         publish_end,
         expected,
@@ -660,6 +664,7 @@ struct Report<'a> {
     connect_secs: f64,
     rss: [Sample; 3],
     cpu: [Sample; 2],
+    my_cpu_secs: f64,
     publish_start: u64,
     publish_end: u64,
     expected: u64,
@@ -774,6 +779,15 @@ impl Report<'_> {
                 }
             );
         }
+        println!(
+            "loadgen itself: CPU {:.2} s over the window = {:.2} µs/delivery",
+            self.my_cpu_secs,
+            if deliveries > 0 {
+                self.my_cpu_secs * 1e6 / deliveries as f64
+            } else {
+                0.0
+            }
+        );
         if let Ok(e) = sh.first_error.lock()
             && let Some(e) = e.as_ref()
         {
@@ -814,6 +828,7 @@ impl Report<'_> {
             "kb_per_stream": rss_per_stream,
             "server_cpu_s": cpu_secs,
             "cpu_us_per_delivery": if deliveries > 0 { cpu_secs * 1e6 / deliveries as f64 } else { 0.0 },
+            "loadgen_cpu_s": self.my_cpu_secs,
             "cpu_us_per_event": if accepted > 0 { cpu_secs * 1e6 / accepted as f64 } else { 0.0 },
             "latency_last_ms": ms(last_delivery.quantile(0.99)),
         })
