@@ -212,6 +212,12 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// Binds both listeners and starts serving. Errors are one line naming the cause.
 pub async fn start(config: Config) -> Result<Running, String> {
+    start_with(config, server::Options::default()).await
+}
+
+/// [`start`] with other connection time limits than the defaults (tests shorten them to
+/// see hostile clients cut off without waiting the full timeouts).
+pub async fn start_with(config: Config, options: server::Options) -> Result<Running, String> {
     let proxy_listener = server::bind("listen", config.listen).await?;
     let admin_listener = server::bind("admin_listen", config.admin_listen).await?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
@@ -237,24 +243,26 @@ pub async fn start(config: Config) -> Result<Running, String> {
     ));
     tokio::spawn(housekeeping(Arc::clone(&limits), shutdown.clone()));
     let finish = shutdown.clone();
-    let public_server = server::serve(
+    let public_server = server::serve_with(
         proxy_listener,
         Arc::clone(&public),
         shutdown.clone(),
         grace,
         false,
+        options,
     );
     let servers = vec![
         tokio::spawn(async move {
             public_server.await;
             finish.finish();
         }),
-        tokio::spawn(server::serve(
+        tokio::spawn(server::serve_with(
             admin_listener,
             Arc::clone(&admin),
             shutdown.clone(),
             grace,
             true,
+            options,
         )),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.upstream, "listening");

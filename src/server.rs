@@ -1,5 +1,13 @@
 //! Accepting connections and serving them with hyper (HTTP/1.1, and HTTP/2 with prior
 //! knowledge), with a graceful drain on shutdown. Both listeners use this.
+//!
+//! Hostile clients are bounded at the connection level ([`Options`]): a connection that sends
+//! no complete request head within the header timeout is closed (whether it trickles bytes,
+//! sends nothing at all, or stalls in the HTTP/2 preface), and one whose peer accepts no bytes
+//! for the send timeout while a write is pending is closed too, so a client that stops
+//! reading cannot hold a socket and its buffers forever. When the process runs out of file
+//! descriptors, waiting connections are answered 503 and closed instead of hanging in the
+//! accept backlog, and serving resumes as soon as descriptors are free.
 
 use crate::response::Body;
 use crate::shutdown::Shutdown;
@@ -11,10 +19,15 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -26,8 +39,28 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
-/// A client that sends no complete request head in this long is disconnected.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection-level time limits. Not configuration keys: they only bound hostile or dead
+/// clients, and the defaults suit every deployment; tests shorten them
+/// ([`crate::app::start_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// A connection that sends no complete request head in this long is closed: the first
+    /// request's (HTTP/1.1 or HTTP/2), and each later one's on an HTTP/1.1 keep-alive
+    /// connection. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// A connection whose peer accepts no bytes for this long while ssegate has bytes to
+    /// write is closed (nginx's `send_timeout`). Default 60 s.
+    pub send_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Binds `addr`, naming it as `what` in the error (`listen 0.0.0.0:8080: address already
 /// in use`).
@@ -56,27 +89,60 @@ pub async fn serve<H: Handler>(
     grace: Duration,
     linger: bool,
 ) {
+    serve_with(
+        listener,
+        handler,
+        shutdown,
+        grace,
+        linger,
+        Options::default(),
+    )
+    .await;
+}
+
+/// [`serve`] with the connection time limits of `options`.
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    shutdown: Shutdown,
+    grace: Duration,
+    linger: bool,
+    options: Options,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(options.header_read_timeout);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let mut acceptor = Acceptor::new(listener);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = accept(&listener) => accepted,
+            accepted = acceptor.accept() => accepted,
             () = shutdown.triggered() => break,
         };
+        let first_request = Arc::new(AtomicBool::new(false));
         let conn = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                service(Arc::clone(&handler), peer),
+                TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
+                service(Arc::clone(&handler), peer, Arc::clone(&first_request)),
             )
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            // hyper's header timeout only starts once it has chosen HTTP/1.1: a client that
+            // sends nothing, or stalls in the HTTP/2 preface, is bounded here.
+            let result = match tokio::time::timeout(options.header_read_timeout, &mut conn).await {
+                Ok(result) => result,
+                Err(_) if !first_request.load(Ordering::Relaxed) => {
+                    tracing::debug!(%peer, "no request within the header timeout; closing");
+                    return;
+                }
+                Err(_) => conn.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -100,9 +166,12 @@ pub async fn serve<H: Handler>(
                 tracing::warn!(grace = ?grace, "connections still open after the shutdown grace; closing them");
                 break;
             }
-            (stream, peer) = accept(&listener) => {
+            (stream, peer) = acceptor.accept() => {
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service(Arc::clone(&handler), peer))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
+                        service(Arc::clone(&handler), peer, Arc::new(AtomicBool::new(false))),
+                    )
                     .into_owned();
                 late.spawn(async move {
                     let _ = conn.await;
@@ -110,7 +179,7 @@ pub async fn serve<H: Handler>(
             }
         }
     }
-    drop(listener);
+    drop(acceptor);
     // Connections accepted during the drain answer one request each; give them what is
     // left of the grace.
     let _ = tokio::time::timeout_at(deadline.deadline(), async {
@@ -119,26 +188,201 @@ pub async fn serve<H: Handler>(
     .await;
 }
 
-/// The next connection. Accept errors (typically EMFILE) back off briefly instead of
-/// spinning; the connections already open keep working.
-async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                return (stream, peer);
+/// Accepts connections, and keeps accepting through running out of file descriptors.
+///
+/// When `accept` fails with EMFILE/ENFILE the connection stays in the kernel's backlog, and
+/// its client would wait, unanswered, until a descriptor is freed. Instead, a spare
+/// descriptor held for the purpose is given up to take each waiting connection, answer it
+/// 503 and close it, and is then taken back; the connections already open keep working.
+struct Acceptor {
+    listener: TcpListener,
+    spare: Option<std::fs::File>,
+    /// Connections refused since accepting started failing (`None` while it works).
+    refused: Option<u64>,
+}
+
+/// What a connection refused for lack of file descriptors is told before it is closed.
+const NO_DESCRIPTORS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
+    connection: close\r\ncontent-length: 0\r\n\r\n";
+
+impl Acceptor {
+    fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            spare: spare_descriptor(),
+            refused: None,
+        }
+    }
+
+    /// The next connection. Accept errors back off briefly instead of spinning, and are
+    /// logged once per episode rather than once per attempt.
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    if let Some(refused) = self.refused.take() {
+                        tracing::info!(refused, "accepting connections again");
+                    }
+                    let _ = stream.set_nodelay(true);
+                    return (stream, peer);
+                }
+                Err(e) if is_per_connection(&e) => {}
+                Err(e) => {
+                    if self.refused.is_none() {
+                        tracing::warn!(error = %e, "accept failed; refusing new connections until it works again");
+                    }
+                    let shed = if is_out_of_descriptors(&e) {
+                        self.shed()
+                    } else {
+                        0
+                    };
+                    *self.refused.get_or_insert(0) += shed;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        }
+    }
+
+    /// Refuses the connections waiting in the backlog with the spare descriptor; returns
+    /// how many.
+    fn shed(&mut self) -> u64 {
+        if self.spare.take().is_none() {
+            // Taken by someone else when it was last freed: try to get it back for next time.
+            self.spare = spare_descriptor();
+            return 0;
+        }
+        let mut refused = 0;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while refused < 1024 {
+            let Poll::Ready(Ok((stream, _))) = self.listener.poll_accept(&mut cx) else {
+                break;
+            };
+            refused += 1;
+            // Plain non-blocking calls: tokio's `try_*` would not even try on a socket the
+            // reactor has not reported ready yet.
+            let Ok(mut stream) = stream.into_std() else {
+                continue;
+            };
+            // Read what the client sent so far, so that closing sends FIN rather than RST
+            // and the 503 arrives.
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            let _ = stream.write(NO_DESCRIPTORS);
+        }
+        self.spare = spare_descriptor();
+        refused
+    }
+}
+
+/// A descriptor to give up when the process has none left.
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// EMFILE (the process's limit) or ENFILE (the system's): 24 and 23 on Linux and the BSDs.
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24))
+}
+
+/// Errors that concern only the connection being accepted (it was reset while waiting).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// A socket whose writes fail once the peer has accepted no bytes for `timeout` while a
+/// write was pending: a client that stopped reading cannot hold the connection, its
+/// buffers and its descriptor forever (a stream it opened has already been ended by the
+/// slow-consumer policy by then, but the bytes queued for it would never drain).
+struct SendTimeout {
+    io: TcpStream,
+    timeout: Duration,
+    /// Running while writes make no progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SendTimeout {
+    fn new(io: TcpStream, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through, timing how long writes have made no progress.
+    fn watch(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer accepted no data for {timeout:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
+impl AsyncRead for SendTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The service for one connection; `first_request` is set when a request head arrives.
 fn service<H: Handler>(
     handler: Arc<H>,
     peer: SocketAddr,
+    first_request: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Body>,
@@ -148,6 +392,7 @@ fn service<H: Handler>(
 + Send
 + 'static {
     service_fn(move |req| {
+        first_request.store(true, Ordering::Relaxed);
         let handler = Arc::clone(&handler);
         async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
     })

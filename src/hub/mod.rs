@@ -5,7 +5,7 @@
 //! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
 //! every subscriber queue holds a reference-counted pointer to it.
 //!
-//! With `broker: redis` ([`redis`](self::redis)), publishing writes to a Redis stream
+//! With `broker: redis` (the `redis` submodule), publishing writes to a Redis stream
 //! instead, and the log is this instance's mirror of that stream, filled by one reader
 //! task; everything downstream of the log (dispatchers, replay, the seam) is the same.
 //!

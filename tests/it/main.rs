@@ -7,6 +7,8 @@ mod support;
 mod access;
 mod cli;
 mod deploy;
+mod faults;
+mod hostile;
 mod ops;
 mod proxy;
 mod publish;

@@ -432,3 +432,20 @@ async fn a_rediss_url_with_password_and_database_connects_over_tls() {
     .await;
     assert_eq!(replies, ["+OK", "+OK", ":1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_while_redis_is_down_is_deleted_everywhere_once_it_is_back() {
+    let mut redis = RedisServer::start_durable().await;
+    let (a, _ua) = instance(&redis, |_| {}).await;
+    let (b, _ub) = instance(&redis, |_| {}).await;
+    let mut on_a = SseClient::open(a.proxy, "/events?topic=x").await;
+    let mut on_b = SseClient::open(b.proxy, "/events?topic=x").await;
+    redis.kill();
+    let (status, _) = call_json(a.admin, request("DELETE", "/topics/x", &[], Bytes::new())).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // At once on A; on B once A could write the control entry and B could read it.
+    assert_eq!(on_a.event().await.event.as_deref(), Some("ssegate.closed"));
+    redis.restart().await;
+    assert_eq!(on_b.event().await.event.as_deref(), Some("ssegate.closed"));
+    on_b.assert_ended().await;
+}

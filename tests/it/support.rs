@@ -422,3 +422,157 @@ where
     };
     (up, accepted)
 }
+
+// ---- Hardening helpers (hostile clients, faults): appended for tests/it/{hostile,faults}.rs.
+
+/// Starts ssegate with `config` and the connection time limits of `options`.
+pub async fn sidecar_opts(config: Config, options: ssegate::server::Options) -> Sidecar {
+    let running = ssegate::app::start_with(config, options).await.unwrap();
+    Sidecar {
+        proxy: running.proxy_addr,
+        admin: running.admin_addr,
+        running: Some(running),
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `ip` (127.0.0.2, 127.0.0.3, …), so
+/// per-IP limits see distinct clients.
+pub async fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// The connections the server listening on `addr` still holds open (its accepted sockets
+/// that a process still owns), from /proc/net/tcp: what the server side really keeps,
+/// whatever the client believes.
+pub fn server_connections(addr: SocketAddr) -> usize {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("server_connections reads IPv4 sockets only");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        // local address, state (0A: listening), inode (0: no longer owned by a process)
+        .filter(|f| f.len() > 9 && f[1] == local && f[3] != "0A" && f[9] != "0")
+        .count()
+}
+
+/// A field of /proc/PID/status in kB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kb(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The real `ssegate` executable, run with a configuration text through `sh -c` (so a
+/// `ulimit` can come first); its stderr is collected line by line. Killed when dropped.
+pub struct Binary {
+    child: std::process::Child,
+    pub pid: u32,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Runs `ssegate --config FILE` after the shell commands `before` (may be empty) and
+    /// waits for its `listening` line.
+    pub async fn start(config: &str, before: &str) -> Binary {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssegate.yaml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{before}\nexec \"$0\" --config \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_ssegate"))
+            .arg(&path)
+            .env_remove("SSEGATE_CONFIG")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let pipe = child.stderr.take().unwrap();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut bin = Binary {
+            child,
+            pid,
+            proxy: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            log,
+            _dir: dir,
+        };
+        let find = |log: &[String], name: &str| {
+            let line = log.iter().find(|l| l.contains("listening"))?;
+            let prefix = format!("{name}=");
+            line.split_whitespace()
+                .find_map(|t| t.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse::<SocketAddr>().ok())
+        };
+        let started = tokio::time::Instant::now();
+        loop {
+            let log = bin.log();
+            if let (Some(proxy), Some(admin)) = (find(&log, "proxy"), find(&log, "admin")) {
+                bin.proxy = proxy;
+                bin.admin = admin;
+                return bin;
+            }
+            assert!(
+                bin.child.try_wait().unwrap().is_none(),
+                "ssegate exited before listening: {log:?}"
+            );
+            assert!(
+                started.elapsed() < DEADLINE,
+                "ssegate did not log `listening`: {log:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Its stderr lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// How many file descriptors it has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .count()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

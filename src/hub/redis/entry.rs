@@ -185,6 +185,11 @@ pub(crate) struct StreamInfo {
     pub last_generated: EventId,
     /// The oldest entry still held, if any.
     pub first: Option<EventId>,
+    /// Entries held.
+    pub length: u64,
+    /// Entries ever added to this stream (Redis 7 and later): equal to `length` when
+    /// nothing was ever trimmed.
+    pub entries_added: Option<u64>,
 }
 
 /// Parses an `XINFO STREAM` reply (a flat key/value array, or a map with RESP3).
@@ -202,9 +207,17 @@ pub(crate) fn parse_info(v: Value) -> Result<StreamInfo, Malformed> {
     };
     let mut last_generated = None;
     let mut first = None;
+    let mut length = 0;
+    let mut entries_added = None;
+    let count = |v: Value| match v {
+        Value::Int(n) => u64::try_from(n).map_err(|_| Malformed("a negative count")),
+        _ => Err(Malformed("a count is not an integer")),
+    };
     for (k, v) in pairs {
         match text(k).as_deref() {
             Ok("last-generated-id") => last_generated = Some(id(v)?),
+            Ok("length") => length = count(v)?,
+            Ok("entries-added") => entries_added = Some(count(v)?),
             Ok("first-entry") if v != Value::Nil => {
                 let entry = array(v)?;
                 let entry_id = entry
@@ -220,6 +233,8 @@ pub(crate) fn parse_info(v: Value) -> Result<StreamInfo, Malformed> {
         last_generated: last_generated
             .ok_or(Malformed("XINFO STREAM without last-generated-id"))?,
         first,
+        length,
+        entries_added,
     })
 }
 

@@ -13,6 +13,15 @@
 //!   instance and are written to the stream as control entries, which every other instance
 //!   applies at the same place in the order of events. Replays never contain them.
 //!
+//! Why a full mirror rather than an `XRANGE` per resuming client: `Hub::subscribe` stays
+//! synchronous with the same exactly-once seam as the memory broker; a reconnect storm
+//! (an instance died, its clients come to the others with `Last-Event-ID`) costs Redis
+//! nothing; and resuming works while Redis is briefly away. The price is the memory the
+//! memory broker would use anyway: `max_events` events per instance.
+//!
+//! Needs Redis 6.2 or later (`XTRIM MINID`); with 7.0 or later (`entries-added`), a reader
+//! that had read nothing yet tells a new stream from one that lost entries.
+//!
 //! Nothing here runs per subscriber or per delivered event.
 
 mod entry;

@@ -175,6 +175,11 @@ impl Reader {
                 .arg(cursor);
             let reply = bounded(READ_TIMEOUT, read.query_async::<Value>(&mut conn)).await?;
             let entries = entry::parse_read(reply)?;
+            if entries.is_empty() {
+                // A quiet stream: keep the publisher's connection in use, so an idle
+                // timeout on the server side never costs a publish its answer.
+                self.kick_publisher().await?;
+            }
             behind = entries.len() >= lots;
             self.apply(entries);
             // Reset only once reading works, so a connection that fails at its first read
@@ -187,6 +192,7 @@ impl Reader {
     /// pages so that no single reply is huge.
     async fn load(&mut self, conn: &mut MultiplexedConnection) -> Result<(), Error> {
         let redis_now = Self::redis_time(conn).await?;
+        let local_now = now_ms();
         // Newest first; each page ends just before the oldest entry of the previous one.
         let mut entries: Vec<RawEntry> = Vec::new();
         let mut end = "+".to_owned();
@@ -233,7 +239,7 @@ impl Reader {
         // Streams opened before this load get the loaded events written after the mirror
         // was created; Redis's clock may differ from ours, so measure the creation in it.
         let skew = i64::try_from(redis_now).unwrap_or(i64::MAX)
-            - i64::try_from(now_ms()).unwrap_or(i64::MAX);
+            - i64::try_from(local_now).unwrap_or(i64::MAX);
         let created = self.local.log.created_ms().saturating_add_signed(skew);
         self.local
             .log
@@ -270,6 +276,11 @@ impl Reader {
             Some(i) if i.last_generated < cursor => Some(restarted),
             Some(i) => match i.first {
                 Some(first) if first <= cursor.next().max(self.floor) => None,
+                // Nothing read yet, and nothing ever trimmed from this stream: all of it is
+                // still there to read.
+                Some(_) if cursor == EventId::default() && i.entries_added == Some(i.length) => {
+                    None
+                }
                 Some(first) => Some(first),
                 None => Some(i.last_generated.next()),
             },

@@ -142,13 +142,21 @@ fn replies_parse_in_resp2_and_resp3_shapes() {
         parse_info(info).unwrap(),
         StreamInfo {
             last_generated: EventId::new(9, 0),
-            first: Some(EventId::new(3, 0))
+            first: Some(EventId::new(3, 0)),
+            length: 1,
+            entries_added: None,
         }
     );
     let empty = Value::Map(vec![
+        (bulk("length"), Value::Int(0)),
         (bulk("last-generated-id"), bulk("9-0")),
+        (bulk("entries-added"), Value::Int(4)),
         (bulk("first-entry"), Value::Nil),
     ]);
-    assert_eq!(parse_info(empty).unwrap().first, None);
+    let info = parse_info(empty).unwrap();
+    assert_eq!(
+        (info.first, info.length, info.entries_added),
+        (None, 0, Some(4))
+    );
     assert!(parse_info(Value::Array(vec![])).is_err());
 }
