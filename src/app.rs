@@ -27,7 +27,6 @@ pub struct Running {
     config: Mutex<Config>,
     shutdown: Shutdown,
     grace: std::time::Duration,
-    retry: std::time::Duration,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -37,10 +36,15 @@ impl Running {
     pub fn shutdown(&self) {
         if !self.shutdown.is_triggered() {
             self.shutdown.trigger();
-            let n = self.hub.shutdown(
-                self.retry,
-                self.retry.min(std::time::Duration::from_secs(5)),
-            );
+            let retry = self
+                .config
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .events
+                .retry;
+            let n = self
+                .hub
+                .shutdown(retry, retry.min(std::time::Duration::from_secs(5)));
             tracing::info!(streams = n, grace = ?self.grace, "shutting down");
         }
     }
@@ -52,6 +56,7 @@ impl Running {
         self.public.reload(&new)?;
         self.limits.update(&new.limits);
         self.admin.reload(&new);
+        self.hub.set_timing(new.events.heartbeat, new.events.retry);
         let mut config = self
             .config
             .lock()
@@ -69,8 +74,6 @@ impl Running {
         kept.events.history = config.events.history.clone();
         kept.events.subscriber_buffer = config.events.subscriber_buffer;
         kept.events.slow_consumer = config.events.slow_consumer;
-        kept.events.heartbeat = config.events.heartbeat;
-        kept.events.retry = config.events.retry;
         kept.shutdown = config.shutdown.clone();
         kept.log.format = config.log.format;
         *config = kept;
@@ -200,11 +203,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         old.events.slow_consumer != new.events.slow_consumer,
         "events.slow_consumer",
     );
-    check(
-        old.events.heartbeat != new.events.heartbeat,
-        "events.heartbeat",
-    );
-    check(old.events.retry != new.events.retry, "events.retry");
     check(old.shutdown != new.shutdown, "shutdown.grace");
     check(old.log.format != new.log.format, "log.format");
     keys
@@ -275,7 +273,6 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         limits,
         shutdown,
         grace,
-        retry: config.events.retry,
         config: Mutex::new(config),
         servers,
     })

@@ -299,9 +299,22 @@ impl MemoryLog {
         }
     }
 
+    /// Drops events older than `max_age` (otherwise trimmed only on append and replay, so
+    /// an idle server would keep them) and gives back ring capacity the history no longer
+    /// needs.
+    pub fn trim_expired(&self) {
+        let mut st = self.lock();
+        self.trim_age(&mut st, now_ms());
+        let (len, cap) = (st.ring.len(), st.ring.capacity());
+        if cap > 1024 && len < cap / 4 {
+            st.ring.shrink_to(len * 2);
+        }
+    }
+
     /// Number of events held and the oldest id.
     pub fn stats(&self) -> (usize, Option<EventId>) {
-        let st = self.lock();
+        let mut st = self.lock();
+        self.trim_age(&mut st, now_ms());
         let len = st.ring.iter().filter(|s| s.event.is_some()).count();
         let oldest = st.ring.iter().find_map(|s| s.event.as_ref().map(|e| e.id));
         (len, oldest)

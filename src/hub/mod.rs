@@ -239,8 +239,38 @@ enum Broker {
     Unusable(String),
 }
 
+/// The stream timings a reload may change: read by every stream at each heartbeat reset
+/// and by every new stream for its `retry:`.
+pub(crate) struct Timing {
+    heartbeat_ms: AtomicU64,
+    retry_ms: AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Timing {
+    fn new(heartbeat: Duration, retry: Duration) -> Self {
+        Self {
+            heartbeat_ms: AtomicU64::new(millis(heartbeat)),
+            retry_ms: AtomicU64::new(millis(retry)),
+        }
+    }
+
+    /// The current heartbeat interval.
+    pub(crate) fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed))
+    }
+
+    fn retry_ms(&self) -> u64 {
+        self.retry_ms.load(Ordering::Relaxed)
+    }
+}
+
 struct Inner {
     settings: HubSettings,
+    timing: Arc<Timing>,
     log: Arc<MemoryLog>,
     registry: Arc<Registry>,
     /// Bumped after each append, to wake the dispatchers (the Redis reader holds a clone).
@@ -270,6 +300,7 @@ impl Hub {
         let registry = Arc::new(Registry::new(settings.shards));
         let head = Arc::new(watch::channel(0).0);
         registry.spawn_dispatchers(&log, &head, &metrics);
+        tokio::spawn(trim_history(Arc::clone(&log), max_age));
         let broker = match &settings.broker {
             BrokerSettings::Memory => Broker::Memory,
             BrokerSettings::Redis { url, stream } => {
@@ -289,6 +320,7 @@ impl Hub {
         };
         Self {
             inner: Arc::new(Inner {
+                timing: Arc::new(Timing::new(settings.heartbeat, settings.retry)),
                 settings,
                 log,
                 registry,
@@ -340,7 +372,7 @@ impl Hub {
             // of this one: it never needs again what it already has.
             head = head.max(after);
         }
-        let retry_ms = u64::try_from(inner.settings.retry.as_millis()).unwrap_or(u64::MAX);
+        let retry_ms = inner.timing.retry_ms();
         let mut preamble = VecDeque::with_capacity(2);
         preamble.push_back(sse::encode_retry(retry_ms));
         if let Some(oldest) = replay.gap {
@@ -357,7 +389,7 @@ impl Hub {
             preamble,
             replay.events,
             head,
-            inner.settings.heartbeat,
+            Arc::clone(&inner.timing),
             req.expires,
         )
     }
@@ -384,6 +416,14 @@ impl Hub {
         self.inner
             .registry
             .end_where(|s| s.subject.as_deref() == Some(subject), &End::Revoked)
+    }
+
+    /// Applies reloaded timings: open streams use the new heartbeat from their next beat,
+    /// new streams get the new `retry:`.
+    pub fn set_timing(&self, heartbeat: Duration, retry: Duration) {
+        let t = &self.inner.timing;
+        t.heartbeat_ms.store(millis(heartbeat), Ordering::Relaxed);
+        t.retry_ms.store(millis(retry), Ordering::Relaxed);
     }
 
     /// Ends every stream with `ssegate.shutdown`, telling each client to retry after
@@ -424,6 +464,17 @@ impl Hub {
             history_len,
             oldest,
         }
+    }
+}
+
+/// Trims expired history on an idle server too, a few times per `max_age`.
+async fn trim_history(log: Arc<MemoryLog>, max_age: Duration) {
+    let period = (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        log.trim_expired();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::registry::Registry;
 use super::topic::Selector;
-use super::{Event, SlowConsumer};
+use super::{Event, SlowConsumer, Timing};
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 use bytes::{Bytes, BytesMut};
@@ -279,7 +279,7 @@ pub struct Subscription {
     last_sent: EventId,
     scratch: Vec<Arc<Event>>,
     heartbeat: Pin<Box<Sleep>>,
-    heartbeat_every: Duration,
+    timing: Arc<Timing>,
     expires: Option<Pin<Box<Sleep>>>,
     finishing: bool,
     done: bool,
@@ -296,7 +296,7 @@ impl Subscription {
         preamble: VecDeque<Bytes>,
         replay: Vec<Arc<Event>>,
         head: EventId,
-        heartbeat_every: Duration,
+        timing: Arc<Timing>,
         expires: Option<Instant>,
     ) -> Self {
         Self {
@@ -308,8 +308,8 @@ impl Subscription {
             head,
             last_sent: EventId::default(),
             scratch: Vec::new(),
-            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
-            heartbeat_every,
+            heartbeat: Box::pin(tokio::time::sleep(timing.heartbeat())),
+            timing,
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
             finishing: false,
             done: false,
@@ -354,7 +354,7 @@ impl Subscription {
             self.metrics.delivered(std::mem::take(&mut self.counted));
             self.heartbeat
                 .as_mut()
-                .reset(Instant::now() + self.heartbeat_every);
+                .reset(Instant::now() + self.timing.heartbeat());
             return Poll::Ready(Some(bytes));
         }
         if self.finishing {
@@ -371,7 +371,7 @@ impl Subscription {
         if self.heartbeat.as_mut().poll(cx).is_ready() {
             self.heartbeat
                 .as_mut()
-                .reset(Instant::now() + self.heartbeat_every);
+                .reset(Instant::now() + self.timing.heartbeat());
             return Poll::Ready(Some(Bytes::from_static(sse::HEARTBEAT)));
         }
         Poll::Pending

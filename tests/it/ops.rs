@@ -159,6 +159,9 @@ async fn reload_lowers_and_raises_a_limit_without_dropping_streams() {
     for c in &mut open {
         assert_eq!(c.event().await.data, "still here");
     }
+    // The new heartbeat reaches the open streams (the default is 15 s; a beat within the
+    // deadline can only come from the reloaded 1 s).
+    open[0].wait_heartbeat().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,4 +183,21 @@ async fn reload_with_an_unreadable_key_keeps_the_old_config() {
             .status,
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_history_leaves_an_idle_server() {
+    let (gw, _up) = sidecar_with(|c| c.events.history.max_age = Duration::from_millis(300)).await;
+    publish_ok(
+        gw.admin,
+        r#"[{"topic":"idle","data":"0"},{"topic":"idle","data":"1"}]"#,
+    )
+    .await;
+    // No publish or subscribe follows; /stats must still never show events past max_age
+    // (the periodic trim frees them, and /stats trims before counting).
+    eventually("expired events trimmed on an idle server", || async {
+        let (_, stats) = call_json(gw.admin, request("GET", "/stats", &[], Bytes::new())).await;
+        stats["history"]["events"] == 0
+    })
+    .await;
 }
