@@ -8,6 +8,8 @@
 //!                └─ anything else → forwarded to the app (hyper client, pooled)
 //!  the app  ──► internal listener (admin)
 //!                POST /publish → publish (validate) → hub log → dispatchers → subscriber queues
+//!  instances ◄─► broker: memory (the hub log itself) | redis (one stream; each instance's
+//!                reader mirrors it into its hub log)
 //! ```
 //!
 //! Dependencies point one way: [`sse`] and [`config`] use nothing of ours; [`hub`] uses

@@ -37,6 +37,27 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Serves a new connection without hyper if the handler wants to (the public listener's
+    /// event streams); otherwise returns it unread, for hyper. `None`: it was dealt with.
+    fn take_over(
+        self: Arc<Self>,
+        stream: TcpStream,
+        _peer: SocketAddr,
+        _options: Options,
+    ) -> impl Future<Output = Option<TcpStream>> + Send {
+        std::future::ready(Some(stream))
+    }
+}
+
+fn builder(options: Options) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
 }
 
 /// Connection-level time limits. Not configuration keys: they only bound hostile or dead
@@ -109,29 +130,35 @@ pub async fn serve_with<H: Handler>(
     linger: bool,
     options: Options,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let main_builder = Arc::new(builder(options));
     let graceful = GracefulShutdown::new();
+    // Connections served outside hyper each hold a sender; the drain waits for all of them.
+    let (taken_over, mut taken_over_done) = tokio::sync::mpsc::channel::<()>(1);
     let mut acceptor = Acceptor::new(listener);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = acceptor.accept() => accepted,
             () = shutdown.triggered() => break,
         };
-        let first_request = Arc::new(AtomicBool::new(false));
-        let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
-                service(Arc::clone(&handler), peer, Arc::clone(&first_request)),
-            )
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = Arc::clone(&main_builder);
+        let handler = Arc::clone(&handler);
+        let taken_over = taken_over.clone();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
+            let Some(stream) = Arc::clone(&handler).take_over(stream, peer, options).await else {
+                return;
+            };
+            drop(taken_over);
+            let first_request = Arc::new(AtomicBool::new(false));
+            let conn = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
+                    service(handler, peer, Arc::clone(&first_request)),
+                )
+                .into_owned();
+            // Boxed: the task of a connection taken over (a long-lived event stream) should
+            // not carry the size of hyper's connection state in its own allocation.
+            let mut conn = Box::pin(watcher.watch(conn));
             // hyper's header timeout only starts once it has chosen HTTP/1.1: a client that
             // sends nothing, or stalls in the HTTP/2 preface, is bounded here.
             let result = match tokio::time::timeout(options.header_read_timeout, &mut conn).await {
@@ -149,9 +176,13 @@ pub async fn serve_with<H: Handler>(
     }
 
     let mut late = tokio::task::JoinSet::new();
+    let mut builder = builder(options);
     builder.http1().keep_alive(false);
+    drop(taken_over);
     let drained = async {
         graceful.shutdown().await;
+        // Every connection served outside hyper has ended (its sender is dropped).
+        let _ = taken_over_done.recv().await;
         if linger {
             shutdown.finished().await;
         }

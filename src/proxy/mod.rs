@@ -9,6 +9,7 @@ mod client_ip;
 mod cors;
 mod events;
 mod forward;
+mod raw;
 
 pub use client_ip::client_ip;
 pub use cors::Cors;
@@ -130,8 +131,13 @@ impl Public {
     }
 
     async fn stream(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let policy = self.policy();
         let (parts, _) = req.into_parts();
+        self.stream_parts(parts, peer).await
+    }
+
+    /// Answers a request for the events path: a stream, or a refusal.
+    async fn stream_parts(&self, parts: Parts, peer: SocketAddr) -> Response<Body> {
+        let policy = self.policy();
         let mut resp = if parts.method == Method::OPTIONS {
             let mut resp = crate::response::empty(StatusCode::NO_CONTENT);
             policy.cors.preflight(&parts.headers, resp.headers_mut());
@@ -294,6 +300,16 @@ impl Drop for ConnectionGauge {
 }
 
 impl Handler for Public {
+    async fn take_over(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        options: crate::server::Options,
+    ) -> Option<tokio::net::TcpStream> {
+        self.serve_raw(stream, peer, options.header_read_timeout, options.send_timeout)
+            .await
+    }
+
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let path = req.uri().path();
         if path == OWN_PREFIX || path.starts_with("/_ssegate/") {
