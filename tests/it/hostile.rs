@@ -535,17 +535,18 @@ async fn a_client_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         "the fast subscriber lost or reordered events"
     );
 
-    // 96 MiB were published; the stalled client holds at most its queue (50 events), the
-    // history 100 more, and the socket buffers. A generous bound, as the whole test
-    // binary's other tests share this process.
+    // About 94 MiB were published; the stalled client holds at most its queue (50 events),
+    // the history 100 more, and the socket buffers. A generous bound, as the test binary's
+    // other tests share this process.
     let grown_mib = rss_end.saturating_sub(rss_after_warmup) / 1024;
     assert!(
         grown_mib < 48,
         "RSS grew by {grown_mib} MiB while {} MiB were published",
         EVENTS * 16 / 1024
     );
-    // The slow-consumer policy ended its stream, and the send timeout closed its socket,
-    // though it never read the end of the stream.
+    // The slow-consumer policy ended its stream; with its socket full, the ended stream is
+    // released (its slot freed, its socket closed) when the send timeout closes the
+    // connection, though the client never read a byte.
     eventually("the stalled stream ended", || async {
         connections(gw.admin).await == 1
     })
@@ -562,6 +563,7 @@ async fn a_client_that_never_reads_is_cut_off_and_memory_stays_bounded() {
         || async { server_connections(gw.proxy) == 1 },
     )
     .await;
+    // The client sees it too: what was in flight, then the end.
     let mut buf = vec![0u8; 1 << 20];
     let mut drained = 0;
     loop {
