@@ -382,16 +382,12 @@ impl Subscription {
         let mut q = self.sub.lock();
         let dropped = std::mem::take(&mut q.dropped);
         self.scratch.extend(q.events.drain(..));
-        let end = if self.scratch.is_empty() {
-            q.end.take()
-        } else {
-            None
-        };
-        if self.scratch.is_empty() && end.is_none() && dropped == 0 {
-            let same = q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-            if !same {
-                q.waker = Some(cx.waker().clone());
-            }
+        // Events are queued only before an end is set, so they go out first, then the end.
+        let end = q.end.take();
+        // Always leave the waker, even when events were taken: they may all be skipped as
+        // already sent (the replay covered them), and the next enqueue must wake us then.
+        if end.is_none() && !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            q.waker = Some(cx.waker().clone());
         }
         drop(q);
         if dropped > 0 {

@@ -306,8 +306,13 @@ impl Handler for Public {
         peer: SocketAddr,
         options: crate::server::Options,
     ) -> Option<tokio::net::TcpStream> {
-        self.serve_raw(stream, peer, options.header_read_timeout, options.send_timeout)
-            .await
+        self.serve_raw(
+            stream,
+            peer,
+            options.header_read_timeout,
+            options.send_timeout,
+        )
+        .await
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

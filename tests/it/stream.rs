@@ -475,3 +475,59 @@ async fn many_job_topics_created_and_closed_leave_no_topics_behind() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_served_off_hyper_and_through_it_alike() {
+    let (gw, _up) = sidecar_with(|_| {}).await;
+    // A plain first request: taken off hyper, close-delimited.
+    let mut raw = SseClient::open(gw.proxy, "/events?topic=paths").await;
+    assert_eq!(raw.headers["connection"], "close");
+    assert!(!raw.headers.contains_key("transfer-encoding"));
+    // A head too large for the lean path (a big cookie) stays on hyper: chunked.
+    let cookie = format!("session={}", "c".repeat(6000));
+    let mut big = SseClient::connect(gw.proxy, "/events?topic=paths", &[("cookie", &cookie)]).await;
+    assert_eq!(big.status, StatusCode::OK);
+    assert_eq!(big.headers["transfer-encoding"], "chunked");
+    // A stream request after another request on a keep-alive connection: hyper as well.
+    let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let page = sender
+        .send_request(request("GET", "/page", &[], Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(body_bytes(page).await, "app");
+    sender.ready().await.unwrap();
+    let resp = sender
+        .send_request(request("GET", "/events?topic=paths", &[], Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut reused = resp.into_body();
+    let ids = publish_ok(gw.admin, r#"{"topic":"paths","data":"both"}"#).await;
+    assert_eq!(raw.event().await.id.as_deref(), Some(ids[0].as_str()));
+    assert_eq!(big.event().await.data, "both");
+    let mut parser = ssegate::sse::Parser::default();
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .all(|e: &ssegate::sse::ParsedEvent| e.data != "both")
+    {
+        use http_body_util::BodyExt;
+        let frame = tokio::time::timeout(DEADLINE, reused.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.extend(parser.feed(&frame.into_data().unwrap()));
+    }
+    // The lean path frees its slot when the client goes away, like hyper's.
+    drop((raw, big, reused, sender));
+    eventually("all three streams released", || async {
+        connections(gw.admin).await == 0
+    })
+    .await;
+}
