@@ -377,6 +377,21 @@ impl Subscription {
         Poll::Pending
     }
 
+    /// Ready once the slow-consumer policy has cut this stream (its queue overflowed under
+    /// `disconnect`), without taking anything from the queue: a writer blocked on a client
+    /// that does not read can then drop the connection at once instead of waiting for the
+    /// write to time out.
+    pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut q = self.sub.lock();
+        if matches!(q.end, Some(End::Overflow)) {
+            return Poll::Ready(());
+        }
+        if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            q.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
     fn drain_live(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) {
         self.last_sent = self.last_sent.max(self.head);
         let mut q = self.sub.lock();

@@ -140,8 +140,8 @@ async fn write_response(mut stream: TcpStream, resp: Response<Body>, send_timeou
 }
 
 /// Writes each chunk of the stream as it comes; ends when the stream ends, a write fails or
-/// stalls for `send_timeout`, or the client closes its side. Holds nothing but the socket
-/// and the subscription.
+/// stalls for `send_timeout`, the slow-consumer policy cuts it, or the client closes its
+/// side. Holds nothing but the socket and the subscription.
 async fn drive(mut stream: TcpStream, mut events: Box<EventBody>, send_timeout: Duration) {
     let (mut rd, mut wr) = stream.split();
     loop {
@@ -149,9 +149,16 @@ async fn drive(mut stream: TcpStream, mut events: Box<EventBody>, send_timeout: 
         tokio::select! {
             chunk = std::future::poll_fn(|cx| events.subscription.poll_chunk(cx)) => match chunk {
                 Some(bytes) => {
-                    match tokio::time::timeout(send_timeout, wr.write_all(&bytes)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) | Err(_) => return,
+                    let write = tokio::time::timeout(send_timeout, wr.write_all(&bytes));
+                    tokio::select! {
+                        written = write => match written {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) | Err(_) => return,
+                        },
+                        // Cut by the slow-consumer policy while this write waits on a client
+                        // that does not read: free the slot now. The client drops the frame
+                        // cut short and resumes from its last complete event.
+                        () = std::future::poll_fn(|cx| events.subscription.poll_cut(cx)) => return,
                     }
                 }
                 None => break,

@@ -297,6 +297,12 @@ async fn slow_consumer(policy: SlowConsumer) -> (Sidecar, Upstream, SseClient, S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_disconnect_ends_only_the_slow_stream_and_loses_nothing() {
     let (gw, _up, mut slow, last) = slow_consumer(SlowConsumer::Disconnect).await;
+    // Cut by the policy, the stalled stream frees its slot at once, before its client reads
+    // anything (not after the 60 s send timeout). The fast subscriber is gone by now.
+    eventually("the stalled stream's slot freed", || async {
+        connections(gw.admin).await == 0
+    })
+    .await;
     // The stalled stream was ended by the server; it got a prefix of the events.
     let mut received = Vec::new();
     while let Some(ev) = slow.next().await {
