@@ -19,6 +19,16 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Binding first is what lets many streams pass the ephemeral-port range of one source
 /// address: each of 127.0.0.1, 127.0.0.2, … has its own ~28,000 ports.
 pub async fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStream> {
+    connect_with(dst, src, None).await
+}
+
+/// [`connect`] with the socket's receive buffer set first (`SO_RCVBUF`, bytes), to make a
+/// slow reader's kernel buffer small.
+pub async fn connect_with(
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    rcvbuf: Option<u32>,
+) -> io::Result<TcpStream> {
     let sock = if dst.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -26,6 +36,9 @@ pub async fn connect(dst: SocketAddr, src: Option<IpAddr>) -> io::Result<TcpStre
     };
     if let Some(ip) = src {
         sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    if let Some(n) = rcvbuf {
+        sock.set_recv_buffer_size(n)?;
     }
     let stream = sock.connect(dst).await?;
     stream.set_nodelay(true)?;

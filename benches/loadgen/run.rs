@@ -90,6 +90,27 @@ pub struct RunArgs {
     /// Do not reconnect (with Last-Event-ID) a stream the server ends.
     #[arg(long)]
     pub no_reconnect: bool,
+    /// Also drop and reopen each stream (with `Last-Event-ID`) after a random interval of
+    /// 0.5–1.5 × SECS, again and again (a forced reconnect; off by default).
+    #[arg(long, value_name = "SECS")]
+    pub reconnect_every: Option<f64>,
+    /// Share of the streams (chosen pseudo-randomly) that read slowly: they stop reading
+    /// for `--slow-pause-ms` every `--slow-read-ms` (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_fraction: f64,
+    /// How long a slow stream stops reading at a time, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub slow_pause_ms: u64,
+    /// How long a slow stream reads between two pauses, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub slow_read_ms: u64,
+    /// Receive buffer (`SO_RCVBUF`, bytes) of the slow streams' sockets (0: the OS default),
+    /// so that a pause backs up into the server sooner.
+    #[arg(long, default_value_t = 0)]
+    pub slow_rcvbuf: u32,
+    /// Seed of the choices above (which streams are slow, reconnect intervals).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -129,6 +150,17 @@ impl Shared {
 struct StreamResult {
     topic: usize,
     connected: bool,
+    slow: bool,
+    /// The largest sequence number received so far.
+    max_seq: Option<u64>,
+    /// New sequence numbers that arrived after a larger one (not in order).
+    out_of_order: u64,
+    /// Times a sequence number skipped ahead of the next expected one.
+    gaps: u64,
+    /// Reconnects the load generator forced (`--reconnect-every`).
+    forced: u64,
+    /// Pauses a slow stream took.
+    pauses: u64,
     distinct: u64,
     dups: u64,
     bad_payload: u64,
@@ -172,6 +204,24 @@ struct StreamCfg {
     read_buf: usize,
     reconnect: bool,
     src_ips: u8,
+    reconnect_every: Option<f64>,
+    slow_pause: Duration,
+    slow_read: Duration,
+    slow_rcvbuf: Option<u32>,
+    seed: u64,
+}
+
+/// splitmix64: a small deterministic generator for the per-stream choices.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A number in [0, 1) from `x`.
+fn unit(x: u64) -> f64 {
+    (mix(x) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn src_ip(cfg_ips: u8, addr: SocketAddr, i: usize) -> Option<IpAddr> {
@@ -188,8 +238,10 @@ async fn open_stream(
     src: Option<IpAddr>,
     path: &str,
     last_id: Option<&[u8]>,
+    slow: bool,
 ) -> io::Result<(Conn, BodyDecoder)> {
-    let tcp = http::connect(cfg.addr, src).await?;
+    let rcvbuf = if slow { cfg.slow_rcvbuf } else { None };
+    let tcp = http::connect_with(cfg.addr, src, rcvbuf).await?;
     let mut conn = Conn::new(tcp, cfg.read_buf);
     let mut req = Vec::with_capacity(256);
     target::subscribe_request(path, &cfg.host, last_id, &mut req);
@@ -217,7 +269,25 @@ async fn open_stream(
 enum End {
     Stopped,
     Ended,
+    /// The load generator's own reconnect deadline (`--reconnect-every`) came.
+    Forced,
     Failed(io::Error),
+}
+
+/// When a stream next drops its connection, and when a slow one next pauses.
+struct Timers {
+    rng: u64,
+    force_at: Option<Instant>,
+    pause_at: Option<Instant>,
+}
+
+impl Timers {
+    fn next_force(&mut self, every: Option<f64>) {
+        self.force_at = every.map(|s| {
+            self.rng = mix(self.rng);
+            Instant::now() + Duration::from_secs_f64(s * (0.5 + unit(self.rng)))
+        });
+    }
 }
 
 async fn stream_task(
@@ -225,18 +295,20 @@ async fn stream_task(
     cfg: Arc<StreamCfg>,
     idx: usize,
     topic: usize,
+    slow: bool,
     sem: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> StreamResult {
     let mut res = StreamResult {
         topic,
+        slow,
         ..StreamResult::default()
     };
     let src = src_ip(cfg.src_ips, cfg.addr, idx);
     let path = target::sub_path(&cfg.sub_path, &format!("{}{}", cfg.topic_prefix, topic));
     let opened = {
         let _permit = sem.acquire().await;
-        open_stream(&cfg, src, &path, None).await
+        open_stream(&cfg, src, &path, None, slow).await
     };
     let (mut conn, mut dec) = match opened {
         Ok(c) => c,
@@ -256,20 +328,37 @@ async fn stream_task(
     let stopping = stop.clone();
     let stop_signal = stop.changed();
     tokio::pin!(stop_signal);
+    let mut timers = Timers {
+        rng: mix(cfg.seed ^ mix(idx as u64)),
+        force_at: None,
+        pause_at: None,
+    };
+    timers.next_force(cfg.reconnect_every);
+    if slow {
+        // Spread the first pauses over one read period.
+        timers.rng = mix(timers.rng);
+        timers.pause_at = Some(Instant::now() + cfg.slow_read.mul_f64(unit(timers.rng)));
+    }
     loop {
         let end = read_stream(
             &sh,
+            &cfg,
             &mut conn,
             &mut dec,
             &mut parser,
             &mut seen,
             &mut res,
+            &mut timers,
             &mut stop_signal,
         )
         .await;
         match end {
             End::Stopped => break,
             End::Ended => res.ends += 1,
+            End::Forced => {
+                res.forced += 1;
+                timers.next_force(cfg.reconnect_every);
+            }
             End::Failed(e) => {
                 res.errors += 1;
                 sh.error(format!("stream {idx}: {e}"));
@@ -278,33 +367,45 @@ async fn stream_task(
         if !cfg.reconnect || *stopping.borrow() {
             break;
         }
-        // Resume where the stream stopped, as a browser would.
+        // Resume where the stream stopped, as a browser would (the old connection is
+        // closed when replaced). A few attempts before giving up on the stream.
         parser.reset_connection();
         let last_id = parser.last_id().to_vec();
-        match open_stream(&cfg, src, &path, Some(&last_id)).await {
-            Ok((c, d)) => {
-                conn = c;
-                dec = d;
-                res.reconnects += 1;
+        let mut reopened = false;
+        for attempt in 0..5u64 {
+            match open_stream(&cfg, src, &path, Some(&last_id), slow).await {
+                Ok((c, d)) => {
+                    conn = c;
+                    dec = d;
+                    res.reconnects += 1;
+                    reopened = true;
+                    break;
+                }
+                Err(e) => {
+                    res.errors += 1;
+                    sh.error(format!("stream {idx} reconnecting: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                }
             }
-            Err(e) => {
-                res.errors += 1;
-                sh.error(format!("stream {idx} reconnecting: {e}"));
-                break;
-            }
+        }
+        if !reopened {
+            break;
         }
     }
     res.sse = parser.counters;
     res
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_stream<F>(
     sh: &Shared,
+    cfg: &StreamCfg,
     conn: &mut Conn,
     dec: &mut BodyDecoder,
     parser: &mut sse::Parser,
     seen: &mut Seen,
     res: &mut StreamResult,
+    timers: &mut Timers,
     stop: &mut std::pin::Pin<&mut F>,
 ) -> End
 where
@@ -328,6 +429,19 @@ where
                     match seen.insert(seq) {
                         Some(true) => {
                             new += 1;
+                            match res.max_seq {
+                                Some(m) if seq < m => res.out_of_order += 1,
+                                Some(m) if seq > m + 1 => {
+                                    res.gaps += 1;
+                                    sh.error(format!(
+                                        "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
+                                        res.slow, res.reconnects, res.ends
+                                    ));
+                                }
+                                None if seq > 0 => res.gaps += 1,
+                                _ => {}
+                            }
+                            res.max_seq = Some(res.max_seq.map_or(seq, |m| m.max(seq)));
                             let lat = now.saturating_sub(sent);
                             sh.latency.record(lat);
                             if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
@@ -360,9 +474,28 @@ where
             }
             Err(e) => return End::Failed(e),
         }
+        // A slow stream stops reading for a while (the server's buffers fill meanwhile).
+        if let Some(at) = timers.pause_at
+            && Instant::now() >= at
+        {
+            res.pauses += 1;
+            tokio::select! {
+                biased;
+                _ = stop.as_mut() => return End::Stopped,
+                () = tokio::time::sleep(cfg.slow_pause) => {}
+            }
+            timers.pause_at = Some(Instant::now() + cfg.slow_read);
+        }
+        let force = async {
+            match timers.force_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let read = tokio::select! {
             biased;
             _ = stop.as_mut() => return End::Stopped,
+            () = force => return End::Forced,
             r = conn.fill() => r,
         };
         match read {
@@ -540,6 +673,11 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         read_buf: args.read_buf,
         reconnect: !args.no_reconnect,
         src_ips: args.src_ips,
+        reconnect_every: args.reconnect_every.filter(|s| *s > 0.0),
+        slow_pause: Duration::from_millis(args.slow_pause_ms),
+        slow_read: Duration::from_millis(args.slow_read_ms.max(1)),
+        slow_rcvbuf: (args.slow_rcvbuf > 0).then_some(args.slow_rcvbuf),
+        seed: args.seed,
     });
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let connect_start = now_us();
@@ -550,6 +688,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
             Arc::clone(&cfg),
             i,
             i % args.topics,
+            unit(args.seed ^ mix(i as u64 + 1)) < args.slow_fraction,
             Arc::clone(&sem),
             stop_rx.clone(),
         )));
@@ -672,6 +811,65 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
+    /// Whether to report fast and slow streams apart (forced reconnects or slow readers).
+    fn split(&self) -> bool {
+        self.args.slow_fraction > 0.0 || self.args.reconnect_every.is_some()
+    }
+
+    /// Totals over the connected fast (or slow) streams.
+    fn group(&self, slow: bool) -> serde_json::Value {
+        let sh = self.sh;
+        let (mut streams, mut lost, mut lossy, mut dups, mut ooo, mut gaps) = (0u64, 0, 0, 0, 0, 0);
+        let (mut distinct, mut reconnects, mut forced, mut ends, mut errors, mut pauses) =
+            (0u64, 0, 0, 0, 0, 0);
+        let (mut bad, mut oor, mut sse_err) = (0u64, 0, 0);
+        let mut control: BTreeMap<String, u64> = BTreeMap::new();
+        for r in self
+            .results
+            .iter()
+            .filter(|r| r.connected && r.slow == slow)
+        {
+            streams += 1;
+            let want = sh.accepted[r.topic].load(Relaxed);
+            let l = want.saturating_sub(r.distinct);
+            lost += l;
+            lossy += u64::from(l > 0);
+            dups += r.dups;
+            ooo += r.out_of_order;
+            gaps += r.gaps;
+            distinct += r.distinct;
+            reconnects += r.reconnects;
+            forced += r.forced;
+            ends += r.ends;
+            errors += r.errors;
+            pauses += r.pauses;
+            bad += r.bad_payload;
+            oor += r.out_of_range;
+            sse_err += r.sse.errors;
+            for (k, v) in &r.control {
+                *control.entry(k.clone()).or_default() += v;
+            }
+        }
+        serde_json::json!({
+            "streams": streams,
+            "lost": lost,
+            "lossy_streams": lossy,
+            "duplicated": dups,
+            "out_of_order": ooo,
+            "gaps": gaps,
+            "distinct": distinct,
+            "reconnects": reconnects,
+            "forced": forced,
+            "server_ended": ends,
+            "errors": errors,
+            "pauses": pauses,
+            "bad_payloads": bad,
+            "out_of_range": oor,
+            "sse_errors": sse_err,
+            "control": control,
+        })
+    }
+
     fn print(&self) -> serde_json::Value {
         let (a, sh) = (self.args, self.sh);
         let accepted: u64 = sh.accepted.iter().map(|x| x.load(Relaxed)).sum();
@@ -760,6 +958,28 @@ impl Report<'_> {
             println!(
                 "streams: {reconnects} reconnects, {ends} ended by server, {errors} errors, {bad} bad payloads, {oor} out-of-range seqs, {sse_err} SSE errors, {heartbeats} comments, control events {control:?}"
             );
+            if self.split() {
+                for slow in [false, true] {
+                    let g = self.group(slow);
+                    println!(
+                        "{} streams: {} (connected), lost {} (on {} streams), duplicated {}, out of order {}, gaps {}, received {} distinct, {} reconnects ({} forced, {} after the server ended the stream, {} errors), {} pauses, control events {}",
+                        if slow { "slow" } else { "fast" },
+                        g["streams"],
+                        g["lost"],
+                        g["lossy_streams"],
+                        g["duplicated"],
+                        g["out_of_order"],
+                        g["gaps"],
+                        g["distinct"],
+                        g["reconnects"],
+                        g["forced"],
+                        g["server_ended"],
+                        g["errors"],
+                        g["pauses"],
+                        g["control"],
+                    );
+                }
+            }
         }
         if self.server.is_set() {
             println!(
@@ -793,7 +1013,13 @@ impl Report<'_> {
         {
             println!("first error: {e}");
         }
+        let groups = if self.split() {
+            serde_json::json!({"fast": self.group(false), "slow": self.group(true)})
+        } else {
+            serde_json::Value::Null
+        };
         serde_json::json!({
+            "groups": groups,
             "label": a.label,
             "target": format!("{:?}", a.target).to_lowercase(),
             "streams": a.streams,

@@ -36,7 +36,11 @@ pub struct Parser {
     has_data: bool,
     event: Vec<u8>,
     has_event: bool,
+    /// The last event id buffer: set by an `id:` line, even of an event not yet complete.
     id: Vec<u8>,
+    /// The last event id string: the buffer as of the last blank line (what a browser
+    /// sends as `Last-Event-ID`; an event cut off by the connection's end does not count).
+    committed_id: Vec<u8>,
     after_cr: bool,
     /// What was counted so far.
     pub counters: Counters,
@@ -87,11 +91,13 @@ impl Parser {
         self.event.clear();
         self.has_event = false;
         self.after_cr = false;
+        self.id.clone_from(&self.committed_id);
     }
 
-    /// The last event id seen (empty if none).
+    /// The id of the last complete event block (empty if none): the `Last-Event-ID` to
+    /// resume with.
     pub fn last_id(&self) -> &[u8] {
-        &self.id
+        &self.committed_id
     }
 
     fn line_done(&mut self, line: &[u8], on_event: &mut impl FnMut(&Event<'_>)) {
@@ -143,6 +149,7 @@ impl Parser {
     }
 
     fn dispatch(&mut self, on_event: &mut impl FnMut(&Event<'_>)) {
+        self.committed_id.clone_from(&self.id);
         if self.has_data {
             if std::str::from_utf8(&self.data).is_err() {
                 self.counters.errors += 1;
