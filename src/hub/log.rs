@@ -50,6 +50,9 @@ pub(crate) struct Replay {
     /// The id of the newest event at the time of the snapshot: live events up to it are
     /// already covered by the replay (or predate the subscription).
     pub head: EventId,
+    /// `head`, when a later resume from it would miss nothing (no gap): worth telling a
+    /// client that has no later id, so that being cut before its first event loses nothing.
+    pub resumable_head: Option<EventId>,
 }
 
 /// The in-memory history.
@@ -73,9 +76,11 @@ impl MemoryLog {
     /// one is a gap.
     pub fn new(max_events: usize, max_age: Duration) -> Self {
         let now = now_ms();
-        // Streams opened now skip live events up to here: everything older is history.
-        let last_id = EventId::new(now.saturating_sub(1), 0);
-        Self::with(max_events, max_age, now, last_id, EventId::new(now, 0))
+        // No event will get this id (the first is later), and resuming from it misses
+        // nothing: a stream opened before any event can be told it as its starting point.
+        // An id from before it comes from an earlier process: a gap.
+        let start = EventId::new(now, 0);
+        Self::with(max_events, max_age, now, start, start)
     }
 
     /// The local mirror of a Redis stream: every resume is a gap until [`Self::load`] has
@@ -252,12 +257,14 @@ impl MemoryLog {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
         let head = st.last_id;
+        let resumable_head = (head.next() >= st.horizon).then_some(head);
         let start = match *resume {
             Resume::None => {
                 return Replay {
                     events: Vec::new(),
                     gap: None,
                     head,
+                    resumable_head,
                 };
             }
             Resume::After(id) => id.next(),
@@ -281,7 +288,12 @@ impl MemoryLog {
                     .find_map(|s| s.event.as_ref().map(|e| e.id))
             })
         });
-        Replay { events, gap, head }
+        Replay {
+            events,
+            gap,
+            head,
+            resumable_head,
+        }
     }
 
     /// Drops the history of `topic` (events published to it alone; events that were also

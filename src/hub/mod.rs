@@ -365,6 +365,10 @@ impl Hub {
             inner.settings.slow_consumer,
         ));
         inner.registry.insert(&sub);
+        let resumed_from = match req.resume {
+            Resume::After(id) => id,
+            Resume::None | Resume::Since(_) => EventId::default(),
+        };
         let replay = inner.log.replay(&req.resume, |e| sub.filter.wants(e));
         let mut head = replay.head;
         if let (Broker::Redis(_), Resume::After(after)) = (&inner.broker, req.resume) {
@@ -389,6 +393,8 @@ impl Hub {
             preamble,
             replay.events,
             head,
+            replay.resumable_head,
+            resumed_from,
             Arc::clone(&inner.timing),
             req.expires,
         )

@@ -276,6 +276,10 @@ pub struct Subscription {
     /// The newest event id at subscription time: the replay covers everything up to it,
     /// so live events up to it are duplicates (or predate the stream) and are skipped.
     head: EventId,
+    /// Sent as an id-only block once the replay is done, if the client knows no later id.
+    announce: Option<EventId>,
+    /// The id the client resumed from, if any: an announced id must never move it back.
+    resumed_from: EventId,
     last_sent: EventId,
     scratch: Vec<Arc<Event>>,
     heartbeat: Pin<Box<Sleep>>,
@@ -296,6 +300,8 @@ impl Subscription {
         preamble: VecDeque<Bytes>,
         replay: Vec<Arc<Event>>,
         head: EventId,
+        announce: Option<EventId>,
+        resumed_from: EventId,
         timing: Arc<Timing>,
         expires: Option<Instant>,
     ) -> Self {
@@ -306,6 +312,8 @@ impl Subscription {
             preamble,
             replay: replay.into_iter(),
             head,
+            announce,
+            resumed_from,
             last_sent: EventId::default(),
             scratch: Vec::new(),
             heartbeat: Box::pin(tokio::time::sleep(timing.heartbeat())),
@@ -348,6 +356,14 @@ impl Subscription {
             self.push_event(&mut chunk, &ev);
         }
         if !self.finishing && self.replay.len() == 0 {
+            // A client cut before it ever received an event (or whose replay matched none)
+            // would otherwise reconnect without an id, or with an old one, and miss or
+            // re-scan what was published in between.
+            if let Some(head) = self.announce.take()
+                && self.last_sent.max(self.resumed_from) < head
+            {
+                chunk.push(&sse::encode_id(head));
+            }
             self.drain_live(cx, &mut chunk);
         }
         if let Some(bytes) = chunk.take() {

@@ -125,6 +125,16 @@ pub fn encode_control(event_type: &str, data: &str) -> Bytes {
     buf.freeze()
 }
 
+/// A block with only an `id:`: it sets the client's last event id without dispatching an
+/// event (WHATWG: the id is committed at the blank line, and empty data dispatches nothing).
+pub fn encode_id(id: EventId) -> Bytes {
+    let mut buf = BytesMut::with_capacity(48);
+    buf.put_slice(b"id: ");
+    write_id(&mut buf, id);
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
 /// The `retry:` field telling the client how long to wait before reconnecting.
 pub fn encode_retry(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n\n"))

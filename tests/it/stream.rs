@@ -535,3 +535,37 @@ async fn streams_are_served_off_hyper_and_through_it_alike() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cut_before_its_first_event_resumes_without_loss() {
+    let (gw, _up) = sidecar_with(|_| {}).await;
+    // Nothing published yet: the stream still tells the client where it starts.
+    let mut first = SseClient::open(gw.proxy, "/events?topic=fresh").await;
+    first.wait_last_id().await;
+    let start = first.last_id.clone().unwrap();
+    drop(first);
+    let ids = publish_ok(
+        gw.admin,
+        r#"[{"topic":"fresh","data":"1"},{"topic":"fresh","data":"2"}]"#,
+    )
+    .await;
+    // Resuming from that id: exactly what was published meanwhile, no gap.
+    let mut again = SseClient::connect(
+        gw.proxy,
+        "/events?topic=fresh",
+        &[("last-event-id", &start)],
+    )
+    .await;
+    assert_eq!(again.data(2).await, ["1", "2"]);
+    assert_eq!(again.last_id.as_deref(), Some(ids[1].as_str()));
+    // A stream resumed from a newer id than it would announce is never moved back.
+    let mut ahead = SseClient::connect(
+        gw.proxy,
+        "/events?topic=fresh",
+        &[("last-event-id", &ids[1])],
+    )
+    .await;
+    publish_ok(gw.admin, r#"{"topic":"fresh","data":"3"}"#).await;
+    assert_eq!(ahead.event().await.data, "3");
+    assert!(!String::from_utf8_lossy(&ahead.raw).contains(&format!("id: {start}")));
+}

@@ -225,6 +225,9 @@ pub struct SseClient {
     pub retries: Vec<u64>,
     /// The raw bytes received so far.
     pub raw: Vec<u8>,
+    /// The last event id the stream set (by an event or an id-only block), as a browser
+    /// would send it in `Last-Event-ID`.
+    pub last_id: Option<String>,
 }
 
 impl SseClient {
@@ -258,6 +261,7 @@ impl SseClient {
             comments: Vec::new(),
             retries: Vec::new(),
             raw: Vec::new(),
+            last_id: None,
         }
     }
 
@@ -279,10 +283,13 @@ impl SseClient {
                     self.raw.extend_from_slice(&data);
                     for ev in self.parser.feed(&data) {
                         self.comments.extend(ev.comments.iter().cloned());
+                        if ev.id.is_some() {
+                            self.last_id.clone_from(&ev.id);
+                        }
                         if let Some(r) = ev.retry {
                             self.retries.push(r);
                         }
-                        if ev.event.is_some() || ev.id.is_some() || !ev.data.is_empty() {
+                        if ev.event.is_some() || !ev.data.is_empty() {
                             self.queue.push_back(ev);
                         }
                     }
@@ -328,6 +335,16 @@ impl SseClient {
     pub async fn assert_ended(&mut self) {
         if let Some(ev) = self.next().await {
             panic!("expected the end of the stream, got {ev:?}");
+        }
+    }
+
+    /// Waits until the stream has set a last event id (an event or an id-only block).
+    pub async fn wait_last_id(&mut self) {
+        while self.last_id.is_none() {
+            assert!(
+                self.read_chunk(DEADLINE).await,
+                "stream ended before setting an id"
+            );
         }
     }
 
