@@ -70,23 +70,6 @@ async fn dying_upstream() -> (hyper::Uri, tokio::task::JoinHandle<()>) {
     (uri, task)
 }
 
-/// A request body fed by the test, chunk by chunk.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 /// GETs `path` on a fresh connection: `None` if the connection closed before a response
 /// head, else the status, the body bytes received, and whether the body ended in an error.
 async fn try_get(proxy: SocketAddr, path: &str) -> Option<(StatusCode, Vec<u8>, bool)> {

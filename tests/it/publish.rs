@@ -163,22 +163,6 @@ async fn every_error_code_comes_as_json() {
     assert_eq!(got, StatusCode::OK);
 }
 
-/// A request body fed from a channel: chunked, no Content-Length.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_without_content_length_is_refused() {
     let (gw, _up) = sidecar_with(|c| c.publish.max_body = 1024).await;
