@@ -61,21 +61,10 @@ impl Running {
             .config
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let restart = needs_restart(&config, &new);
         let mut kept = new;
         // Keys that need a restart keep their running values, so a later reload compares
         // against what is really in force.
-        kept.listen = config.listen;
-        kept.admin_listen = config.admin_listen;
-        kept.upstream = config.upstream.clone();
-        kept.upstream_timeouts = config.upstream_timeouts.clone();
-        kept.broker = config.broker.clone();
-        kept.events.path = config.events.path.clone();
-        kept.events.history = config.events.history.clone();
-        kept.events.subscriber_buffer = config.events.subscriber_buffer;
-        kept.events.slow_consumer = config.events.slow_consumer;
-        kept.shutdown = config.shutdown.clone();
-        kept.log.format = config.log.format;
+        let restart = keep_restart_keys(&config, &mut kept);
         *config = kept;
         Ok(restart)
     }
@@ -177,35 +166,55 @@ pub fn hub_settings(config: &Config) -> HubSettings {
     }
 }
 
-/// The keys that differ between `old` and `new` and only take effect after a restart.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |changed: bool, key: &'static str| {
-        if changed {
-            keys.push(key);
+/// The keys that only take effect after a restart: each one that differs between the
+/// running `old` and the re-read `new` gets its running value back in `new`, and is named
+/// in the result. One list, so what is reported and what is kept cannot drift apart.
+pub fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    fn keep<T: PartialEq + Clone>(
+        name: &'static str,
+        old: &T,
+        new: &mut T,
+        changed: &mut Vec<&'static str>,
+    ) {
+        if old != new {
+            new.clone_from(old);
+            changed.push(name);
         }
-    };
-    check(old.listen != new.listen, "listen");
-    check(old.admin_listen != new.admin_listen, "admin_listen");
-    check(old.upstream != new.upstream, "upstream");
-    check(
-        old.upstream_timeouts != new.upstream_timeouts,
+    }
+    let mut changed = Vec::new();
+    let c = &mut changed;
+    keep("listen", &old.listen, &mut new.listen, c);
+    keep("admin_listen", &old.admin_listen, &mut new.admin_listen, c);
+    keep("upstream", &old.upstream, &mut new.upstream, c);
+    keep(
         "upstream_timeouts",
+        &old.upstream_timeouts,
+        &mut new.upstream_timeouts,
+        c,
     );
-    check(old.broker != new.broker, "broker");
-    check(old.events.path != new.events.path, "events.path");
-    check(old.events.history != new.events.history, "events.history");
-    check(
-        old.events.subscriber_buffer != new.events.subscriber_buffer,
+    keep("broker", &old.broker, &mut new.broker, c);
+    keep("events.path", &old.events.path, &mut new.events.path, c);
+    keep(
+        "events.history",
+        &old.events.history,
+        &mut new.events.history,
+        c,
+    );
+    keep(
         "events.subscriber_buffer",
+        &old.events.subscriber_buffer,
+        &mut new.events.subscriber_buffer,
+        c,
     );
-    check(
-        old.events.slow_consumer != new.events.slow_consumer,
+    keep(
         "events.slow_consumer",
+        &old.events.slow_consumer,
+        &mut new.events.slow_consumer,
+        c,
     );
-    check(old.shutdown != new.shutdown, "shutdown.grace");
-    check(old.log.format != new.log.format, "log.format");
-    keys
+    keep("shutdown.grace", &old.shutdown, &mut new.shutdown, c);
+    keep("log.format", &old.log.format, &mut new.log.format, c);
+    changed
 }
 
 /// Binds both listeners and starts serving. Errors are one line naming the cause.
