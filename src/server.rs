@@ -40,15 +40,21 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Serves a new connection without hyper if the handler wants to (the public listener's
     /// event streams); otherwise returns it unread, for hyper. `None`: it was dealt with.
+    /// Whatever serves the connection keeps `held` until the connection is closed.
     fn take_over(
         self: Arc<Self>,
         stream: TcpStream,
         _peer: SocketAddr,
         _options: Options,
+        _held: Held,
     ) -> impl Future<Output = Option<TcpStream>> + Send {
         std::future::ready(Some(stream))
     }
 }
+
+/// Held by a connection served outside hyper for as long as it is open: the drain on
+/// shutdown waits until every one has been dropped.
+pub struct Held(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
 
 fn builder(options: Options) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -145,10 +151,13 @@ pub async fn serve_with<H: Handler>(
         let handler = Arc::clone(&handler);
         let taken_over = taken_over.clone();
         tokio::spawn(async move {
-            let Some(stream) = Arc::clone(&handler).take_over(stream, peer, options).await else {
+            let held = Held(taken_over);
+            let Some(stream) = Arc::clone(&handler)
+                .take_over(stream, peer, options, held)
+                .await
+            else {
                 return;
             };
-            drop(taken_over);
             let first_request = Arc::new(AtomicBool::new(false));
             let conn = builder
                 .serve_connection_with_upgrades(

@@ -348,11 +348,18 @@ impl Subscription {
             return Poll::Ready(None);
         }
         let mut chunk = Chunk::default();
-        while let Some(b) = self.preamble.pop_front() {
-            chunk.push(&b);
+        if self.preamble.capacity() > 0 {
+            while let Some(b) = self.preamble.pop_front() {
+                chunk.push(&b);
+            }
+            // An idle stream keeps no buffers it is done with.
+            self.preamble = VecDeque::new();
         }
         while !self.finishing && chunk.len() < MAX_CHUNK {
-            let Some(ev) = self.replay.next() else { break };
+            let Some(ev) = self.replay.next() else {
+                self.replay = Vec::new().into_iter();
+                break;
+            };
             self.push_event(&mut chunk, &ev);
         }
         if !self.finishing && self.replay.len() == 0 {

@@ -305,14 +305,9 @@ impl Handler for Public {
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
         options: crate::server::Options,
+        held: crate::server::Held,
     ) -> Option<tokio::net::TcpStream> {
-        self.serve_raw(
-            stream,
-            peer,
-            options.header_read_timeout,
-            options.send_timeout,
-        )
-        .await
+        self.serve_raw(stream, peer, options, held).await
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -9,17 +9,29 @@
 //! hyper untouched: the head is only `peek`ed until this module takes the connection.
 //! The decisions (parsing, limits, auth, subscription) are the same code as for hyper's
 //! requests: [`Public::stream_parts`].
+//!
+//! Once its head is written, a stream moves to a task of its own ([`Stream`]): the task
+//! that accepted the connection is sized for parsing, authorising (perhaps asking the app)
+//! and subscribing, a few KiB that an idle stream should not carry for hours. What a stream
+//! holds is the socket, its subscription and the bytes of one unfinished write.
 
 use super::Public;
 use crate::response::{Body, EventBody};
+use crate::server::{Held, Options};
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, Version};
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// The largest request head taken on this path; a larger one (big cookies) goes to hyper,
 /// which serves the same stream with more memory per connection.
@@ -33,17 +45,18 @@ const NOT_PLAIN: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", 
 
 impl Public {
     /// Serves `stream` here if it starts with a stream request; otherwise hands it back,
-    /// unread, for hyper. `wait` bounds the wait for the first bytes; a client that accepts
-    /// no bytes for `send_timeout` while a write is pending is dropped.
+    /// unread, for hyper. The header timeout bounds the wait for the first bytes; a client
+    /// that accepts no bytes for the send timeout while a write is pending is dropped.
     pub async fn serve_raw(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
-        wait: Duration,
-        send_timeout: Duration,
+        options: Options,
+        held: Held,
     ) -> Option<TcpStream> {
         let (parts, head_len) = {
             let mut buf = vec![0u8; MAX_HEAD];
+            let wait = options.header_read_timeout;
             let n = match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => n,
                 // Closed, broken, or silent for the whole header timeout: nothing to serve.
@@ -61,7 +74,7 @@ impl Public {
         }
         drop(consumed);
         let resp = self.stream_parts(parts, peer).await;
-        write_response(stream, resp, send_timeout).await;
+        respond(stream, resp, options.send_timeout, held).await;
         None
     }
 
@@ -94,9 +107,10 @@ impl Public {
     }
 }
 
-/// Writes `resp` on a connection that is closed after it: an event stream is sent
-/// close-delimited (no chunk framing) and driven until either side ends it.
-async fn write_response(mut stream: TcpStream, resp: Response<Body>, send_timeout: Duration) {
+/// Writes `resp` on a connection that is closed after it. An event stream is sent
+/// close-delimited (no chunk framing), its first frames in the same write as the head, and
+/// then driven by a task of its own until either side ends it.
+async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Duration, held: Held) {
     let (parts, body) = resp.into_parts();
     let mut head = Vec::with_capacity(256);
     head.extend_from_slice(b"HTTP/1.1 ");
@@ -114,20 +128,41 @@ async fn write_response(mut stream: TcpStream, resp: Response<Body>, send_timeou
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"connection: close\r\n");
+    drop(parts);
     let bytes = match body {
-        Body::Stream(events) => {
+        Body::Stream(mut events) => {
             head.extend_from_slice(b"\r\n");
-            if stream.write_all(&head).await.is_ok() {
-                drop(head);
-                drive(stream, events, send_timeout).await;
-            }
+            // The first frames (`retry:`, a gap notice, the replay) go out with the head.
+            // Polled with a waker that does nothing: the stream's task polls again first
+            // thing, which takes whatever arrives meanwhile and leaves its own waker.
+            let mut cx = Context::from_waker(Waker::noop());
+            let ended = match events.subscription.poll_chunk(&mut cx) {
+                Poll::Ready(Some(first)) => {
+                    head.extend_from_slice(&first);
+                    false
+                }
+                Poll::Ready(None) => true,
+                Poll::Pending => false,
+            };
+            let mut conn = Stream {
+                io: stream,
+                events,
+                pending: Bytes::from(head),
+                stalled: None,
+                send_timeout,
+                ended,
+                _held: held,
+            };
+            // Most heads go out in one write here; the rest is the new task's first job.
+            let _ = conn.try_flush();
+            tokio::spawn(conn);
             return;
         }
-        Body::Empty => bytes::Bytes::new(),
+        Body::Empty => Bytes::new(),
         Body::Full(b) => b.unwrap_or_default(),
         Body::Incoming(b) => match Limited::new(b, MAX_REFUSAL_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => bytes::Bytes::new(),
+            Err(_) => Bytes::new(),
         },
     };
     head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
@@ -137,38 +172,114 @@ async fn write_response(mut stream: TcpStream, resp: Response<Body>, send_timeou
         let _ = stream.shutdown().await;
     })
     .await;
+    drop(held);
 }
 
-/// Writes each chunk of the stream as it comes; ends when the stream ends, a write fails or
-/// stalls for `send_timeout`, the slow-consumer policy cuts it, or the client closes its
-/// side. Holds nothing but the socket and the subscription.
-async fn drive(mut stream: TcpStream, mut events: Box<EventBody>, send_timeout: Duration) {
-    let (mut rd, mut wr) = stream.split();
-    loop {
+/// An event stream after its response head: writes each chunk of the subscription as it
+/// comes, and ends when the subscription ends, a write fails or makes no progress for the
+/// send timeout, the slow-consumer policy cuts the stream, or the client closes its side.
+///
+/// A hand-written future rather than an `async` block so that an idle stream's task holds
+/// exactly these fields and nothing sized for the states it never returns to.
+struct Stream {
+    io: TcpStream,
+    events: Box<EventBody>,
+    /// What is left of the chunk being written.
+    pending: Bytes,
+    /// Running while a write makes no progress.
+    stalled: Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
+    /// The subscription is over: write what is pending, then close.
+    ended: bool,
+    _held: Held,
+}
+
+impl Stream {
+    /// Writes as much of `pending` as the socket takes now, without waiting.
+    fn try_flush(&mut self) -> io::Result<()> {
+        while !self.pending.is_empty() {
+            match self.io.try_write(&self.pending) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.pending.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ready once the client has gone: it sends nothing after its request, so EOF or an
+    /// error means it left; stray bytes are read and ignored.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut probe = [0u8; 16];
-        tokio::select! {
-            chunk = std::future::poll_fn(|cx| events.subscription.poll_chunk(cx)) => match chunk {
-                Some(bytes) => {
-                    let write = tokio::time::timeout(send_timeout, wr.write_all(&bytes));
-                    tokio::select! {
-                        written = write => match written {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) | Err(_) => return,
-                        },
-                        // Cut by the slow-consumer policy while this write waits on a client
-                        // that does not read: free the slot now. The client drops the frame
-                        // cut short and resumes from its last complete event.
-                        () = std::future::poll_fn(|cx| events.subscription.poll_cut(cx)) => return,
-                    }
-                }
-                None => break,
-            },
-            read = rd.read(&mut probe) => match read {
-                // A client sends nothing after its request; EOF or an error means it left.
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            },
+        loop {
+            let mut buf = ReadBuf::new(&mut probe);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
-    let _ = wr.shutdown().await;
+
+    /// Writes `pending` out. Pending while the client does not take it, and an error once
+    /// it has taken nothing for the send timeout.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pending.advance(n);
+                    self.stalled = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    let timeout = self.send_timeout;
+                    let stalled = self
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if stalled.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Future for Stream {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.poll_gone(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        loop {
+            match this.poll_write_pending(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                // Cut by the slow-consumer policy while this write waits on a client that
+                // does not read: free the slot now. The client drops the frame cut short
+                // and resumes from its last complete event.
+                Poll::Pending => {
+                    return match this.events.subscription.poll_cut(cx) {
+                        Poll::Ready(()) => Poll::Ready(()),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+            if this.ended {
+                let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                return Poll::Ready(());
+            }
+            match this.events.subscription.poll_chunk(cx) {
+                Poll::Ready(Some(bytes)) => this.pending = bytes,
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
 }
