@@ -9,7 +9,8 @@ use crate::publish::{self, PublishError};
 use crate::response::{Body, empty, error_response, json, json_error};
 use crate::server::Handler;
 use crate::shutdown::Shutdown;
-use http_body_util::{BodyExt, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -96,19 +97,17 @@ impl Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > policy.max_body as u64) {
+            discard(req.into_body()).await;
             return Err(too_large());
         }
-        let body = Limited::new(req.into_body(), policy.max_body)
-            .collect()
+        let body = read_body(req.into_body(), policy.max_body)
             .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    too_large()
-                } else {
+            .map_err(|e| match e {
+                BodyError::TooLarge => too_large(),
+                BodyError::Read(e) => {
                     PublishError::InvalidJson(format!("the body could not be read: {e}"))
                 }
-            })?
-            .to_bytes();
+            })?;
         let batch = publish::parse_body(&body, policy.max_event_bytes)?;
         let started = std::time::Instant::now();
         let ids = self
@@ -146,6 +145,48 @@ impl Admin {
         });
         json(StatusCode::OK, body.to_string())
     }
+}
+
+/// How much of a body past `publish.max_body` is read and thrown away before the 413, and
+/// for how long: a client still sending then reads the answer instead of a connection
+/// reset (nginx's lingering close, bounded).
+const DISCARD_MAX: usize = 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// The whole body, or `TooLarge` once it passes `max` bytes (after reading a bounded
+/// amount more and discarding it).
+async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(BodyError::Read)?.into_data() {
+            if buf.len() + data.len() > max {
+                discard(body).await;
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads and drops up to `DISCARD_MAX` bytes of `body` for at most `DISCARD_TIME`.
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut left = DISCARD_MAX;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            let Some(rest) = left.checked_sub(n) else {
+                break;
+            };
+            left = rest;
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 fn not_found(path: &str) -> Response<Body> {

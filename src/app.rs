@@ -28,6 +28,23 @@ pub struct Running {
     shutdown: Shutdown,
     grace: std::time::Duration,
     servers: Vec<JoinHandle<()>>,
+    _admin_runtime: AdminRuntime,
+}
+
+/// The internal listener's runtime: one worker thread of its own, so the webhook is not
+/// queued behind fan-out. With everything on one runtime, a publish request waited for the
+/// workers to get through every stream woken by the events before it (a webhook p99 of
+/// 7 ms at 20 events/s to 1,000 subscribers, 133 ms at 200/s).
+struct AdminRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for AdminRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another one (tests and
+        // `main` drop a `Running` there).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Running {
@@ -229,6 +246,20 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
     let admin_listener = server::bind("admin_listen", config.admin_listen).await?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ssegate-admin")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the internal listener's runtime: {e}"))?;
+    // Re-registered with the runtime that serves it.
+    let admin_listener = admin_listener
+        .into_std()
+        .and_then(|l| {
+            let _entered = admin_runtime.enter();
+            tokio::net::TcpListener::from_std(l)
+        })
+        .map_err(|e| format!("admin_listen {admin_addr}: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::start(hub_settings(&config), Arc::clone(&metrics));
     let shutdown = Shutdown::new();
@@ -263,7 +294,7 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
             public_server.await;
             finish.finish();
         }),
-        tokio::spawn(server::serve_with(
+        admin_runtime.spawn(server::serve_with(
             admin_listener,
             Arc::clone(&admin),
             shutdown.clone(),
@@ -284,5 +315,6 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         grace,
         config: Mutex::new(config),
         servers,
+        _admin_runtime: AdminRuntime(Some(admin_runtime)),
     })
 }
