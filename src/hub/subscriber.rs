@@ -223,44 +223,12 @@ impl Subscriber {
     }
 }
 
-/// Largest chunk built from coalesced frames (a single larger frame is still sent whole).
-const MAX_CHUNK: usize = 64 * 1024;
+/// Queue and backlog buffers up to this many events are kept between refills; larger
+/// ones (left by a burst) are freed.
+const KEEP_CAPACITY: usize = 16;
 
-/// Collects the frames ready for one write: a single frame is passed on as is, several
-/// are copied into one buffer so the connection makes one write for all of them.
-#[derive(Default)]
-struct Chunk {
-    first: Option<Bytes>,
-    rest: Option<BytesMut>,
-}
-
-impl Chunk {
-    fn len(&self) -> usize {
-        self.rest
-            .as_ref()
-            .map_or_else(|| self.first.as_ref().map_or(0, Bytes::len), BytesMut::len)
-    }
-
-    fn push(&mut self, b: &Bytes) {
-        if let Some(rest) = &mut self.rest {
-            rest.extend_from_slice(b);
-        } else if let Some(first) = self.first.take() {
-            let mut rest = BytesMut::with_capacity((first.len() + b.len()) * 4);
-            rest.extend_from_slice(&first);
-            rest.extend_from_slice(b);
-            self.rest = Some(rest);
-        } else {
-            self.first = Some(b.clone());
-        }
-    }
-
-    fn take(&mut self) -> Option<Bytes> {
-        match self.rest.take() {
-            Some(rest) => Some(rest.freeze()),
-            None => self.first.take(),
-        }
-    }
-}
+/// Frames handed out per [`Subscription::poll_frames`] when the caller asks for more.
+const MAX_FRAMES: usize = 256;
 
 /// A subscriber's stream of SSE frames: `retry:`, an optional `ssegate.gap`, the replayed
 /// history, then live events and heartbeats, until the server or the client ends it.
@@ -281,13 +249,17 @@ pub struct Subscription {
     /// The id the client resumed from, if any: an announced id must never move it back.
     resumed_from: EventId,
     last_sent: EventId,
-    scratch: Vec<Arc<Event>>,
+    /// Events taken from the queue and not yet handed out. Refilled only once empty, so
+    /// queue and backlog together never hold more than twice `subscriber_buffer`.
+    backlog: VecDeque<Arc<Event>>,
+    /// The end taken from the queue, sent once the backlog is out.
+    end: Option<End>,
     heartbeat: Pin<Box<Sleep>>,
     timing: Arc<Timing>,
     expires: Option<Pin<Box<Sleep>>>,
     finishing: bool,
     done: bool,
-    /// Events put in the chunk being built, for the delivery counter.
+    /// Events handed out since the delivery counter was last updated.
     counted: u64,
 }
 
@@ -315,7 +287,8 @@ impl Subscription {
             announce,
             resumed_from,
             last_sent: EventId::default(),
-            scratch: Vec::new(),
+            backlog: VecDeque::new(),
+            end: None,
             heartbeat: Box::pin(tokio::time::sleep(timing.heartbeat())),
             timing,
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
@@ -330,55 +303,62 @@ impl Subscription {
         self.sub.id
     }
 
-    fn push_event(&mut self, chunk: &mut Chunk, ev: &Event) {
+    fn push_event(&mut self, out: &mut Vec<Bytes>, ev: &Event) {
         if ev.id <= self.last_sent {
             return;
         }
         self.last_sent = ev.id;
         self.counted += 1;
-        chunk.push(&ev.frame);
+        out.push(ev.frame.clone());
         if self.sub.filter.closed_by(ev) {
             self.finishing = true;
         }
     }
 
-    /// The next chunk of bytes to write, `Ready(None)` once the stream is over.
-    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// Appends the frames ready to be written to `out`, at most `max` (at least one) of
+    /// them: `Ready(Some(()))` with at least one appended, `Ready(None)` once the stream is
+    /// over. Each frame is the event's shared encoding, never a copy, so a writer can send
+    /// everything queued since its last write in one vectored write.
+    pub fn poll_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Poll<Option<()>> {
         if self.done {
             return Poll::Ready(None);
         }
-        let mut chunk = Chunk::default();
+        let start = out.len();
+        let limit = start + max.max(1);
         if self.preamble.capacity() > 0 {
-            while let Some(b) = self.preamble.pop_front() {
-                chunk.push(&b);
-            }
+            out.extend(self.preamble.drain(..));
             // An idle stream keeps no buffers it is done with.
             self.preamble = VecDeque::new();
         }
-        while !self.finishing && chunk.len() < MAX_CHUNK {
+        while !self.finishing && out.len() < limit {
             let Some(ev) = self.replay.next() else {
                 self.replay = Vec::new().into_iter();
                 break;
             };
-            self.push_event(&mut chunk, &ev);
+            self.push_event(out, &ev);
         }
-        if !self.finishing && self.replay.len() == 0 {
+        if !self.finishing && self.replay.len() == 0 && out.len() < limit {
             // A client cut before it ever received an event (or whose replay matched none)
             // would otherwise reconnect without an id, or with an old one, and miss or
             // re-scan what was published in between.
             if let Some(head) = self.announce.take()
                 && self.last_sent.max(self.resumed_from) < head
             {
-                chunk.push(&sse::encode_id(head));
+                out.push(sse::encode_id(head));
             }
-            self.drain_live(cx, &mut chunk);
+            self.drain_live(cx, out, limit);
         }
-        if let Some(bytes) = chunk.take() {
+        if out.len() > start {
             self.metrics.delivered(std::mem::take(&mut self.counted));
             self.heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
-            return Poll::Ready(Some(bytes));
+            return Poll::Ready(Some(()));
         }
         if self.finishing {
             self.done = true;
@@ -389,15 +369,29 @@ impl Subscription {
         {
             self.sub.end(End::Expired);
             self.expires = None;
-            return self.poll_chunk(cx);
+            return self.poll_frames(cx, out, max);
         }
         if self.heartbeat.as_mut().poll(cx).is_ready() {
             self.heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
-            return Poll::Ready(Some(Bytes::from_static(sse::HEARTBEAT)));
+            out.push(Bytes::from_static(sse::HEARTBEAT));
+            return Poll::Ready(Some(()));
         }
         Poll::Pending
+    }
+
+    /// The next bytes to write, several frames copied into one buffer if several are
+    /// ready; `Ready(None)` once the stream is over. For writers that take one buffer at a
+    /// time (hyper's response bodies); [`Self::poll_frames`] copies nothing.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut frames = Vec::new();
+        match self.poll_frames(cx, &mut frames, MAX_FRAMES) {
+            Poll::Ready(Some(())) if frames.len() == 1 => Poll::Ready(frames.pop()),
+            Poll::Ready(Some(())) => Poll::Ready(Some(frames.concat().into())),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Ready once the slow-consumer policy has cut this stream (its queue overflowed under
@@ -405,6 +399,9 @@ impl Subscription {
     /// that does not read can then drop the connection at once instead of waiting for the
     /// write to time out.
     pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if matches!(self.end, Some(End::Overflow)) {
+            return Poll::Ready(());
+        }
         let mut q = self.sub.lock();
         if matches!(q.end, Some(End::Overflow)) {
             return Poll::Ready(());
@@ -415,38 +412,61 @@ impl Subscription {
         Poll::Pending
     }
 
-    fn drain_live(&mut self, cx: &mut Context<'_>, chunk: &mut Chunk) {
+    fn drain_live(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>, limit: usize) {
         self.last_sent = self.last_sent.max(self.head);
+        loop {
+            let refilled = self.backlog.is_empty() && self.end.is_none();
+            if refilled {
+                self.refill(cx, out);
+            }
+            while !self.finishing && out.len() < limit {
+                let Some(ev) = self.backlog.pop_front() else {
+                    break;
+                };
+                self.push_event(out, &ev);
+            }
+            if self.finishing {
+                self.backlog.clear();
+            }
+            if self.backlog.is_empty()
+                && let Some(end) = self.end.take()
+            {
+                if let Some(frame) = end.frame(self.sub.id) {
+                    out.push(frame);
+                }
+                self.finishing = true;
+            }
+            // Returning with nothing handed out is only right after a refill, which left
+            // the waker; a backlog whose events were all already sent is not enough.
+            if refilled || self.finishing || out.len() >= limit {
+                return;
+            }
+        }
+    }
+
+    /// Moves what the dispatchers queued into the backlog and leaves the waker.
+    fn refill(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) {
+        if self.backlog.capacity() > KEEP_CAPACITY {
+            // A burst's buffers are not kept for the stream's idle hours.
+            self.backlog = VecDeque::new();
+        }
         let mut q = self.sub.lock();
         let dropped = std::mem::take(&mut q.dropped);
-        self.scratch.extend(q.events.drain(..));
+        // The empty backlog's buffer becomes the queue's: no allocation per refill.
+        std::mem::swap(&mut self.backlog, &mut q.events);
         // Events are queued only before an end is set, so they go out first, then the end.
-        let end = q.end.take();
+        self.end = q.end.take();
         // Always leave the waker, even when events were taken: they may all be skipped as
         // already sent (the replay covered them), and the next enqueue must wake us then.
-        if end.is_none() && !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if self.end.is_none() && !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             q.waker = Some(cx.waker().clone());
         }
         drop(q);
         if dropped > 0 {
-            chunk.push(&sse::encode_control(
+            out.push(sse::encode_control(
                 "ssegate.overflow",
                 &format!("{{\"dropped\":{dropped}}}"),
             ));
-        }
-        let mut scratch = std::mem::take(&mut self.scratch);
-        for ev in scratch.drain(..) {
-            if self.finishing {
-                break;
-            }
-            self.push_event(chunk, &ev);
-        }
-        self.scratch = scratch;
-        if let Some(end) = end {
-            if let Some(frame) = end.frame(self.sub.id) {
-                chunk.push(&frame);
-            }
-            self.finishing = true;
         }
     }
 }

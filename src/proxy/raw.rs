@@ -24,6 +24,7 @@ use hyper::header::{CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, Version};
 use std::future::Future;
 use std::io;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -135,26 +136,29 @@ async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Dura
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
+            let mut pending = vec![Bytes::from(head)];
             let mut cx = Context::from_waker(Waker::noop());
-            let ended = match events.subscription.poll_chunk(&mut cx) {
-                Poll::Ready(Some(first)) => {
-                    head.extend_from_slice(&first);
-                    false
-                }
-                Poll::Ready(None) => true,
-                Poll::Pending => false,
-            };
+            let ended = matches!(
+                events
+                    .subscription
+                    .poll_frames(&mut cx, &mut pending, MAX_IOV - 1),
+                Poll::Ready(None)
+            );
             let mut conn = Stream {
                 io: stream,
                 events,
-                pending: Bytes::from(head),
+                pending,
+                written: 0,
                 stalled: None,
                 send_timeout,
                 ended,
                 _held: held,
             };
             // Most heads go out in one write here; the rest is the new task's first job.
-            let _ = conn.try_flush();
+            let mut cx = Context::from_waker(Waker::noop());
+            if matches!(conn.poll_write_pending(&mut cx), Poll::Ready(Err(_))) {
+                return;
+            }
             tokio::spawn(conn);
             return;
         }
@@ -175,17 +179,23 @@ async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Dura
     drop(held);
 }
 
-/// An event stream after its response head: writes each chunk of the subscription as it
-/// comes, and ends when the subscription ends, a write fails or makes no progress for the
-/// send timeout, the slow-consumer policy cuts the stream, or the client closes its side.
+/// The most frames written in one vectored write (Linux takes up to 1,024).
+const MAX_IOV: usize = 256;
+
+/// An event stream after its response head: writes the subscription's frames as they
+/// come, everything ready at once in one vectored write, and ends when the subscription
+/// ends, a write fails or makes no progress for the send timeout, the slow-consumer policy
+/// cuts the stream, or the client closes its side.
 ///
 /// A hand-written future rather than an `async` block so that an idle stream's task holds
 /// exactly these fields and nothing sized for the states it never returns to.
 struct Stream {
     io: TcpStream,
     events: Box<EventBody>,
-    /// What is left of the chunk being written.
-    pending: Bytes,
+    /// The frames of the write in progress (shared with every other subscriber).
+    pending: Vec<Bytes>,
+    /// How many of `pending` are fully written.
+    written: usize,
     /// Running while a write makes no progress.
     stalled: Option<Pin<Box<Sleep>>>,
     send_timeout: Duration,
@@ -195,19 +205,6 @@ struct Stream {
 }
 
 impl Stream {
-    /// Writes as much of `pending` as the socket takes now, without waiting.
-    fn try_flush(&mut self) -> io::Result<()> {
-        while !self.pending.is_empty() {
-            match self.io.try_write(&self.pending) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.pending.advance(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// Ready once the client has gone: it sends nothing after its request, so EOF or an
     /// error means it left; stray bytes are read and ignored.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -225,12 +222,32 @@ impl Stream {
     /// Writes `pending` out. Pending while the client does not take it, and an error once
     /// it has taken nothing for the send timeout.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.pending.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.pending) {
+        while self.written < self.pending.len() {
+            let rest = &self.pending[self.written..];
+            let io = Pin::new(&mut self.io);
+            let poll = if rest.len() == 1 {
+                io.poll_write(cx, &rest[0])
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOV];
+                let n = rest.len().min(MAX_IOV);
+                for (slice, frame) in slices.iter_mut().zip(rest) {
+                    *slice = IoSlice::new(frame);
+                }
+                io.poll_write_vectored(cx, &slices[..n])
+            };
+            match poll {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.pending.advance(n);
+                Poll::Ready(Ok(mut n)) => {
                     self.stalled = None;
+                    while n > 0 {
+                        let frame = &mut self.pending[self.written];
+                        if n < frame.len() {
+                            frame.advance(n);
+                            break;
+                        }
+                        n -= frame.len();
+                        self.written += 1;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -244,6 +261,12 @@ impl Stream {
                     return Poll::Pending;
                 }
             }
+        }
+        self.written = 0;
+        self.pending.clear();
+        if self.pending.capacity() > 4 {
+            // A burst's buffer is not kept for the stream's idle hours.
+            self.pending = Vec::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -275,8 +298,12 @@ impl Future for Stream {
                 let _ = Pin::new(&mut this.io).poll_shutdown(cx);
                 return Poll::Ready(());
             }
-            match this.events.subscription.poll_chunk(cx) {
-                Poll::Ready(Some(bytes)) => this.pending = bytes,
+            match this
+                .events
+                .subscription
+                .poll_frames(cx, &mut this.pending, MAX_IOV)
+            {
+                Poll::Ready(Some(())) => {}
                 Poll::Ready(None) => this.ended = true,
                 Poll::Pending => return Poll::Pending,
             }
