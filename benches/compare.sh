@@ -72,9 +72,11 @@ done
 RUNNING=""
 # start SYSTEM: a fresh server; sets PIDS (comma-separated) and TARGET_ARGS for loadgen.
 start() {
+    RUNNING=$1 # before starting: a start that fails halfway is cleaned up too
     case $1 in
     ssegate)
-        PIDS=$(benches/run-ssegate.sh start)
+        PIDS=$(benches/run-ssegate.sh start) ||
+            { echo "ssegate did not start ($SSEGATE_BIN; log in $RUN)" >&2; exit 1; }
         TARGET_ARGS=(--target ssegate --sub-addr "$LISTEN" --pub-addr "$ADMIN" --connect-concurrency "$CC")
         ;;
     nchan)
@@ -89,9 +91,8 @@ start() {
         PIDS=$(tr ' ' , < "$PEERS_RUN_DIR/pushpin/pids")
         TARGET_ARGS=(--target pushpin --sub-addr 127.0.0.1:29999 --pub-addr 127.0.0.1:29561 --connect-concurrency "$PUSHPIN_CC")
         ;;
-    *) echo "unknown system $1 (ssegate, nchan, pushpin)" >&2; exit 2 ;;
+    *) echo "unknown system $1 (ssegate, nchan, pushpin)" >&2; RUNNING=""; exit 2 ;;
     esac
-    RUNNING=$1
 }
 
 stop() {
