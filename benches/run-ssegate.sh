@@ -8,6 +8,8 @@
 #   LISTEN=127.0.0.1:18080 ADMIN=127.0.0.1:18081 UPSTREAM=http://127.0.0.1:19300
 #   HISTORY_MAX_EVENTS=10000 HISTORY_MAX_AGE=1h SUBSCRIBER_BUFFER=1000 SLOW_CONSUMER=disconnect
 #   HEARTBEAT=15s
+#   REDIS_URL (unset: the memory broker; set: `broker.kind: redis` on that URL)
+#   REDIS_STREAM=ssegate:events
 # Connection limits are set far above any scenario here (a benchmark opens thousands of
 # streams from a handful of loopback addresses).
 set -euo pipefail
@@ -38,6 +40,13 @@ limits:
   connect_rate_per_ip: 1000000/s
 log: { format: pretty, level: warn }
 YAML
+    if [ -n "${REDIS_URL:-}" ]; then
+        cat >> "$RUN/ssegate.yaml" <<YAML
+broker:
+  kind: redis
+  redis: { url: "$REDIS_URL", stream: "${REDIS_STREAM:-ssegate:events}" }
+YAML
+    fi
     "$BIN" check --config "$RUN/ssegate.yaml" >/dev/null
     # Same open-file limit as the peers get (their scripts raise it to the hard limit).
     ulimit -n "$(ulimit -Hn)"

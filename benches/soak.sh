@@ -131,10 +131,10 @@ ok() { [ "$1" = true ] && echo 1 || echo 0; }
 check "streams connected" "$(ok "$(q '.connect_failed == 0 and .connected == .streams')")" "$(q .connected)/$(q .streams)"
 check "publishing" "$(ok "$(q '.publish_failed == 0 and .accepted > 0')")" "$(q .accepted) accepted, $(q .publish_failed) failed"
 check "fast readers: received = published" \
-    "$(ok "$(q '.groups.fast | .lost == 0 and .duplicated == 0 and .out_of_order == 0 and .bad_payloads == 0 and .out_of_range == 0 and .sse_errors == 0')")" \
+    "$(ok "$(q '.groups.fast | .lost == 0 and .unaccepted == 0 and .duplicated == 0 and .out_of_order == 0 and .bad_payloads == 0 and .out_of_range == 0 and .sse_errors == 0')")" \
     "lost $(q .groups.fast.lost), duplicated $(q .groups.fast.duplicated), out of order $(q .groups.fast.out_of_order)"
 check "slow readers: nothing lost after disconnect + resume" \
-    "$(ok "$(q '.groups.slow | .lost == 0 and .duplicated == 0 and .out_of_order == 0')")" \
+    "$(ok "$(q '.groups.slow | .lost == 0 and .unaccepted == 0 and .duplicated == 0 and .out_of_order == 0')")" \
     "lost $(q .groups.slow.lost), duplicated $(q .groups.slow.duplicated), out of order $(q .groups.slow.out_of_order), ended by the server $(q .groups.slow.server_ended)"
 check "reconnects with Last-Event-ID happened" "$(ok "$(q '.reconnects > 0')")" "$(q .reconnects)"
 check "RSS flat after warm-up" \

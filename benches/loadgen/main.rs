@@ -98,6 +98,7 @@ fn selftest() -> Result<(), String> {
     http::selftest()?;
     sse::selftest()?;
     stats::selftest()?;
+    run::selftest()?;
     println!("selftest: ok");
     Ok(())
 }

@@ -24,9 +24,11 @@ pub struct RunArgs {
     /// The server under test (decides the publish format).
     #[arg(long, value_enum, default_value = "ssegate")]
     pub target: Kind,
-    /// Where streams connect (the public listener).
-    #[arg(long, default_value = "127.0.0.1:18080")]
-    pub sub_addr: SocketAddr,
+    /// Where streams connect (the public listener). Repeat or comma-separate to spread the
+    /// streams over several servers: stream i connects to address (i div T) mod N, so each
+    /// topic's streams are spread over all of them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:18080")]
+    pub sub_addr: Vec<SocketAddr>,
     /// Where events are published (ssegate's admin listener; Nchan 29081; Pushpin 29561).
     #[arg(long, default_value = "127.0.0.1:18081")]
     pub pub_addr: SocketAddr,
@@ -131,8 +133,12 @@ struct Shared {
     connected_per_topic: Vec<AtomicU64>,
     connect_done_us: AtomicU64,
     accepted: Vec<AtomicU64>,
+    /// Per topic, the sequence numbers the server accepted (a 2xx answer to their publish).
+    accepted_seqs: Vec<Mutex<Seen>>,
     publish_requests: AtomicU64,
     publish_failed: AtomicU64,
+    /// Events of refused publishes, by HTTP status (or `io` when the request failed).
+    publish_refused: Mutex<BTreeMap<String, u64>>,
     last_publish_us: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -143,12 +149,30 @@ impl Shared {
             e.get_or_insert(msg);
         }
     }
+
+    fn refused(&self, why: String, events: u64) {
+        self.publish_failed.fetch_add(events, Relaxed);
+        if let Ok(mut r) = self.publish_refused.lock() {
+            *r.entry(why).or_default() += events;
+        }
+    }
+
+    /// Whether the server accepted an event of `topic` with a sequence number in `range`
+    /// (a stream that skips over one has lost it; over refused ones, it has not).
+    fn accepted_any(&self, topic: usize, range: std::ops::Range<u64>) -> bool {
+        let Some(Ok(set)) = self.accepted_seqs.get(topic).map(Mutex::lock) else {
+            return true;
+        };
+        range.into_iter().any(|s| set.contains(s))
+    }
 }
 
 /// What one stream saw.
 #[derive(Default)]
 struct StreamResult {
     topic: usize,
+    /// Index into `--sub-addr`.
+    sub: usize,
     connected: bool,
     slow: bool,
     /// The largest sequence number received so far.
@@ -170,9 +194,12 @@ struct StreamResult {
     errors: u64,
     sse: sse::Counters,
     control: BTreeMap<String, u64>,
+    /// The sequence numbers received.
+    seen: Seen,
 }
 
-/// Which sequence numbers a stream has seen.
+/// A set of sequence numbers (received by a stream, or accepted by the server).
+#[derive(Default)]
 struct Seen {
     bits: Vec<u64>,
 }
@@ -194,11 +221,58 @@ impl Seen {
         self.bits[w] |= 1 << b;
         Some(!was)
     }
+
+    fn contains(&self, seq: u64) -> bool {
+        let w = (seq / 64) as usize;
+        self.bits.get(w).is_some_and(|x| x & (1 << (seq % 64)) != 0)
+    }
+
+    /// How many numbers are in `want` but not here (lost), and here but not in `want`.
+    fn diff(&self, want: &Self) -> (u64, u64) {
+        let n = self.bits.len().max(want.bits.len());
+        let word = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+        (0..n).fold((0, 0), |(lost, extra), i| {
+            let (have, want) = (word(&self.bits, i), word(&want.bits, i));
+            (
+                lost + u64::from((want & !have).count_ones()),
+                extra + u64::from((have & !want).count_ones()),
+            )
+        })
+    }
+}
+
+/// Checks [`Seen`]'s set arithmetic (the loss check rests on it).
+pub fn selftest() -> Result<(), String> {
+    let set = |v: &[u64]| {
+        let mut s = Seen::default();
+        for &x in v {
+            s.insert(x);
+        }
+        s
+    };
+    let accepted = set(&[0, 1, 2, 5, 63, 64, 200]);
+    let cases: [(&[u64], (u64, u64)); 4] = [
+        (&[0, 1, 2, 5, 63, 64, 200], (0, 0)),
+        (&[0, 1, 2, 63, 64, 200], (1, 0)),
+        (&[0, 1, 2, 3, 5, 63, 64, 200, 300], (0, 2)),
+        (&[], (7, 0)),
+    ];
+    for (received, want) in cases {
+        let got = set(received).diff(&accepted);
+        if got != want {
+            return Err(format!("Seen::diff({received:?}): {got:?}, want {want:?}"));
+        }
+    }
+    if !accepted.contains(64) || accepted.contains(3) || accepted.contains(1 << 20) {
+        return Err("Seen::contains".to_owned());
+    }
+    Ok(())
 }
 
 struct StreamCfg {
-    addr: SocketAddr,
-    host: String,
+    /// The servers streams connect to, with their `Host` header.
+    subs: Vec<(SocketAddr, String)>,
+    topics: usize,
     sub_path: String,
     topic_prefix: String,
     read_buf: usize,
@@ -232,19 +306,21 @@ fn src_ip(cfg_ips: u8, addr: SocketAddr, i: usize) -> Option<IpAddr> {
     })
 }
 
-/// Connects, sends the GET, and checks the response is an event stream.
+/// Connects to `cfg.subs[sub]`, sends the GET, and checks the response is an event stream.
 async fn open_stream(
     cfg: &StreamCfg,
+    sub: usize,
     src: Option<IpAddr>,
     path: &str,
     last_id: Option<&[u8]>,
     slow: bool,
 ) -> io::Result<(Conn, BodyDecoder)> {
     let rcvbuf = if slow { cfg.slow_rcvbuf } else { None };
-    let tcp = http::connect_with(cfg.addr, src, rcvbuf).await?;
+    let (addr, host) = &cfg.subs[sub];
+    let tcp = http::connect_with(*addr, src, rcvbuf).await?;
     let mut conn = Conn::new(tcp, cfg.read_buf);
     let mut req = Vec::with_capacity(256);
-    target::subscribe_request(path, &cfg.host, last_id, &mut req);
+    target::subscribe_request(path, host, last_id, &mut req);
     conn.write_all(&req).await?;
     let head = conn.read_head().await?;
     if head.status != 200 || !head.content_type.starts_with("text/event-stream") {
@@ -299,16 +375,19 @@ async fn stream_task(
     sem: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) -> StreamResult {
+    // Each topic's streams take the servers in turn.
+    let sub = idx / cfg.topics % cfg.subs.len();
     let mut res = StreamResult {
         topic,
+        sub,
         slow,
         ..StreamResult::default()
     };
-    let src = src_ip(cfg.src_ips, cfg.addr, idx);
+    let src = src_ip(cfg.src_ips, cfg.subs[sub].0, idx);
     let path = target::sub_path(&cfg.sub_path, &format!("{}{}", cfg.topic_prefix, topic));
     let opened = {
         let _permit = sem.acquire().await;
-        open_stream(&cfg, src, &path, None, slow).await
+        open_stream(&cfg, sub, src, &path, None, slow).await
     };
     let (mut conn, mut dec) = match opened {
         Ok(c) => c,
@@ -324,7 +403,7 @@ async fn stream_task(
     sh.connected.fetch_add(1, Relaxed);
 
     let mut parser = sse::Parser::default();
-    let mut seen = Seen { bits: Vec::new() };
+    let mut seen = Seen::default();
     let stopping = stop.clone();
     let stop_signal = stop.changed();
     tokio::pin!(stop_signal);
@@ -373,7 +452,7 @@ async fn stream_task(
         let last_id = parser.last_id().to_vec();
         let mut reopened = false;
         for attempt in 0..5u64 {
-            match open_stream(&cfg, src, &path, Some(&last_id), slow).await {
+            match open_stream(&cfg, sub, src, &path, Some(&last_id), slow).await {
                 Ok((c, d)) => {
                     conn = c;
                     dec = d;
@@ -393,6 +472,7 @@ async fn stream_task(
         }
     }
     res.sse = parser.counters;
+    res.seen = seen;
     res
 }
 
@@ -431,14 +511,16 @@ where
                             new += 1;
                             match res.max_seq {
                                 Some(m) if seq < m => res.out_of_order += 1,
-                                Some(m) if seq > m + 1 => {
+                                Some(m) if seq > m + 1 && sh.accepted_any(topic, m + 1..seq) => {
                                     res.gaps += 1;
                                     sh.error(format!(
                                         "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
                                         res.slow, res.reconnects, res.ends
                                     ));
                                 }
-                                None if seq > 0 => res.gaps += 1,
+                                None if seq > 0 && sh.accepted_any(topic, 0..seq) => {
+                                    res.gaps += 1;
+                                }
                                 _ => {}
                             }
                             res.max_seq = Some(res.max_seq.map_or(seq, |m| m.max(seq)));
@@ -570,15 +652,18 @@ async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
                 let done = now_us();
                 sh.publish_rtt.record(done.saturating_sub(sent));
                 sh.last_publish_us.fetch_max(done, Relaxed);
-                for &(topic, _) in &events {
+                for &(topic, seq) in &events {
                     sh.accepted[topic].fetch_add(1, Relaxed);
+                    if let Ok(mut set) = sh.accepted_seqs[topic].lock() {
+                        set.insert(seq);
+                    }
                 }
                 if close {
                     conn = None;
                 }
             }
             Ok((status, _)) => {
-                sh.publish_failed.fetch_add(n, Relaxed);
+                sh.refused(status.to_string(), n);
                 sh.error(format!(
                     "publish: status {status}: {}",
                     String::from_utf8_lossy(&body[..body.len().min(300)])
@@ -586,7 +671,7 @@ async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
                 conn = None;
             }
             Err(e) => {
-                sh.publish_failed.fetch_add(n, Relaxed);
+                sh.refused("io".to_owned(), n);
                 sh.error(format!("publish: {e}"));
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -618,8 +703,8 @@ pub async fn publish_once(
 
 /// Runs the scenario and prints its report; returns the report as JSON.
 pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
-    if args.topics == 0 || args.publishers == 0 || args.batch == 0 {
-        return Err("--topics, --publishers and --batch must be at least 1".to_owned());
+    if args.topics == 0 || args.publishers == 0 || args.batch == 0 || args.sub_addr.is_empty() {
+        return Err("--topics, --publishers, --batch and --sub-addr must be at least 1".to_owned());
     }
     let topic_ok = |c: char| c.is_ascii_alphanumeric() || "/_-.:@".contains(c);
     if !args.topic_prefix.chars().all(topic_ok) {
@@ -653,8 +738,12 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         connected_per_topic: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
         connect_done_us: AtomicU64::new(0),
         accepted: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
+        accepted_seqs: (0..args.topics)
+            .map(|_| Mutex::new(Seen::default()))
+            .collect(),
         publish_requests: AtomicU64::new(0),
         publish_failed: AtomicU64::new(0),
+        publish_refused: Mutex::new(BTreeMap::new()),
         last_publish_us: AtomicU64::new(0),
         first_error: Mutex::new(None),
     });
@@ -663,8 +752,8 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     let rss_before = server.sample();
     let (stop_tx, stop_rx) = watch::channel(false);
     let cfg = Arc::new(StreamCfg {
-        addr: args.sub_addr,
-        host: args.sub_addr.to_string(),
+        subs: args.sub_addr.iter().map(|a| (*a, a.to_string())).collect(),
+        topics: args.topics,
         sub_path: args
             .sub_path
             .clone()
@@ -816,10 +905,19 @@ impl Report<'_> {
         self.args.slow_fraction > 0.0 || self.args.reconnect_every.is_some()
     }
 
+    /// What `r` lost (accepted for its topic, never received) and received although its
+    /// publish was refused (or its answer never came).
+    fn check(&self, r: &StreamResult) -> (u64, u64) {
+        match self.sh.accepted_seqs[r.topic].lock() {
+            Ok(want) => r.seen.diff(&want),
+            Err(_) => (0, 0),
+        }
+    }
+
     /// Totals over the connected fast (or slow) streams.
     fn group(&self, slow: bool) -> serde_json::Value {
-        let sh = self.sh;
         let (mut streams, mut lost, mut lossy, mut dups, mut ooo, mut gaps) = (0u64, 0, 0, 0, 0, 0);
+        let mut unaccepted = 0u64;
         let (mut distinct, mut reconnects, mut forced, mut ends, mut errors, mut pauses) =
             (0u64, 0, 0, 0, 0, 0);
         let (mut bad, mut oor, mut sse_err) = (0u64, 0, 0);
@@ -830,9 +928,9 @@ impl Report<'_> {
             .filter(|r| r.connected && r.slow == slow)
         {
             streams += 1;
-            let want = sh.accepted[r.topic].load(Relaxed);
-            let l = want.saturating_sub(r.distinct);
+            let (l, extra) = self.check(r);
             lost += l;
+            unaccepted += extra;
             lossy += u64::from(l > 0);
             dups += r.dups;
             ooo += r.out_of_order;
@@ -854,6 +952,7 @@ impl Report<'_> {
             "streams": streams,
             "lost": lost,
             "lossy_streams": lossy,
+            "unaccepted": unaccepted,
             "duplicated": dups,
             "out_of_order": ooo,
             "gaps": gaps,
@@ -879,17 +978,24 @@ impl Report<'_> {
         let last = sh.last_delivery_us.load(Relaxed);
         let window_secs = last.saturating_sub(self.publish_start) as f64 / 1e6;
         let cpu_secs = self.server.cpu_secs(self.cpu[0], self.cpu[1]);
-        let mut lost = 0u64;
+        let (mut lost, mut unaccepted) = (0u64, 0u64);
         let (mut dups, mut bad, mut oor, mut reconnects, mut ends, mut errors) = (0, 0, 0, 0, 0, 0);
+        // Per `--sub-addr`: streams, distinct deliveries, lost, reconnects.
+        let mut per_sub = vec![[0u64; 4]; a.sub_addr.len()];
         let mut sse_err = 0;
         let mut heartbeats = 0;
         let mut lossy_streams = 0;
         let mut control: BTreeMap<String, u64> = BTreeMap::new();
         for r in self.results.iter().filter(|r| r.connected) {
-            let want = sh.accepted[r.topic].load(Relaxed);
-            let l = want.saturating_sub(r.distinct);
+            let (l, extra) = self.check(r);
             lost += l;
+            unaccepted += extra;
             lossy_streams += u64::from(l > 0);
+            if let Some(p) = per_sub.get_mut(r.sub) {
+                for (slot, v) in p.iter_mut().zip([1, r.distinct, l, r.reconnects]) {
+                    *slot += v;
+                }
+            }
             dups += r.dups;
             bad += r.bad_payload;
             oor += r.out_of_range;
@@ -942,12 +1048,27 @@ impl Report<'_> {
             sh.publish_failed.load(Relaxed),
             sh.publish_rtt.summary_ms()
         );
+        let refused = sh
+            .publish_refused
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        if !refused.is_empty() {
+            println!("publish: events refused, by status: {refused:?}");
+        }
         if a.streams > 0 {
             println!(
-                "deliver: {deliveries}/{} delivered in {window_secs:.3} s = {:.0} deliveries/s; lost {lost} (on {lossy_streams} streams), duplicated {dups}",
+                "deliver: {deliveries}/{} delivered in {window_secs:.3} s = {:.0} deliveries/s; lost {lost} (on {lossy_streams} streams), duplicated {dups}, received though not accepted {unaccepted}",
                 self.expected,
                 per_sec(received, window_secs)
             );
+            if per_sub.len() > 1 {
+                for (addr, [n, distinct, l, rec]) in a.sub_addr.iter().zip(&per_sub) {
+                    println!(
+                        "streams on {addr}: {n}, received {distinct} distinct, lost {l}, {rec} reconnects"
+                    );
+                }
+            }
             println!("latency publish→receive: {}", sh.latency.summary_ms());
             if last_delivery.count() > 0 {
                 println!(
@@ -962,11 +1083,12 @@ impl Report<'_> {
                 for slow in [false, true] {
                     let g = self.group(slow);
                     println!(
-                        "{} streams: {} (connected), lost {} (on {} streams), duplicated {}, out of order {}, gaps {}, received {} distinct, {} reconnects ({} forced, {} after the server ended the stream, {} errors), {} pauses, control events {}",
+                        "{} streams: {} (connected), lost {} (on {} streams), received though not accepted {}, duplicated {}, out of order {}, gaps {}, received {} distinct, {} reconnects ({} forced, {} after the server ended the stream, {} errors), {} pauses, control events {}",
                         if slow { "slow" } else { "fast" },
                         g["streams"],
                         g["lost"],
                         g["lossy_streams"],
+                        g["unaccepted"],
                         g["duplicated"],
                         g["out_of_order"],
                         g["gaps"],
@@ -1035,6 +1157,7 @@ impl Report<'_> {
             "publish_s": publish_secs,
             "publish_per_s": per_sec(accepted, publish_secs),
             "publish_failed": sh.publish_failed.load(Relaxed),
+            "publish_refused": refused,
             "publish_rtt": sh.publish_rtt.json_ms(),
             "expected": self.expected,
             "delivered": deliveries,
@@ -1042,7 +1165,11 @@ impl Report<'_> {
             "window_s": window_secs,
             "deliveries_per_s": per_sec(received, window_secs),
             "lost": lost,
+            "unaccepted": unaccepted,
             "duplicated": dups,
+            "by_sub_addr": a.sub_addr.iter().zip(&per_sub).map(|(addr, [n, distinct, l, rec])| {
+                serde_json::json!({"addr": addr.to_string(), "streams": n, "distinct": distinct, "lost": l, "reconnects": rec})
+            }).collect::<Vec<_>>(),
             "latency": sh.latency.json_ms(),
             "last_delivery": last_delivery.json_ms(),
             "reconnects": reconnects,
