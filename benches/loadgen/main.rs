@@ -11,6 +11,9 @@
 //! `benches/README.md` has the scenarios, the commands and the latest numbers. A plain
 //! `cargo bench` (no arguments) does nothing: load tests never run by accident in CI.
 
+// The report's `json!` literal has more keys than the default macro recursion allows.
+#![recursion_limit = "256"]
+
 mod http;
 mod jobs;
 mod run;

@@ -1175,6 +1175,7 @@ impl Report<'_> {
             "reconnects": reconnects,
             "server_ended": ends,
             "stream_errors": errors,
+            "comments": heartbeats,
             "sse_errors": sse_err,
             "control": control,
             "rss_kb": [self.rss[0].rss_kb, self.rss[1].rss_kb, self.rss[2].rss_kb],
