@@ -476,3 +476,7 @@ impl Drop for Subscription {
         self.registry.remove(&self.sub);
     }
 }
+
+#[cfg(test)]
+#[path = "subscriber_tests.rs"]
+mod tests;
