@@ -9,8 +9,8 @@ use crate::publish::{self, PublishError};
 use crate::response::{Body, empty, error_response, json, json_error};
 use crate::server::Handler;
 use crate::shutdown::Shutdown;
-use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -100,14 +100,19 @@ impl Admin {
             discard(req.into_body()).await;
             return Err(too_large());
         }
-        let body = read_body(req.into_body(), policy.max_body)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge => too_large(),
-                BodyError::Read(e) => {
-                    PublishError::InvalidJson(format!("the body could not be read: {e}"))
-                }
-            })?;
+        let mut body = req.into_body();
+        let body = match Limited::new(&mut body, policy.max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                discard(body).await;
+                return Err(too_large());
+            }
+            Err(e) => {
+                return Err(PublishError::InvalidJson(format!(
+                    "the body could not be read: {e}"
+                )));
+            }
+        };
         let batch = publish::parse_body(&body, policy.max_event_bytes)?;
         let started = std::time::Instant::now();
         let ids = self
@@ -152,27 +157,6 @@ impl Admin {
 /// reset (nginx's lingering close, bounded).
 const DISCARD_MAX: usize = 1024 * 1024;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-
-enum BodyError {
-    TooLarge,
-    Read(hyper::Error),
-}
-
-/// The whole body, or `TooLarge` once it passes `max` bytes (after reading a bounded
-/// amount more and discarding it).
-async fn read_body(mut body: Incoming, max: usize) -> Result<Bytes, BodyError> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(BodyError::Read)?.into_data() {
-            if buf.len() + data.len() > max {
-                discard(body).await;
-                return Err(BodyError::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
 
 /// Reads and drops up to `DISCARD_MAX` bytes of `body` for at most `DISCARD_TIME`.
 async fn discard(mut body: Incoming) {

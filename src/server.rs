@@ -336,7 +336,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// write was pending: a client that stopped reading cannot hold the connection, its
 /// buffers and its descriptor forever (a stream it opened has already been ended by the
 /// slow-consumer policy by then, but the bytes queued for it would never drain).
-struct SendTimeout {
+pub(crate) struct SendTimeout {
     io: TcpStream,
     timeout: Duration,
     /// Running while writes make no progress.
@@ -344,7 +344,7 @@ struct SendTimeout {
 }
 
 impl SendTimeout {
-    fn new(io: TcpStream, timeout: Duration) -> Self {
+    pub(crate) fn new(io: TcpStream, timeout: Duration) -> Self {
         Self {
             io,
             timeout,

@@ -17,7 +17,7 @@
 
 use super::Public;
 use crate::response::{Body, EventBody};
-use crate::server::{Held, Options};
+use crate::server::{Held, Options, SendTimeout};
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
@@ -32,7 +32,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 /// The largest request head taken on this path; a larger one (big cookies) goes to hyper,
 /// which serves the same stream with more memory per connection.
@@ -145,17 +144,14 @@ async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Dura
                 Poll::Ready(None)
             );
             let mut conn = Stream {
-                io: stream,
+                io: SendTimeout::new(stream, send_timeout),
                 events,
                 pending,
                 written: 0,
-                stalled: None,
-                send_timeout,
                 ended,
                 _held: held,
             };
             // Most heads go out in one write here; the rest is the new task's first job.
-            let mut cx = Context::from_waker(Waker::noop());
             if matches!(conn.poll_write_pending(&mut cx), Poll::Ready(Err(_))) {
                 return;
             }
@@ -176,7 +172,6 @@ async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Dura
         let _ = stream.shutdown().await;
     })
     .await;
-    drop(held);
 }
 
 /// The most frames written in one vectored write (Linux takes up to 1,024).
@@ -190,15 +185,13 @@ const MAX_IOV: usize = 256;
 /// A hand-written future rather than an `async` block so that an idle stream's task holds
 /// exactly these fields and nothing sized for the states it never returns to.
 struct Stream {
-    io: TcpStream,
+    /// The socket; a write that makes no progress for the send timeout fails.
+    io: SendTimeout,
     events: Box<EventBody>,
     /// The frames of the write in progress (shared with every other subscriber).
     pending: Vec<Bytes>,
     /// How many of `pending` are fully written.
     written: usize,
-    /// Running while a write makes no progress.
-    stalled: Option<Pin<Box<Sleep>>>,
-    send_timeout: Duration,
     /// The subscription is over: write what is pending, then close.
     ended: bool,
     _held: Held,
@@ -220,7 +213,7 @@ impl Stream {
     }
 
     /// Writes `pending` out. Pending while the client does not take it, and an error once
-    /// it has taken nothing for the send timeout.
+    /// it has taken nothing for the send timeout ([`SendTimeout`]).
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
             let rest = &self.pending[self.written..];
@@ -238,7 +231,6 @@ impl Stream {
             match poll {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(mut n)) => {
-                    self.stalled = None;
                     while n > 0 {
                         let frame = &mut self.pending[self.written];
                         if n < frame.len() {
@@ -250,16 +242,7 @@ impl Stream {
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    let timeout = self.send_timeout;
-                    let stalled = self
-                        .stalled
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    if stalled.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
         self.written = 0;
