@@ -11,6 +11,7 @@
 
 use crate::response::Body;
 use crate::shutdown::Shutdown;
+use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -39,17 +40,33 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Body>> + Send;
 
     /// Serves a new connection without hyper if the handler wants to (the public listener's
-    /// event streams); otherwise returns it unread, for hyper. `None`: it was dealt with.
-    /// Whatever serves the connection keeps `held` until the connection is closed.
+    /// event streams and plain forwards); otherwise returns it, with the bytes already read
+    /// from it, for hyper to serve from there. `None`: it was dealt with. Whatever serves the
+    /// connection keeps `held` until the connection is closed.
     fn take_over(
         self: Arc<Self>,
         stream: TcpStream,
         _peer: SocketAddr,
-        _options: Options,
+        options: Options,
         _held: Held,
-    ) -> impl Future<Output = Option<TcpStream>> + Send {
-        std::future::ready(Some(stream))
+    ) -> impl Future<Output = Option<Unserved>> + Send {
+        std::future::ready(Some(Unserved {
+            stream,
+            read: Bytes::new(),
+            head_deadline: tokio::time::Instant::now() + options.header_read_timeout,
+        }))
     }
+}
+
+/// A connection that [`Handler::take_over`] leaves to hyper.
+pub struct Unserved {
+    /// The socket.
+    pub stream: TcpStream,
+    /// What was already read from it: hyper reads these bytes first.
+    pub read: Bytes,
+    /// By when hyper must have a whole request head, or the connection is closed (the
+    /// header timeout, counted from when the wait for this request began).
+    pub head_deadline: tokio::time::Instant,
 }
 
 /// Held by a connection served outside hyper for as long as it is open: the drain on
@@ -152,7 +169,11 @@ pub async fn serve_with<H: Handler>(
         let taken_over = taken_over.clone();
         tokio::spawn(async move {
             let held = Held(taken_over);
-            let Some(stream) = Arc::clone(&handler)
+            let Some(Unserved {
+                stream,
+                read,
+                head_deadline,
+            }) = Arc::clone(&handler)
                 .take_over(stream, peer, options, held)
                 .await
             else {
@@ -161,7 +182,10 @@ pub async fn serve_with<H: Handler>(
             let first_request = Arc::new(AtomicBool::new(false));
             let conn = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
+                    TokioIo::new(Rewind::new(
+                        read,
+                        SendTimeout::new(stream, options.send_timeout),
+                    )),
                     service(handler, peer, Arc::clone(&first_request)),
                 )
                 .into_owned();
@@ -170,7 +194,7 @@ pub async fn serve_with<H: Handler>(
             let mut conn = Box::pin(watcher.watch(conn));
             // hyper's header timeout only starts once it has chosen HTTP/1.1: a client that
             // sends nothing, or stalls in the HTTP/2 preface, is bounded here.
-            let result = match tokio::time::timeout(options.header_read_timeout, &mut conn).await {
+            let result = match tokio::time::timeout_at(head_deadline, &mut conn).await {
                 Ok(result) => result,
                 Err(_) if !first_request.load(Ordering::Relaxed) => {
                     tracing::debug!(%peer, "no request within the header timeout; closing");
@@ -209,7 +233,10 @@ pub async fn serve_with<H: Handler>(
             (stream, peer) = acceptor.accept() => {
                 let conn = builder
                     .serve_connection_with_upgrades(
-                        TokioIo::new(SendTimeout::new(stream, options.send_timeout)),
+                        TokioIo::new(Rewind::new(
+                            Bytes::new(),
+                            SendTimeout::new(stream, options.send_timeout),
+                        )),
                         service(Arc::clone(&handler), peer, Arc::new(AtomicBool::new(false))),
                     )
                     .into_owned();
@@ -352,6 +379,11 @@ impl SendTimeout {
         }
     }
 
+    /// The socket, given back.
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.io
+    }
+
     /// Passes a write's outcome through, timing how long writes have made no progress.
     fn watch(
         &mut self,
@@ -403,6 +435,69 @@ impl AsyncWrite for SendTimeout {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A connection whose first bytes were already read (by [`Handler::take_over`]): they are
+/// read again from here before anything from the socket.
+struct Rewind {
+    read: Bytes,
+    io: SendTimeout,
+}
+
+impl Rewind {
+    fn new(read: Bytes, io: SendTimeout) -> Self {
+        Self { read, io }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        if self.read.is_empty() {
+            // Not kept for the connection's life.
+            self.read = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

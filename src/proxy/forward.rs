@@ -39,7 +39,7 @@ impl ApiError for ForwardError {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded either way.
-const HOP_BY_HOP: [&str; 8] = [
+pub(super) const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -268,15 +268,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Adds `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto`, `X-Forwarded-Host`
 /// and `Forwarded`. A trusted proxy's own proto and host values are kept.
 fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>, trusted: bool) {
-    let xff = match joined(headers, "x-forwarded-for") {
-        Some(prev) => format!("{prev}, {peer}"),
-        None => peer.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let hops = Hops::new(
+        peer,
+        host.and_then(|h| h.to_str().ok()),
+        joined(headers, "x-forwarded-for"),
+        joined(headers, "forwarded"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&hops.x_forwarded_for) {
         headers.insert("x-forwarded-for", v);
     }
     if !(trusted && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(PROTO));
     }
     if !(trusted && headers.contains_key("x-forwarded-host")) {
         match host {
@@ -284,35 +286,72 @@ fn add_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValu
             None => headers.remove("x-forwarded-host"),
         };
     }
-    let node = match peer {
-        IpAddr::V4(ip) => ip.to_string(),
-        IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let mut element = format!("for={node};proto=http");
-    if let Some(h) = host.and_then(|h| h.to_str().ok())
-        && h.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        element.push_str(";host=\"");
-        element.push_str(h);
-        element.push('"');
-    }
-    let forwarded = match joined(headers, "forwarded") {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = HeaderValue::from_str(&hops.forwarded) {
         headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// The scheme ssegate is reached by, for `X-Forwarded-Proto` and `Forwarded`.
+pub(super) const PROTO: &str = "http";
+
+/// The two list headers that record the path of a request, with this hop added: the one
+/// place that decides their values, for hyper's path and for [`super::relay`]'s.
+pub(super) struct Hops {
+    /// `X-Forwarded-For`: the hops received, then the peer.
+    pub x_forwarded_for: String,
+    /// `Forwarded`: the elements received, then `for=<peer>;proto=http;host="<host>"`.
+    pub forwarded: String,
+}
+
+impl Hops {
+    /// This hop (from `peer`, for `host`) after the hops `received` so far (each header's
+    /// lines joined, as [`joined`] does).
+    pub(super) fn new(
+        peer: IpAddr,
+        host: Option<&str>,
+        x_forwarded_for: Option<String>,
+        forwarded: Option<String>,
+    ) -> Self {
+        let x_forwarded_for = match x_forwarded_for {
+            Some(prev) => format!("{prev}, {peer}"),
+            None => peer.to_string(),
+        };
+        let node = match peer {
+            IpAddr::V4(ip) => ip.to_string(),
+            IpAddr::V6(ip) => format!("\"[{ip}]\""),
+        };
+        let mut element = format!("for={node};proto={PROTO}");
+        if let Some(h) = host
+            && h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            element.push_str(";host=\"");
+            element.push_str(h);
+            element.push('"');
+        }
+        let forwarded = match forwarded {
+            Some(prev) => format!("{prev}, {element}"),
+            None => element,
+        };
+        Self {
+            x_forwarded_for,
+            forwarded,
+        }
     }
 }
 
 /// Every line of the list header `name` as one comma-separated value (RFC 9110 §5.3), so a
 /// hop sent on a second line is not lost when the header is rewritten.
 fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
-    let parts: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    join_lines(headers.get_all(name).iter().map(HeaderValue::as_bytes))
+}
+
+/// The lines of one list header as one comma-separated value; lines that are not visible
+/// ASCII (which `HeaderValue::to_str` refuses) or are empty are left out.
+pub(super) fn join_lines<'v>(lines: impl Iterator<Item = &'v [u8]>) -> Option<String> {
+    let parts: Vec<&str> = lines
+        .filter(|v| v.iter().all(|&b| b == b'\t' || (b' '..0x7f).contains(&b)))
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .collect();

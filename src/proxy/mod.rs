@@ -9,7 +9,9 @@ mod client_ip;
 mod cors;
 mod events;
 mod forward;
+mod http1;
 mod raw;
+mod relay;
 
 pub use client_ip::client_ip;
 pub use cors::Cors;
@@ -64,6 +66,8 @@ pub struct Public {
     limits: Arc<Limits>,
     hub: Hub,
     forwarder: Forwarder,
+    /// Kept-alive connections to the app for [`http1`]'s forwards.
+    upstreams: relay::Upstreams,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 }
@@ -96,6 +100,11 @@ impl Public {
             hub,
             forwarder: Forwarder::new(
                 config.upstream.clone(),
+                config.upstream_timeouts.connect,
+                config.upstream_timeouts.response,
+            ),
+            upstreams: relay::Upstreams::new(
+                &config.upstream,
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
             ),
@@ -306,8 +315,8 @@ impl Handler for Public {
         peer: SocketAddr,
         options: crate::server::Options,
         held: crate::server::Held,
-    ) -> Option<tokio::net::TcpStream> {
-        self.serve_raw(stream, peer, options, held).await
+    ) -> Option<crate::server::Unserved> {
+        self.serve_http1(stream, peer, options, held).await
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {

@@ -1,14 +1,13 @@
-//! Event streams served off hyper: a connection whose first request is a plain HTTP/1.1
-//! `GET` of the events path is answered here and then held by a lean loop that only writes
-//! frames and watches for the client going away.
+//! Event streams served off hyper: a plain HTTP/1.1 `GET` of the events path read by
+//! [`super::http1`] is answered here, and the connection is then held by a lean loop that
+//! only writes frames and watches for the client going away.
 //!
 //! hyper keeps a full connection machine per connection (read and write buffers of several
 //! KiB, the auto-builder's preface buffer) for as long as a response body is open; an SSE
-//! stream needs none of it once its head is written. Everything else (other paths, HTTP/2,
-//! a request with a body, pipelined bytes, a head that did not arrive in one read) goes to
-//! hyper untouched: the head is only `peek`ed until this module takes the connection.
-//! The decisions (parsing, limits, auth, subscription) are the same code as for hyper's
-//! requests: [`Public::stream_parts`].
+//! stream needs none of it once its head is written. A stream request with a body, with
+//! pipelined bytes after it, or over HTTP/2 goes to hyper. The decisions (parsing, limits,
+//! auth, subscription) are the same code as for hyper's requests:
+//! [`Public::stream_parts`].
 //!
 //! Once its head is written, a stream moves to a task of its own ([`Stream`]): the task
 //! that accepted the connection is sized for parsing, authorising (perhaps asking the app)
@@ -17,7 +16,7 @@
 
 use super::Public;
 use crate::response::{Body, EventBody};
-use crate::server::{Held, Options, SendTimeout};
+use crate::server::{Held, SendTimeout};
 use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
@@ -25,17 +24,11 @@ use hyper::{Method, Request, Response, Version};
 use std::future::Future;
 use std::io;
 use std::io::IoSlice;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-
-/// The largest request head taken on this path; a larger one (big cookies) goes to hyper,
-/// which serves the same stream with more memory per connection.
-const MAX_HEAD: usize = 4 * 1024;
 
 /// The most of an app's refusal body (`auth.mode: upstream`) passed on here.
 const MAX_REFUSAL_BODY: usize = 256 * 1024;
@@ -44,43 +37,12 @@ const MAX_REFUSAL_BODY: usize = 256 * 1024;
 const NOT_PLAIN: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", "expect"];
 
 impl Public {
-    /// Serves `stream` here if it starts with a stream request; otherwise hands it back,
-    /// unread, for hyper. The header timeout bounds the wait for the first bytes; a client
-    /// that accepts no bytes for the send timeout while a write is pending is dropped.
-    pub async fn serve_raw(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        options: Options,
-        held: Held,
-    ) -> Option<TcpStream> {
-        let (parts, head_len) = {
-            let mut buf = vec![0u8; MAX_HEAD];
-            let wait = options.header_read_timeout;
-            let n = match tokio::time::timeout(wait, stream.peek(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => n,
-                // Closed, broken, or silent for the whole header timeout: nothing to serve.
-                Ok(_) | Err(_) => return None,
-            };
-            match self.plain_stream_request(&buf[..n]) {
-                Some(p) => p,
-                None => return Some(stream),
-            }
-        };
-        let mut stream = stream;
-        let mut consumed = vec![0u8; head_len];
-        if stream.read_exact(&mut consumed).await.is_err() {
-            return None;
-        }
-        drop(consumed);
-        let resp = self.stream_parts(parts, peer).await;
-        respond(stream, resp, options.send_timeout, held).await;
-        None
-    }
-
     /// The request, if `head` is exactly one complete, body-less HTTP/1.1 `GET` of the
     /// events path, with its length.
-    fn plain_stream_request(&self, head: &[u8]) -> Option<(hyper::http::request::Parts, usize)> {
+    pub(super) fn plain_stream_request(
+        &self,
+        head: &[u8],
+    ) -> Option<(hyper::http::request::Parts, usize)> {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(head) {
@@ -110,23 +72,15 @@ impl Public {
 /// Writes `resp` on a connection that is closed after it. An event stream is sent
 /// close-delimited (no chunk framing), its first frames in the same write as the head, and
 /// then driven by a task of its own until either side ends it.
-async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Duration, held: Held) {
+pub(super) async fn respond(
+    mut stream: TcpStream,
+    resp: Response<Body>,
+    send_timeout: Duration,
+    held: Held,
+) {
     let (parts, body) = resp.into_parts();
     let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONNECTION || name == CONTENT_LENGTH {
-            continue;
-        }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
+    encode_head(&parts, &mut head);
     head.extend_from_slice(b"connection: close\r\n");
     drop(parts);
     let bytes = match body {
@@ -172,6 +126,25 @@ async fn respond(mut stream: TcpStream, resp: Response<Body>, send_timeout: Dura
         let _ = stream.shutdown().await;
     })
     .await;
+}
+
+/// Appends the status line and the header lines of `parts` to `out`, leaving out
+/// `Connection` and `Content-Length` (the caller frames the body).
+pub(super) fn encode_head(parts: &hyper::http::response::Parts, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONNECTION || name == CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// The most frames written in one vectored write (Linux takes up to 1,024).

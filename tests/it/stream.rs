@@ -488,11 +488,12 @@ async fn streams_are_served_off_hyper_and_through_it_alike() {
     assert_eq!(raw.headers["connection"], "close");
     assert!(!raw.headers.contains_key("transfer-encoding"));
     // A head too large for the lean path (a big cookie) stays on hyper: chunked.
-    let cookie = format!("session={}", "c".repeat(6000));
+    let cookie = format!("session={}", "c".repeat(20_000));
     let mut big = SseClient::connect(gw.proxy, "/events?topic=paths", &[("cookie", &cookie)]).await;
     assert_eq!(big.status, StatusCode::OK);
     assert_eq!(big.headers["transfer-encoding"], "chunked");
-    // A stream request after another request on a keep-alive connection: hyper as well.
+    // A stream request after a forwarded request on a keep-alive connection: the lean
+    // path too, close-delimited.
     let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -510,6 +511,7 @@ async fn streams_are_served_off_hyper_and_through_it_alike() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["connection"], "close");
     let mut reused = resp.into_body();
     let ids = publish_ok(gw.admin, r#"{"topic":"paths","data":"both"}"#).await;
     assert_eq!(raw.event().await.id.as_deref(), Some(ids[0].as_str()));

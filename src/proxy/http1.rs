@@ -1,0 +1,475 @@
+//! Plain HTTP/1.1 connections served without hyper: ssegate reads each request head
+//! itself and either opens an event stream ([`super::raw`]) or forwards the request to the
+//! app ([`super::relay`]), keeping the client's connection alive between requests, all in
+//! the connection's own task.
+//!
+//! hyper's server and client cost twice nginx's CPU per forwarded request here: header
+//! maps on both sides, a hop to the pooled client connection's task, and re-armed timers.
+//! This path takes only what it can forward byte for byte with no doubt about framing:
+//! an HTTP/1.1 request in origin form, with one `Host`, at most one plain
+//! `Content-Length` of a small body (read whole before it is sent) and no
+//! `Transfer-Encoding`, `Upgrade` or `Expect`. Anything else (HTTP/1.0 and HTTP/2,
+//! upgrades, large or chunked bodies, ssegate's own paths, an oversized or malformed head)
+//! is handed to hyper with the bytes already read, and hyper serves the connection from
+//! that request on, exactly as it serves a connection from its start. The decisions that
+//! matter (rate limits, which headers are forwarded and how `X-Forwarded-*` is built) are
+//! the same code as hyper's path.
+
+use super::forward::{Hops, PROTO, join_lines};
+use super::relay::{self, Framing, Relayed, is_hop_by_hop, parse_length, tokens};
+use super::{ForwardError, Public, client_ip};
+use crate::response::{ApiError, Body, error_response};
+use crate::server::{Held, Options, SendTimeout, Unserved};
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::header::HeaderValue;
+use hyper::{HeaderMap, Response};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The largest request head read here; a larger one goes to hyper, which answers 431 past
+/// its own limit.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The largest request body forwarded here, read whole first; a larger one streams
+/// through hyper.
+const MAX_BODY: u64 = 64 * 1024;
+
+/// The most header lines in a request read here.
+const MAX_HEADERS: usize = 64;
+
+/// How much is read from the client at a time.
+const READ_SIZE: usize = 4 * 1024;
+
+/// What to do with the bytes at the front of a connection's buffer.
+enum Next {
+    /// Not a whole request head yet.
+    Partial,
+    /// An event stream (the request is the whole buffer).
+    Stream(hyper::http::request::Parts),
+    /// Forward the request rewritten into the output buffer.
+    Forward(Plain),
+    /// Answer it here (a 429).
+    Answer(Plain, Response<Body>),
+    /// hyper serves the connection from this request on.
+    Hyper,
+    /// Not a request head this path can read (malformed, HTTP/2's preface, too many
+    /// header lines): hyper answers it, within what is left of the header timeout.
+    Unreadable,
+}
+
+/// A request this path takes.
+struct Plain {
+    head_len: usize,
+    body_len: usize,
+    /// A `HEAD` request: its response has no body.
+    head_request: bool,
+    /// Safe to send again if a kept-alive connection to the app turns out to be closed.
+    idempotent: bool,
+    /// The client asked for the connection to close after the response.
+    close: bool,
+}
+
+impl Public {
+    /// Serves a new connection on the public listener: event streams and plain forwards
+    /// here; anything else is handed back with the bytes read so far, for hyper.
+    pub async fn serve_http1(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        options: Options,
+        held: Held,
+    ) -> Option<Unserved> {
+        let mut client = SendTimeout::new(stream, options.send_timeout);
+        let mut buf = BytesMut::new();
+        // The request as sent to the app, then the response head as sent to the client.
+        let mut out = Vec::new();
+        let mut upstream_buf = BytesMut::new();
+        loop {
+            let (next, deadline) = self
+                .wait_head(&mut client, &mut buf, peer, &mut out, options)
+                .await?;
+            let (plain, answer) = match next {
+                Next::Partial | Next::Hyper | Next::Unreadable => {
+                    // A whole head is hyper's at once; anything less has the rest of the
+                    // header timeout to become one.
+                    let head_deadline = if matches!(next, Next::Hyper) {
+                        Instant::now() + options.header_read_timeout
+                    } else {
+                        deadline
+                    };
+                    return Some(Unserved {
+                        stream: client.into_inner(),
+                        read: buf.freeze(),
+                        head_deadline,
+                    });
+                }
+                Next::Stream(parts) => {
+                    drop((buf, out, upstream_buf));
+                    let resp = self.stream_parts(parts, peer).await;
+                    super::raw::respond(client.into_inner(), resp, options.send_timeout, held)
+                        .await;
+                    return None;
+                }
+                Next::Forward(plain) => (plain, None),
+                Next::Answer(plain, resp) => (plain, Some(resp)),
+            };
+            let whole = plain.head_len + plain.body_len;
+            if !read_to(&mut client, &mut buf, whole, options.header_read_timeout).await {
+                return None;
+            }
+            let close = plain.close || self.shutdown.is_triggered();
+            let keep = match answer {
+                Some(resp) => {
+                    buf.advance(whole);
+                    answer_here(&mut client, resp, plain.head_request, close, &mut out).await
+                }
+                None => {
+                    out.extend_from_slice(&buf[plain.head_len..whole]);
+                    buf.advance(whole);
+                    self.forward_plain(&mut client, &plain, close, &mut out, &mut upstream_buf)
+                        .await
+                }
+            };
+            if !keep || close {
+                return None;
+            }
+        }
+    }
+
+    /// Reads until `buf` starts with a whole request head (or as much of one as is read
+    /// here) and decides what to do with it; also says by when the head had to arrive.
+    /// `None`: the client left, sent no whole head within the header timeout, or the
+    /// shutdown began while it was idle; the connection is closed.
+    async fn wait_head(
+        &self,
+        client: &mut SendTimeout,
+        buf: &mut BytesMut,
+        peer: SocketAddr,
+        out: &mut Vec<u8>,
+        options: Options,
+    ) -> Option<(Next, Instant)> {
+        let deadline = Instant::now() + options.header_read_timeout;
+        loop {
+            if !buf.is_empty() {
+                match self.next(buf, peer, out) {
+                    Next::Partial if buf.len() < MAX_HEAD => {}
+                    next => return Some((next, deadline)),
+                }
+            }
+            let idle = buf.is_empty();
+            buf.reserve(READ_SIZE);
+            let read = tokio::time::timeout_at(deadline, client.read_buf(buf));
+            let read = if idle {
+                // Idle between requests: a shutdown closes the connection, as hyper's
+                // graceful drain closes its idle keep-alive connections.
+                tokio::select! {
+                    biased;
+                    read = read => read,
+                    () = self.shutdown.triggered() => return None,
+                }
+            } else {
+                read.await
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed, broken, or no whole head within the header timeout.
+                _ => return None,
+            }
+        }
+    }
+
+    /// What to do with the request whose head starts `buf`; for a forward, the request as
+    /// it goes to the app is written to `out`, all but the body.
+    fn next(&self, buf: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> Next {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Next::Partial,
+            Err(_) => return Next::Unreadable,
+        };
+        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+            return Next::Hyper;
+        };
+        if !target.starts_with('/') || method == "CONNECT" {
+            return Next::Hyper;
+        }
+        let path = target.split('?').next().unwrap_or(target);
+        if path == super::OWN_PREFIX || path.starts_with("/_ssegate/") {
+            return Next::Hyper;
+        }
+        if self.events_rest(path).is_some() {
+            return match self.plain_stream_request(buf) {
+                Some((parts, _)) => Next::Stream(parts),
+                None => Next::Hyper,
+            };
+        }
+
+        let mut host = None;
+        let mut hosts = 0;
+        let mut length = None;
+        let mut lengths = 0;
+        let mut close = false;
+        let mut has = Has::default();
+        for h in req.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+                host = Some(h.value);
+            } else if name.eq_ignore_ascii_case("content-length") {
+                lengths += 1;
+                length = parse_length(h.value);
+            } else if name.eq_ignore_ascii_case("connection") {
+                for t in tokens(h.value) {
+                    if t.eq_ignore_ascii_case("upgrade") {
+                        return Next::Hyper;
+                    }
+                    close |= t.eq_ignore_ascii_case("close");
+                    has.connection = true;
+                }
+            } else if ["transfer-encoding", "upgrade", "expect"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            {
+                return Next::Hyper;
+            } else if name.eq_ignore_ascii_case("x-forwarded-for")
+                || name.eq_ignore_ascii_case("forwarded")
+            {
+                has.hops = true;
+            } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+                has.proto = true;
+            } else if name.eq_ignore_ascii_case("x-forwarded-host") {
+                has.host = true;
+            }
+        }
+        let (Some(host), 1) = (host, hosts) else {
+            return Next::Hyper;
+        };
+        let body_len = match (length, lengths) {
+            (None, 0) => 0,
+            (Some(n), 1) if n <= MAX_BODY => n as usize,
+            _ => return Next::Hyper,
+        };
+        let plain = Plain {
+            head_len,
+            body_len,
+            head_request: method == "HEAD",
+            idempotent: matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+            ),
+            close,
+        };
+
+        let policy = self.policy();
+        let trusted = policy
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip()));
+        // Headers the `Connection` header names are hop-by-hop too.
+        let named: Vec<&str> = if has.connection {
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .flat_map(|h| tokens(h.value))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let kept = |name: &str| !named.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let lines = |name: &'static str| {
+            req.headers
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name) && kept(h.name))
+                .map(|h| h.value)
+        };
+        let ip = if trusted && has.hops {
+            let mut hops = HeaderMap::new();
+            for name in ["x-forwarded-for", "forwarded"] {
+                for v in lines(name) {
+                    if let Ok(v) = HeaderValue::from_bytes(v) {
+                        hops.append(name, v);
+                    }
+                }
+            }
+            client_ip(peer.ip(), &hops, &policy.trusted_proxies)
+        } else {
+            peer.ip()
+        };
+        if let Some(resp) = self.limit_request(ip) {
+            self.metrics.proxied(resp.status().as_u16(), None);
+            return Next::Answer(plain, resp);
+        }
+
+        out.clear();
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let keep_proto = trusted && has.proto && lines("x-forwarded-proto").next().is_some();
+        let keep_host = trusted && has.host && lines("x-forwarded-host").next().is_some();
+        for h in req.headers.iter() {
+            let name = h.name;
+            let replaced = [
+                "host",
+                "content-length",
+                "x-forwarded-for",
+                "forwarded",
+                "expect",
+            ]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+                || (!keep_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
+                || (!keep_host && name.eq_ignore_ascii_case("x-forwarded-host"));
+            if replaced || is_hop_by_hop(name) || !kept(name) {
+                continue;
+            }
+            line(out, name.as_bytes(), h.value);
+        }
+        let hops = Hops::new(
+            peer.ip(),
+            std::str::from_utf8(host).ok(),
+            if has.hops {
+                join_lines(lines("x-forwarded-for"))
+            } else {
+                None
+            },
+            if has.hops {
+                join_lines(lines("forwarded"))
+            } else {
+                None
+            },
+        );
+        line(out, b"host", host);
+        line(out, b"x-forwarded-for", hops.x_forwarded_for.as_bytes());
+        if !keep_proto {
+            line(out, b"x-forwarded-proto", PROTO.as_bytes());
+        }
+        if !keep_host {
+            line(out, b"x-forwarded-host", host);
+        }
+        line(out, b"forwarded", hops.forwarded.as_bytes());
+        if let Some(n) = length {
+            line(out, b"content-length", n.to_string().as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        Next::Forward(plain)
+    }
+
+    /// Sends the request in `out` to the app and relays its answer (or a 502/504) to the
+    /// client. Whether the client's connection can take another request.
+    async fn forward_plain(
+        &self,
+        client: &mut SendTimeout,
+        plain: &Plain,
+        close: bool,
+        out: &mut Vec<u8>,
+        upstream_buf: &mut BytesMut,
+    ) -> bool {
+        let upstreams = &self.upstreams;
+        let started = Instant::now();
+        upstream_buf.clear();
+        let exchange = upstreams.exchange(out, plain.head_request, plain.idempotent, upstream_buf);
+        let (conn, head) = match tokio::time::timeout(upstreams.response_timeout, exchange).await {
+            Ok(Ok(done)) => done,
+            failed => {
+                let e = match failed {
+                    Ok(Err(e)) => e,
+                    _ => ForwardError::Timeout(
+                        upstreams.authority().to_owned(),
+                        upstreams.response_timeout,
+                    ),
+                };
+                self.metrics
+                    .proxied(e.status().as_u16(), Some(started.elapsed()));
+                tracing::debug!(error = %e, "forwarding failed");
+                return answer_here(client, error_response(&e), plain.head_request, close, out)
+                    .await;
+            }
+        };
+        self.metrics.proxied(head.status, Some(started.elapsed()));
+        let close = close || head.framing == Framing::Close;
+        relay::client_head(&upstream_buf[..head.len], &head, close, out);
+        upstream_buf.advance(head.len);
+        match relay::relay_body(
+            client,
+            conn,
+            head.reusable,
+            head.framing,
+            out,
+            upstream_buf,
+            upstreams,
+        )
+        .await
+        {
+            Relayed::Done => !close,
+            Relayed::Broken => false,
+        }
+    }
+}
+
+/// Which forwarding-related headers a request carries.
+#[derive(Default)]
+struct Has {
+    connection: bool,
+    hops: bool,
+    proto: bool,
+    host: bool,
+}
+
+/// Appends the header line `name: value`.
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads until `buf` holds at least `len` bytes; false if the client left or took longer
+/// than `wait`.
+async fn read_to(
+    client: &mut SendTimeout,
+    buf: &mut BytesMut,
+    len: usize,
+    wait: std::time::Duration,
+) -> bool {
+    let deadline = Instant::now() + wait;
+    while buf.len() < len {
+        buf.reserve(len - buf.len());
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Writes a response of ssegate's own (a 429, 502 or 504) with its length, keeping the
+/// connection unless `close`. Whether the connection can take another request.
+async fn answer_here(
+    client: &mut SendTimeout,
+    resp: Response<Body>,
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let (parts, body) = resp.into_parts();
+    let body = match body {
+        Body::Full(b) => b.unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    out.clear();
+    super::raw::encode_head(&parts, out);
+    line(out, b"content-length", body.len().to_string().as_bytes());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head_request {
+        out.extend_from_slice(&body);
+    }
+    client.write_all(out).await.is_ok()
+}

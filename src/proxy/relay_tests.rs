@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+/// Scans `body` fed in pieces split at every pair of points: the end is found at the same
+/// place however the bytes arrive.
+fn scan_split(framing: Framing, body: &[u8]) -> Result<Option<usize>, ()> {
+    let whole = {
+        let mut end = BodyEnd::new(framing);
+        match end.scan(body)? {
+            (n, true) => Some(n),
+            (_, false) => None,
+        }
+    };
+    for a in 0..=body.len() {
+        for b in a..=body.len() {
+            let mut end = BodyEnd::new(framing);
+            let mut taken = 0;
+            let mut found = None;
+            for piece in [&body[..a], &body[a..b], &body[b..]] {
+                let (n, done) = end.scan(piece)?;
+                taken += n;
+                if done {
+                    found = Some(taken);
+                    break;
+                }
+                assert_eq!(n, piece.len(), "an unfinished body takes every byte");
+            }
+            assert_eq!(found, whole, "split at {a} and {b}");
+        }
+    }
+    Ok(whole)
+}
+
+#[test]
+fn chunked_bodies_end_after_the_last_chunk_and_trailers() {
+    let body = b"5\r\nhello\r\n1;ext=\"x\"\r\n!\r\n0\r\n\r\nNEXT";
+    assert_eq!(scan_split(Framing::Chunked, body), Ok(Some(body.len() - 4)));
+    let trailers = b"A\r\n0123456789\r\n0\r\nx-sum: 1\r\nx-more: 2\r\n\r\n";
+    assert_eq!(
+        scan_split(Framing::Chunked, trailers),
+        Ok(Some(trailers.len()))
+    );
+    let unfinished = b"5\r\nhel";
+    assert_eq!(scan_split(Framing::Chunked, unfinished), Ok(None));
+}
+
+#[test]
+fn broken_chunk_framing_is_refused() {
+    for bad in [
+        &b"5\r\nhello!\r\n0\r\n\r\n"[..],
+        b"x\r\n",
+        b"\r\n",
+        b"5\nhello\r\n",
+        b"0\r\n\n",
+        b"0\r\nbad\ntrailer\r\n\r\n",
+        b"fffffffffffffffff\r\n",
+    ] {
+        assert_eq!(
+            BodyEnd::new(Framing::Chunked).scan(bad),
+            Err(()),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+#[test]
+fn lengths_and_close_delimited_bodies() {
+    assert_eq!(scan_split(Framing::Length(5), b"helloNEXT"), Ok(Some(5)));
+    assert_eq!(scan_split(Framing::Empty, b"NEXT"), Ok(Some(0)));
+    let mut close = BodyEnd::new(Framing::Close);
+    assert_eq!(close.scan(b"abc"), Ok((3, false)));
+    close.finish();
+    assert_eq!(close.scan(b""), Ok((0, true)));
+}
+
+fn head(raw: &str, head_request: bool) -> Result<Option<ResponseHead>, String> {
+    parse_response(raw.as_bytes(), head_request)
+}
+
+#[test]
+fn response_framing() {
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (h.status, h.framing, h.reusable),
+        (200, Framing::Length(5), true)
+    );
+    assert_eq!(h.len, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".len());
+    // Chunked wins over a length, and the length is not believed.
+    let h = head(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.framing, Framing::Chunked);
+    // A coding other than chunked last, or no length at all: until close, not reusable.
+    for raw in [
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\n\r\n",
+    ] {
+        let h = head(raw, false).unwrap().unwrap();
+        assert_eq!((h.framing, h.reusable), (Framing::Close, false), "{raw}");
+    }
+    // No body for HEAD, 204 and 304, whatever the length says.
+    let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+        .unwrap()
+        .unwrap();
+    assert_eq!((h.framing, h.reusable), (Framing::Empty, true));
+    for status in ["204 No Content", "304 Not Modified"] {
+        let raw = format!("HTTP/1.1 {status}\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(head(&raw, false).unwrap().unwrap().framing, Framing::Empty);
+    }
+    // Keep-alive rules.
+    let h = head(
+        "HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(!h.reusable);
+    let h = head("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false)
+        .unwrap()
+        .unwrap();
+    assert!(!h.reusable);
+    let h = head(
+        "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert!(h.reusable);
+    assert!(
+        head("HTTP/1.1 200 OK\r\ncontent-le", false)
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn ambiguous_or_malformed_responses_are_refused() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "NOT HTTP\r\n\r\n",
+    ] {
+        assert!(head(raw, false).is_err(), "{raw}");
+    }
+    // The same length twice is one length.
+    let h = head(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+        false,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.framing, Framing::Length(5));
+}
+
+#[test]
+fn the_client_head_drops_hop_by_hop_headers_and_states_its_framing() {
+    let raw = "HTTP/1.1 201 Made It\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+               Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
+               Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
+    let h = head(raw, false).unwrap().unwrap();
+    let mut out = Vec::new();
+    client_head(raw.as_bytes(), &h, false, &mut out);
+    assert_eq!(
+        String::from_utf8(out.clone()).unwrap(),
+        "HTTP/1.1 201 Made It\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    );
+    let raw = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
+    let h = head(raw, true).unwrap().unwrap();
+    client_head(raw.as_bytes(), &h, true, &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\n"
+    );
+}
