@@ -13,4 +13,5 @@ mod ops;
 mod proxy;
 mod publish;
 mod redis;
+mod relay;
 mod stream;
