@@ -144,6 +144,11 @@ impl Forwarder {
             return Response::from_parts(parts, Body::Empty);
         }
         let (mut parts, body) = resp.into_parts();
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            // hyper has decoded the chunked body; a length sent with it is not the body's
+            // (RFC 9112 §6.3) and would truncate or stall the client.
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
         strip_hop_by_hop(&mut parts.headers);
         Response::from_parts(parts, Body::Incoming(body))
     }

@@ -221,30 +221,35 @@ impl Upstreams {
             }
         };
         conn.write_all(request).await.map_err(broken)?;
+        // Whether the app has sent anything at all (an informational answer counts).
+        let mut heard = false;
         loop {
             buf.reserve(READ_SIZE);
             match conn.read_buf(buf).await {
-                Ok(0) if buf.is_empty() && reused => return Err(Failure::Stale),
+                Ok(0) if !heard && reused => return Err(Failure::Stale),
                 Ok(0) => return Err(self.invalid("the app closed the connection mid-answer")),
-                Ok(_) => {}
-                Err(e) if buf.is_empty() => return Err(broken(e)),
+                Ok(_) => heard = true,
+                Err(e) if !heard => return Err(broken(e)),
                 Err(e) => return Err(self.invalid(&e.to_string())),
             }
-            match parse_response(buf, head_request) {
-                Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
-                    // Informational (103 Early Hints and the like): not passed on, as
-                    // hyper's client does not either; the final answer follows.
-                    buf.advance(head.len);
+            // Every whole head read so far: informational ones are skipped.
+            loop {
+                match parse_response(buf, head_request) {
+                    Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
+                        // Informational (103 Early Hints and the like): not passed on, as
+                        // hyper's client does not either; the final answer follows.
+                        buf.advance(head.len);
+                    }
+                    Ok(Some(head)) if head.status == 101 => {
+                        return Err(self.invalid("the app switched protocols unasked"));
+                    }
+                    Ok(Some(head)) => return Ok((conn, head)),
+                    Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
+                        return Err(self.invalid("the response head is too large"));
+                    }
+                    Ok(None) => break,
+                    Err(why) => return Err(self.invalid(&why)),
                 }
-                Ok(Some(head)) if head.status == 101 => {
-                    return Err(self.invalid("the app switched protocols unasked"));
-                }
-                Ok(Some(head)) => return Ok((conn, head)),
-                Ok(None) if buf.len() > MAX_RESPONSE_HEAD => {
-                    return Err(self.invalid("the response head is too large"));
-                }
-                Ok(None) => {}
-                Err(why) => return Err(self.invalid(&why)),
             }
         }
     }
