@@ -309,35 +309,35 @@ pub(super) struct Hops {
 }
 
 impl Hops {
-    /// This hop (from `peer`, for `host`) after the hops `received` so far (each header's
-    /// lines joined, as [`joined`] does).
+    /// This hop (from `peer`, for `host`) after the hops the request arrived with: its
+    /// `x_forwarded_for` and `forwarded` lines, each header's joined as [`joined`] does.
     pub(super) fn new(
         peer: IpAddr,
         host: Option<&str>,
         x_forwarded_for: Option<String>,
         forwarded: Option<String>,
     ) -> Self {
-        let x_forwarded_for = match x_forwarded_for {
-            Some(prev) => format!("{prev}, {peer}"),
-            None => peer.to_string(),
+        use std::fmt::Write;
+        // Writing into a String cannot fail.
+        let mut x_forwarded_for = x_forwarded_for.unwrap_or_default();
+        if !x_forwarded_for.is_empty() {
+            x_forwarded_for.push_str(", ");
+        }
+        let _ = write!(x_forwarded_for, "{peer}");
+        let mut forwarded = forwarded.unwrap_or_default();
+        if !forwarded.is_empty() {
+            forwarded.push_str(", ");
+        }
+        let _ = match peer {
+            IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={PROTO}"),
+            IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={PROTO}"),
         };
-        let node = match peer {
-            IpAddr::V4(ip) => ip.to_string(),
-            IpAddr::V6(ip) => format!("\"[{ip}]\""),
-        };
-        let mut element = format!("for={node};proto={PROTO}");
         if let Some(h) = host
             && h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         {
-            element.push_str(";host=\"");
-            element.push_str(h);
-            element.push('"');
+            let _ = write!(forwarded, ";host=\"{h}\"");
         }
-        let forwarded = match forwarded {
-            Some(prev) => format!("{prev}, {element}"),
-            None => element,
-        };
         Self {
             x_forwarded_for,
             forwarded,

@@ -16,13 +16,14 @@
 //! the same code as hyper's path.
 
 use super::forward::{Hops, PROTO, join_lines};
-use super::relay::{self, Framing, Relayed, is_hop_by_hop, parse_length, tokens};
+use super::relay::{self, Framing, Relayed, Want, is_hop_by_hop, parse_length, tokens};
 use super::{ForwardError, Public, client_ip};
 use crate::response::{ApiError, Body, error_response};
 use crate::server::{Held, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Response};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,8 +85,10 @@ impl Public {
     ) -> Option<Unserved> {
         let mut client = SendTimeout::new(stream, options.send_timeout);
         let mut buf = BytesMut::new();
-        // The request as sent to the app, then the response head as sent to the client.
+        // The request as sent to the app.
         let mut out = Vec::new();
+        // The response head as sent to the client.
+        let mut head_out = Vec::new();
         let mut upstream_buf = BytesMut::new();
         loop {
             let (next, deadline) = self
@@ -107,7 +110,7 @@ impl Public {
                     });
                 }
                 Next::Stream(parts) => {
-                    drop((buf, out, upstream_buf));
+                    drop((buf, out, head_out, upstream_buf));
                     let resp = self.stream_parts(parts, peer).await;
                     super::raw::respond(client.into_inner(), resp, options.send_timeout, held)
                         .await;
@@ -129,8 +132,15 @@ impl Public {
                 None => {
                     out.extend_from_slice(&buf[plain.head_len..whole]);
                     buf.advance(whole);
-                    self.forward_plain(&mut client, &plain, close, &mut out, &mut upstream_buf)
-                        .await
+                    self.forward_plain(
+                        &mut client,
+                        &plain,
+                        close,
+                        &mut out,
+                        &mut head_out,
+                        &mut upstream_buf,
+                    )
+                    .await
                 }
             };
             if !keep || close {
@@ -353,7 +363,7 @@ impl Public {
         }
         line(out, b"forwarded", hops.forwarded.as_bytes());
         if let Some(n) = length {
-            line(out, b"content-length", n.to_string().as_bytes());
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         out.extend_from_slice(b"\r\n");
         Next::Forward(plain)
@@ -367,12 +377,18 @@ impl Public {
         plain: &Plain,
         close: bool,
         out: &mut Vec<u8>,
+        head_out: &mut Vec<u8>,
         upstream_buf: &mut BytesMut,
     ) -> bool {
         let upstreams = &self.upstreams;
         let started = Instant::now();
         upstream_buf.clear();
-        let exchange = upstreams.exchange(out, plain.head_request, plain.idempotent, upstream_buf);
+        let want = Want {
+            head_request: plain.head_request,
+            idempotent: plain.idempotent,
+            close,
+        };
+        let exchange = upstreams.exchange(out, want, upstream_buf, head_out);
         let (conn, head) = match tokio::time::timeout(upstreams.response_timeout, exchange).await {
             Ok(Ok(done)) => done,
             failed => {
@@ -392,14 +408,13 @@ impl Public {
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));
         let close = close || head.framing == Framing::Close;
-        relay::client_head(&upstream_buf[..head.len], &head, close, out);
         upstream_buf.advance(head.len);
         match relay::relay_body(
             client,
             conn,
             head.reusable,
             head.framing,
-            out,
+            head_out,
             upstream_buf,
             upstreams,
         )
@@ -436,6 +451,9 @@ async fn read_to(
     len: usize,
     wait: std::time::Duration,
 ) -> bool {
+    if buf.len() >= len {
+        return true;
+    }
     let deadline = Instant::now() + wait;
     while buf.len() < len {
         buf.reserve(len - buf.len());
@@ -463,7 +481,7 @@ async fn answer_here(
     };
     out.clear();
     super::raw::encode_head(&parts, out);
-    line(out, b"content-length", body.len().to_string().as_bytes());
+    let _ = write!(out, "content-length: {}\r\n", body.len());
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }

@@ -13,7 +13,7 @@ use super::forward::HOP_BY_HOP;
 use crate::server::SendTimeout;
 use bytes::{Buf, BytesMut};
 use hyper::Uri;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +53,17 @@ enum Failure {
     Stale,
     /// Anything else: answered 502 or 504.
     Fatal(ForwardError),
+}
+
+/// What the client's request expects of the answer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Want {
+    /// A `HEAD` request: the answer has no body.
+    pub head_request: bool,
+    /// Safe to send again if a kept-alive connection turns out to be closed.
+    pub idempotent: bool,
+    /// The client's connection closes after this answer.
+    pub close: bool,
 }
 
 /// What the app answered, parsed.
@@ -168,21 +179,22 @@ impl Upstreams {
     }
 
     /// Sends `request` (a whole request, head and body) and reads the response head into
-    /// `buf`, on an idle connection if there is one, else on a new one. A request found to
-    /// have gone out on a connection the app had closed is sent once more on a new one if
-    /// `retry` allows (the app cannot have acted on it: it answered nothing).
+    /// `buf`, on an idle connection if there is one, else on a new one; the head to send the
+    /// client is written to `client_head`. A request found to have gone out on a connection
+    /// the app had closed is sent once more on a new one if it is idempotent (the app
+    /// answered nothing, but may have seen it).
     pub(super) async fn exchange(
         &self,
         request: &[u8],
-        head_request: bool,
-        retry: bool,
+        want: Want,
         buf: &mut BytesMut,
+        client_head: &mut Vec<u8>,
     ) -> Result<(TcpStream, ResponseHead), ForwardError> {
         if let Some(conn) = self.take_idle() {
-            match self.send(conn, request, head_request, buf, true).await {
+            match self.send(conn, request, want, buf, client_head, true).await {
                 Ok(done) => return Ok(done),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Stale) if retry => buf.clear(),
+                Err(Failure::Stale) if want.idempotent => buf.clear(),
                 Err(Failure::Stale) => {
                     return Err(ForwardError::Unreachable(
                         self.authority.clone(),
@@ -192,7 +204,10 @@ impl Upstreams {
             }
         }
         let conn = self.connect().await?;
-        match self.send(conn, request, head_request, buf, false).await {
+        match self
+            .send(conn, request, want, buf, client_head, false)
+            .await
+        {
             Ok(done) => Ok(done),
             Err(Failure::Fatal(e)) => Err(e),
             Err(Failure::Stale) => Err(ForwardError::Unreachable(
@@ -206,8 +221,9 @@ impl Upstreams {
         &self,
         mut conn: TcpStream,
         request: &[u8],
-        head_request: bool,
+        want: Want,
         buf: &mut BytesMut,
+        client_head: &mut Vec<u8>,
         reused: bool,
     ) -> Result<(TcpStream, ResponseHead), Failure> {
         let broken = |e: io::Error| {
@@ -234,7 +250,7 @@ impl Upstreams {
             }
             // Every whole head read so far: informational ones are skipped.
             loop {
-                match parse_response(buf, head_request) {
+                match parse_response(buf, want, client_head) {
                     Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                         // Informational (103 Early Hints and the like): not passed on, as
                         // hyper's client does not either; the final answer follows.
@@ -262,11 +278,13 @@ impl Upstreams {
     }
 }
 
-/// The response head at the start of `buf`, if it is complete. `Err` for a response that
-/// cannot be relayed safely (malformed, or framed ambiguously).
+/// The response head at the start of `buf`, if it is complete; for a final answer, the
+/// head to send the client is written to `out`. `Err` for a response that cannot be
+/// relayed safely (malformed, or framed ambiguously).
 pub(super) fn parse_response(
     buf: &[u8],
-    head_request: bool,
+    want: Want,
+    out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -281,6 +299,7 @@ pub(super) fn parse_response(
     let mut chunked = false;
     let mut coded = false;
     let mut close = !http11;
+    let mut named = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(h.value).ok_or("an invalid Content-Length")?;
@@ -300,11 +319,13 @@ pub(super) fn parse_response(
                     close = true;
                 } else if t.eq_ignore_ascii_case("keep-alive") && !http11 {
                     close = false;
+                } else {
+                    named = true;
                 }
             }
         }
     }
-    let framing = if head_request || status == 204 || status == 304 || status < 200 {
+    let framing = if want.head_request || status == 204 || status == 304 || status < 200 {
         Framing::Empty
     } else if coded && chunked {
         Framing::Chunked
@@ -315,12 +336,16 @@ pub(super) fn parse_response(
     } else {
         Framing::Close
     };
-    Ok(Some(ResponseHead {
+    let head = ResponseHead {
         status,
         len,
         framing,
         reusable: !close && framing != Framing::Close,
-    }))
+    };
+    if status >= 200 {
+        client_head(&resp, &head, want.close, named, out);
+    }
+    Ok(Some(head))
 }
 
 /// A `Content-Length` value: ASCII digits only (no sign, no list).
@@ -345,33 +370,40 @@ pub(super) fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case("upgrade")
 }
 
-/// Writes the client's response head for the app's head at the start of `buf` into `out`:
-/// the status line, the app's headers without the hop-by-hop ones (and those its
+/// Writes the client's response head for the app's head `resp` into `out`: the status
+/// line, the app's headers without the hop-by-hop ones (and, if `named`, those its
 /// `Connection` header names), then the framing ssegate relays the body with, and
-/// `connection: close` if `close`.
-pub(super) fn client_head(buf: &[u8], head: &ResponseHead, close: bool, out: &mut Vec<u8>) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    // Parsed whole once already by `parse_response`.
-    let _ = resp.parse(buf);
+/// `connection: close` if the client's connection closes after it.
+fn client_head(
+    resp: &httparse::Response<'_, '_>,
+    head: &ResponseHead,
+    close: bool,
+    named: bool,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(head.status.to_string().as_bytes());
+    let _ = write!(out, "{}", head.status);
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named: Vec<&str> = resp
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .collect();
+    let named: Vec<&str> = if named {
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| tokens(h.value))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut length = None;
     for h in resp.headers.iter() {
         let name = h.name;
-        if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("content-length")
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-        {
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(h.value);
+            continue;
+        }
+        if is_hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -382,18 +414,15 @@ pub(super) fn client_head(buf: &[u8], head: &ResponseHead, close: bool, out: &mu
     match head.framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         // A HEAD's or a 304's length describes the body it would have had.
         Framing::Empty => {
-            if let Some(h) = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            if let Some(value) = length
                 && head.status != 204
             {
                 out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(h.value);
+                out.extend_from_slice(value);
                 out.extend_from_slice(b"\r\n");
             }
         }

@@ -75,7 +75,23 @@ fn lengths_and_close_delimited_bodies() {
 }
 
 fn head(raw: &str, head_request: bool) -> Result<Option<ResponseHead>, String> {
-    parse_response(raw.as_bytes(), head_request)
+    client_head_of(raw, head_request, false).map(|h| h.map(|(h, _)| h))
+}
+
+/// The parsed head and the head for the client.
+fn client_head_of(
+    raw: &str,
+    head_request: bool,
+    close: bool,
+) -> Result<Option<(ResponseHead, String)>, String> {
+    let want = Want {
+        head_request,
+        idempotent: true,
+        close,
+    };
+    let mut out = Vec::new();
+    let head = parse_response(raw.as_bytes(), want, &mut out)?;
+    Ok(head.map(|h| (h, String::from_utf8(out).unwrap())))
 }
 
 #[test]
@@ -165,19 +181,19 @@ fn the_client_head_drops_hop_by_hop_headers_and_states_its_framing() {
     let raw = "HTTP/1.1 201 Made It\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
                Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\
                Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
-    let h = head(raw, false).unwrap().unwrap();
-    let mut out = Vec::new();
-    client_head(raw.as_bytes(), &h, false, &mut out);
+    let (_, out) = client_head_of(raw, false, false).unwrap().unwrap();
     assert_eq!(
-        String::from_utf8(out.clone()).unwrap(),
+        out,
         "HTTP/1.1 201 Made It\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
          transfer-encoding: chunked\r\n\r\n"
     );
     let raw = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n";
-    let h = head(raw, true).unwrap().unwrap();
-    client_head(raw.as_bytes(), &h, true, &mut out);
+    let (_, out) = client_head_of(raw, true, true).unwrap().unwrap();
     assert_eq!(
-        String::from_utf8(out).unwrap(),
+        out,
         "HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\n"
     );
+    let raw = "HTTP/1.1 200 OK\r\n\r\nuntil close";
+    let (_, out) = client_head_of(raw, false, false).unwrap().unwrap();
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
 }
