@@ -3,6 +3,7 @@
 #   2a publish throughput (no subscriber): single events, and batches of 100
 #   2b fan-out to 1,000 subscribers on one topic: 20 events/s for 10 s, and a burst of 200
 #   2c memory of 100,000 job topics created and closed (history: 1,000 events / 10 s)
+#   2d the webhook's latency seen by a separate publisher (curl) while 2b's fan-out runs
 # Runs each RUNS times (default 3) and prints the medians as a markdown table; the raw
 # reports go to $DIR (printed at the start).
 #
@@ -20,7 +21,7 @@ OUT="$DIR/results.jsonl"
 SSEGATE_BIN="${SSEGATE_BIN:-}"
 if [ -z "$SSEGATE_BIN" ]; then cargo build --release -q; SSEGATE_BIN=target/release/ssegate; fi
 LOADGEN_BIN="${LOADGEN_BIN:-$(bench_exe loadgen)}"
-SCENARIOS="${*:-2a 2b 2c}"
+SCENARIOS="${*:-2a 2b 2d 2c}"
 export RUN="$DIR/ssegate" LISTEN=127.0.0.1:18080 ADMIN=127.0.0.1:18081 SSEGATE_BIN
 trap 'benches/run-ssegate.sh stop' EXIT
 echo "results in $DIR"
@@ -50,6 +51,26 @@ for r in $(seq 1 "$RUNS"); do
         2b)
             one 2b-rate -- run --streams 1000 --topics 1 --rate 20 --duration 10 --publishers 2
             one 2b-burst -- run --streams 1000 --topics 1 --burst 200 --publishers 4
+            ;;
+        2d)
+            # The webhook's own latency while 2b-rate's fan-out runs, seen by a publisher
+            # outside the load generator (whose runtime is busy reading the deliveries).
+            BUSY=0
+            wait_quiet "$QUIET_WAIT" 10
+            pid=$(benches/run-ssegate.sh start)
+            "$LOADGEN_BIN" --json run --streams 1000 --topics 1 --rate 20 --duration 15 \
+                --publishers 2 --pid "$pid" > "$DIR/2d-loadgen.txt" 2>>"$DIR/stderr.log" &
+            lg=$!
+            sleep 4
+            for _ in $(seq 1 200); do
+                curl -s -o /dev/null -w '%{time_total}\n' -H 'content-type: application/json' \
+                    -d '{"topic":"elsewhere","data":"x"}' "http://$ADMIN/publish"
+                sleep 0.04
+            done | sort -n | awk -v l=2d-webhook -v b="$BUSY" '{ a[NR] = $1 * 1000 } END {
+                printf "{\"label\":\"%s\",\"busy_before_pct\":%s,\"webhook\":{\"p50_ms\":%.3f,\"p99_ms\":%.3f,\"max_ms\":%.3f}}\n",
+                    l, b, a[int(NR * 0.5)], a[int(NR * 0.99)], a[NR] }' >> "$OUT"
+            wait "$lg"
+            benches/run-ssegate.sh stop
             ;;
         2c)
             one 2c-jobs HISTORY_MAX_EVENTS=1000 HISTORY_MAX_AGE=10s -- \
@@ -81,6 +102,13 @@ if grep -q '"2b-' "$OUT"; then
     for l in 2b-rate 2b-burst; do
         echo "| $l | $(med $l .deliveries_per_s 0) | $(med $l .latency.p50_ms) / $(med $l .latency.p99_ms) | $(med $l .last_delivery.p50_ms) / $(med $l .last_delivery.p99_ms) / $(med $l .last_delivery.max_ms) | $(med $l .lost 0) | $(med $l .duplicated 0) | $(med $l .cpu_us_per_delivery) | $(med $l .kb_per_stream 1) | $(med $l .connect_s 3) |"
     done
+    echo
+fi
+if grep -q '"2d-' "$OUT"; then
+    echo "| 2d webhook while 2b-rate's fan-out runs (200 publishes by curl, ~20/s) | p50 ms | p99 ms | max ms |"
+    echo "|---|---|---|---|"
+    l=2d-webhook
+    echo "| $l | $(med $l .webhook.p50_ms) | $(med $l .webhook.p99_ms) | $(med $l .webhook.max_ms) |"
     echo
 fi
 if grep -q '"2c-' "$OUT"; then
