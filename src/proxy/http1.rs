@@ -16,7 +16,9 @@
 //! the same code as hyper's path.
 
 use super::forward::{Hops, PROTO, join_lines};
-use super::relay::{self, Framing, Relayed, Want, is_hop_by_hop, parse_length, tokens};
+use super::relay::{
+    self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
+};
 use super::{ForwardError, Public, client_ip};
 use crate::response::{ApiError, Body, error_response};
 use crate::server::{Held, Options, SendTimeout, Unserved};
@@ -280,12 +282,8 @@ impl Public {
             .iter()
             .any(|n| n.contains(&peer.ip()));
         // Headers the `Connection` header names are hop-by-hop too.
-        let named: Vec<&str> = if has.connection {
-            req.headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-                .flat_map(|h| tokens(h.value))
-                .collect()
+        let named = if has.connection {
+            connection_named(req.headers)
         } else {
             Vec::new()
         };

@@ -365,6 +365,15 @@ pub(super) fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The header names a message's `Connection` header lists: hop-by-hop for that message.
+pub(super) fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h str> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| tokens(h.value))
+        .collect()
+}
+
 /// Whether `name` is a header that concerns one connection only and is never passed on.
 pub(super) fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || name.eq_ignore_ascii_case("upgrade")
@@ -387,12 +396,8 @@ fn client_head(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let named: Vec<&str> = if named {
-        resp.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| tokens(h.value))
-            .collect()
+    let named = if named {
+        connection_named(resp.headers)
     } else {
         Vec::new()
     };
