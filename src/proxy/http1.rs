@@ -20,11 +20,11 @@ use super::relay::{
     self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
 };
 use super::{ForwardError, Public, client_ip};
-use crate::response::{ApiError, Body, error_response};
+use crate::response::{ApiError, Body, error_response, json_error};
 use crate::server::{Held, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::HeaderValue;
-use hyper::{HeaderMap, Response};
+use hyper::{HeaderMap, Response, StatusCode};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,8 +122,20 @@ impl Public {
                 Next::Answer(plain, resp) => (plain, Some(resp)),
             };
             let whole = plain.head_len + plain.body_len;
-            if !read_to(&mut client, &mut buf, whole, options.header_read_timeout).await {
-                return None;
+            match read_to(&mut client, &mut buf, whole, options.header_read_timeout).await {
+                Ok(()) => {}
+                Err(BodyCut::Gone) => return None,
+                Err(BodyCut::Late) => {
+                    // nginx's `client_body_timeout` answer, then the connection closes.
+                    let wait = options.header_read_timeout;
+                    let late = json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        &format!("the request body did not arrive within {wait:?}"),
+                    );
+                    answer_here(&mut client, late, plain.head_request, true, &mut out).await;
+                    return None;
+                }
             }
             let close = plain.close || self.shutdown.is_triggered();
             let keep = match answer {
@@ -214,8 +226,8 @@ impl Public {
             return Next::Hyper;
         }
         if self.events_rest(path).is_some() {
-            return match self.plain_stream_request(buf) {
-                Some((parts, _)) => Next::Stream(parts),
+            return match super::raw::stream_request(&req, head_len, buf.len()) {
+                Some(parts) => Next::Stream(parts),
                 None => Next::Hyper,
             };
         }
@@ -441,26 +453,35 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Reads until `buf` holds at least `len` bytes; false if the client left or took longer
-/// than `wait`.
+/// Why a request body was not read whole.
+enum BodyCut {
+    /// The client closed the connection or broke it.
+    Gone,
+    /// It did not arrive within the header timeout.
+    Late,
+}
+
+/// Reads until `buf` holds at least `len` bytes, within `wait` (a body on this path is
+/// small: 64 KiB at most).
 async fn read_to(
     client: &mut SendTimeout,
     buf: &mut BytesMut,
     len: usize,
     wait: std::time::Duration,
-) -> bool {
+) -> Result<(), BodyCut> {
     if buf.len() >= len {
-        return true;
+        return Ok(());
     }
     let deadline = Instant::now() + wait;
     while buf.len() < len {
         buf.reserve(len - buf.len());
         match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return false,
+            Ok(_) => return Err(BodyCut::Gone),
+            Err(_) => return Err(BodyCut::Late),
         }
     }
-    true
+    Ok(())
 }
 
 /// Writes a response of ssegate's own (a 429, 502 or 504) with its length, keeping the

@@ -14,7 +14,6 @@
 //! and subscribing, a few KiB that an idle stream should not carry for hours. What a stream
 //! holds is the socket, its subscription and the bytes of one unfinished write.
 
-use super::Public;
 use crate::response::{Body, EventBody};
 use crate::server::{Held, SendTimeout};
 use bytes::{Buf, Bytes};
@@ -36,37 +35,29 @@ const MAX_REFUSAL_BODY: usize = 256 * 1024;
 /// Headers that mean the request is not a plain body-less GET.
 const NOT_PLAIN: [&str; 4] = ["content-length", "transfer-encoding", "upgrade", "expect"];
 
-impl Public {
-    /// The request, if `head` is exactly one complete, body-less HTTP/1.1 `GET` of the
-    /// events path, with its length.
-    pub(super) fn plain_stream_request(
-        &self,
-        head: &[u8],
-    ) -> Option<(hyper::http::request::Parts, usize)> {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(head) {
-            Ok(httparse::Status::Complete(len)) if len == head.len() => len,
-            _ => return None,
-        };
-        if req.method != Some("GET") || req.version != Some(1) {
+/// The stream request `req` (a GET of the events path, parsed from a head of `head_len`
+/// bytes, with `read` bytes read), if it is plain: nothing read after its head, and no
+/// header that means a body, an upgrade or an expectation. Otherwise hyper serves it.
+pub(super) fn stream_request(
+    req: &httparse::Request<'_, '_>,
+    head_len: usize,
+    read: usize,
+) -> Option<hyper::http::request::Parts> {
+    if req.method != Some("GET") || req.version != Some(1) || head_len != read {
+        return None;
+    }
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(req.path?)
+        .version(Version::HTTP_11);
+    for h in req.headers.iter() {
+        if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
             return None;
         }
-        let path = req.path?;
-        self.events_rest(path.split('?').next().unwrap_or(path))?;
-        let mut builder = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .version(Version::HTTP_11);
-        for h in req.headers.iter() {
-            if NOT_PLAIN.iter().any(|n| h.name.eq_ignore_ascii_case(n)) {
-                return None;
-            }
-            builder = builder.header(h.name, h.value);
-        }
-        let (parts, ()) = builder.body(()).ok()?.into_parts();
-        Some((parts, len))
+        builder = builder.header(h.name, h.value);
     }
+    let (parts, ()) = builder.body(()).ok()?.into_parts();
+    Some(parts)
 }
 
 /// Writes `resp` on a connection that is closed after it. An event stream is sent

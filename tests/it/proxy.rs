@@ -51,18 +51,6 @@ async fn recording_upstream() -> (Upstream, mpsc::UnboundedReceiver<Seen>) {
     (up, rx)
 }
 
-/// The next request the recording upstream saw.
-async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("the upstream saw no request within the deadline")
-        .expect("the upstream is gone")
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(|v| v.to_str().unwrap())
-}
-
 /// A streaming digest (FNV-1a over the bytes, and their count); unlike `DefaultHasher` it
 /// does not depend on how the stream was cut into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

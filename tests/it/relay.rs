@@ -436,23 +436,11 @@ async fn echo_upstream() -> (Upstream, mpsc::UnboundedReceiver<Seen>) {
     (up, rx)
 }
 
-/// The next request the app saw.
-async fn next_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
-    tokio::time::timeout(DEADLINE, rx.recv())
-        .await
-        .expect("the app saw no request within the deadline")
-        .expect("the app is gone")
-}
-
 /// Asserts the app saw no further request.
 fn assert_no_more_seen(rx: &mut mpsc::UnboundedReceiver<Seen>) {
     if let Ok(s) = rx.try_recv() {
         panic!("the app saw an unexpected request: {s:?}");
     }
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name).map(|v| v.to_str().unwrap())
 }
 
 /// An app written byte by byte, for answers an HTTP library would not send.
@@ -1197,6 +1185,27 @@ async fn an_idle_kept_alive_connection_is_closed_at_the_header_timeout() {
         idle < timeout + Duration::from_secs(5),
         "closed after {idle:?}"
     );
+}
+
+/// Guards a request body that stops arriving: a 408 with a JSON body at the header read
+/// timeout, the connection closed after it, and nothing sent to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_and_never_reaches_the_app() {
+    let timeout = Duration::from_secs(1);
+    let (up, mut seen) = echo_upstream().await;
+    let options = ssegate::server::Options {
+        header_read_timeout: timeout,
+        ..Default::default()
+    };
+    let gate = sidecar_opts(test_config(&up.uri), options).await;
+    let mut c = Wire::connect(gate.proxy).await;
+    c.send("POST /slow HTTP/1.1\r\nhost: test.local\r\ncontent-length: 10\r\n\r\nabc")
+        .await;
+    let r = c.response("POST").await;
+    assert_eq!(r.status(), 408, "{}", r.head.raw);
+    assert_eq!(r.json()["error"], "request_timeout");
+    c.assert_closed().await;
+    assert_no_more_seen(&mut seen);
 }
 
 /// Guards forwarding headers on a later request of a connection: computed afresh (nothing

@@ -393,6 +393,19 @@ where
     }
 }
 
+/// What a test app reports it saw: the next report, failing after [`DEADLINE`].
+pub async fn next_seen<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .expect("the app saw no request within the deadline")
+        .expect("the app is gone")
+}
+
+/// The value of header `name`, as text.
+pub fn header<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).map(|v| v.to_str().unwrap())
+}
+
 /// The number of open streams, from `/stats`.
 pub async fn connections(admin: SocketAddr) -> u64 {
     let (_, json) = call_json(admin, request("GET", "/stats", &[], Bytes::new())).await;
