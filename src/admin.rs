@@ -65,19 +65,30 @@ impl Admin {
             Arc::new(PublishPolicy::new(config));
     }
 
-    async fn publish(&self, req: Request<Incoming>) -> Result<Response<Body>, PublishError> {
-        let policy = Arc::clone(
+    fn policy(&self) -> Arc<PublishPolicy> {
+        Arc::clone(
             &self
                 .policy
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
+        )
+    }
+
+    /// The one rule for every endpoint that changes something (publish, topic deletion,
+    /// revocation): with `publish.token` set, the request must carry it as a bearer token.
+    fn authorize(&self, req: &Request<Incoming>) -> Result<Arc<PublishPolicy>, PublishError> {
+        let policy = self.policy();
         if let Some(token) = &policy.token {
             let auth = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
             if !publish::token_matches(auth, token) {
                 return Err(PublishError::Unauthorized);
             }
         }
+        Ok(policy)
+    }
+
+    async fn publish(&self, req: Request<Incoming>) -> Result<Response<Body>, PublishError> {
+        let policy = self.authorize(&req)?;
         let ct = req
             .headers()
             .get(CONTENT_TYPE)
@@ -236,6 +247,9 @@ impl Handler for Admin {
                     if method != Method::DELETE {
                         return method_not_allowed("DELETE");
                     }
+                    if let Err(e) = self.authorize(&req) {
+                        return error_response(&e);
+                    }
                     let topic = decode_segment(raw).unwrap_or_default();
                     if let Err(e) = validate_topic(&topic) {
                         return json_error(
@@ -251,6 +265,9 @@ impl Handler for Admin {
                 if let Some(raw) = p.strip_prefix("/subscribers/") {
                     if method != Method::DELETE {
                         return method_not_allowed("DELETE");
+                    }
+                    if let Err(e) = self.authorize(&req) {
+                        return error_response(&e);
                     }
                     let sub = decode_segment(raw).unwrap_or_default();
                     let ended = self.hub.revoke(&sub);

@@ -187,23 +187,28 @@ fn events(w: &mut Walker<'_>, top: &Fields<'_>, d: Events) -> Events {
 fn publish(w: &mut Walker<'_>, top: &Fields<'_>, d: Publish) -> Publish {
     let f = w.section(top, "publish", &["token", "max_body", "max_event_bytes"]);
     let max_body = w.read(&f, "max_body", v::size).known(d.max_body);
-    let max_event_bytes = w
-        .read(&f, "max_event_bytes", v::size)
-        .known(d.max_event_bytes);
-    if let Some((body, event)) = max_body.zip(max_event_bytes).filter(|(b, e)| e > b) {
-        let key = if f.get("max_event_bytes").is_some() {
-            "max_event_bytes"
-        } else {
-            "max_body"
-        };
-        let bad = Bad::new(format!(
-            "max_event_bytes ({event} bytes) is more than max_body ({body} bytes)"
-        ))
-        .hint("an event must fit in a request body");
-        w.refuse(&f, key, bad);
-    }
+    let event_set = w.read(&f, "max_event_bytes", v::size);
+    let explicit_event = matches!(event_set, Got::Value(_));
+    let max_event_bytes = event_set.known(d.max_event_bytes);
+    // A default follows an explicit setting: `max_body: 1KiB` alone caps events at 1 KiB.
+    // Only two explicit values that contradict each other are an error.
+    let max_event_bytes = match (max_body, max_event_bytes) {
+        (Some(body), Some(event)) if event > body && !explicit_event => Some(body),
+        (Some(body), Some(event)) if event > body => {
+            let bad = Bad::new(format!(
+                "max_event_bytes ({event} bytes) is more than max_body ({body} bytes)"
+            ))
+            .hint("an event must fit in a request body");
+            w.refuse(&f, "max_event_bytes", bad);
+            Some(event)
+        }
+        (_, event) => event,
+    };
+    // Left out of the file, the token is SSEGATE_PUBLISH_TOKEN's value: an operator who
+    // sets the variable in the container must not get an open webhook.
+    let token_default = w.env_default("SSEGATE_PUBLISH_TOKEN").or(d.token);
     Publish {
-        token: w.get(&f, "token", d.token, v::optional),
+        token: w.get(&f, "token", token_default, v::optional),
         max_body: max_body.unwrap_or(d.max_body),
         max_event_bytes: max_event_bytes.unwrap_or(d.max_event_bytes),
     }
@@ -225,7 +230,10 @@ fn auth(w: &mut Walker<'_>, top: &Fields<'_>, d: Auth) -> Auth {
     };
     let jwt = Jwt {
         algorithms: algorithms.clone().unwrap_or(d.jwt.algorithms),
-        secret: w.get(&j, "secret", d.jwt.secret, v::optional),
+        secret: {
+            let default = w.env_default("SSEGATE_JWT_SECRET").or(d.jwt.secret);
+            w.get(&j, "secret", default, v::optional)
+        },
         public_key_file: w.get(
             &j,
             "public_key_file",

@@ -109,6 +109,11 @@ impl<'e> Walker<'e> {
         }
     }
 
+    /// A non-empty environment variable: the default of a secret the file leaves out.
+    pub fn env_default(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
     /// Records an error at `node` (or with no location).
     pub fn report(&mut self, path: String, node: Option<&Node>, bad: Bad) {
         self.errors.push(ConfigError {

@@ -571,3 +571,48 @@ async fn a_client_cut_before_its_first_event_resumes_without_loss() {
     assert_eq!(ahead.event().await.data, "3");
     assert!(!String::from_utf8_lossy(&ahead.raw).contains(&format!("id: {start}")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_token_guards_every_mutating_endpoint() {
+    let (gw, _up) = sidecar_with(|c| c.publish.token = Some("s3cret".to_owned())).await;
+    let mut c = SseClient::open(gw.proxy, "/events?topic=guarded").await;
+    for (path, bearer) in [
+        ("/topics/guarded", None),
+        ("/subscribers/alice", None),
+        ("/topics/guarded", Some("Bearer wrong")),
+    ] {
+        let headers: Vec<(&str, &str)> = bearer.map(|b| ("authorization", b)).into_iter().collect();
+        let (status, json) =
+            call_json(gw.admin, request("DELETE", path, &headers, Bytes::new())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "DELETE {path}");
+        assert_eq!(json["error"], "unauthorized");
+    }
+    // Read-only endpoints stay open, as a Prometheus scrape expects.
+    let (status, _) = call_json(gw.admin, request("GET", "/stats", &[], Bytes::new())).await;
+    assert_eq!(status, StatusCode::OK);
+    // The stream survived the refused deletions: a sentinel still arrives on it...
+    let auth = [
+        ("authorization", "Bearer s3cret"),
+        ("content-type", "application/json"),
+    ];
+    let (status, _) = call_json(
+        gw.admin,
+        request(
+            "POST",
+            "/publish",
+            &auth,
+            Bytes::from_static(br#"{"topic":"guarded","data":"still here"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(c.event().await.data, "still here");
+    // ...and the token does what the refusals did not.
+    let (status, _) = call_json(
+        gw.admin,
+        request("DELETE", "/topics/guarded", &auth[..1], Bytes::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(c.event().await.event.as_deref(), Some("ssegate.closed"));
+}

@@ -63,8 +63,17 @@ fn publish_event_must_fit_in_body() {
         e.message,
         "max_event_bytes (2048 bytes) is more than max_body (1024 bytes)"
     );
-    let e = one_err(&format!("{UP}publish:\n  max_body: 1000\n"));
-    assert_eq!((e.path.as_str(), e.line), ("publish.max_body", Some(3)));
+    // The default follows an explicit max_body rather than contradicting it.
+    let c = ok(&format!("{UP}publish:\n  max_body: 1000\n"));
+    assert_eq!(
+        (c.publish.max_body, c.publish.max_event_bytes),
+        (1000, 1000)
+    );
+    let c = ok(&format!("{UP}publish:\n  max_event_bytes: 1000\n"));
+    assert_eq!(
+        (c.publish.max_body, c.publish.max_event_bytes),
+        (1 << 20, 1000)
+    );
 }
 
 #[test]

@@ -110,3 +110,25 @@ fn env_values_never_become_yaml_structure() {
     assert_eq!(c.log.level, "{a: 1}\nlisten: 1.2.3.4:5");
     assert_eq!(c.listen, default_config().listen);
 }
+
+#[test]
+fn secrets_left_out_of_the_file_come_from_the_environment() {
+    let env = [
+        ("SSEGATE_PUBLISH_TOKEN", "pub-secret"),
+        ("SSEGATE_JWT_SECRET", "jwt-secret"),
+    ];
+    let c = with_env(&format!("{UP}auth:\n  mode: jwt\n"), &env).unwrap();
+    assert_eq!(c.publish.token.as_deref(), Some("pub-secret"));
+    assert_eq!(c.auth.jwt.secret.as_deref(), Some("jwt-secret"));
+    // Written in the file, the file wins, even when it says "none".
+    let c = with_env(
+        &format!("{UP}publish:\n  token: \"\"\nauth:\n  jwt: {{ secret: mine }}\n"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.publish.token, None);
+    assert_eq!(c.auth.jwt.secret.as_deref(), Some("mine"));
+    // An empty variable is no token.
+    let c = with_env(UP, &[("SSEGATE_PUBLISH_TOKEN", "")]).unwrap();
+    assert_eq!(c.publish.token, None);
+}
