@@ -60,9 +60,10 @@ pub(super) fn stream_request(
     Some(parts)
 }
 
-/// Writes `resp` on a connection that is closed after it. An event stream is sent
-/// close-delimited (no chunk framing), its first frames in the same write as the head, and
-/// then driven by a task of its own until either side ends it.
+/// Writes `resp` on a connection that is closed after it. An event stream is sent chunked
+/// (an intermediary that buffers close-delimited bodies still passes each chunk on), its
+/// first frames in the same write as the head, and then driven by a task of its own until
+/// either side ends it.
 pub(super) async fn respond(
     mut stream: TcpStream,
     resp: Response<Body>,
@@ -76,7 +77,7 @@ pub(super) async fn respond(
     drop(parts);
     let bytes = match body {
         Body::Stream(mut events) => {
-            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
@@ -85,9 +86,10 @@ pub(super) async fn respond(
             let ended = matches!(
                 events
                     .subscription
-                    .poll_frames(&mut cx, &mut pending, MAX_IOV - 1),
+                    .poll_frames(&mut cx, &mut pending, MAX_FRAMES - 1),
                 Poll::Ready(None)
             );
+            frame_chunk(&mut pending, 1, ended);
             let mut conn = Stream {
                 io: SendTimeout::new(stream, send_timeout),
                 events,
@@ -138,8 +140,46 @@ pub(super) fn encode_head(parts: &hyper::http::response::Parts, out: &mut Vec<u8
     }
 }
 
-/// The most frames written in one vectored write (Linux takes up to 1,024).
+/// The most slices written in one vectored write (Linux takes up to 1,024).
 const MAX_IOV: usize = 256;
+
+/// The most event frames taken at once: one chunk, with its size line and its CRLF, is
+/// then one vectored write.
+const MAX_FRAMES: usize = MAX_IOV - 2;
+
+/// Frames the event frames `pending[from..]` as one HTTP/1.1 chunk (size line before, CRLF
+/// after), and appends the last chunk if the stream `ends`. The frames themselves stay the
+/// shared `Bytes` of every other subscriber; only the size line is this stream's own.
+fn frame_chunk(pending: &mut Vec<Bytes>, from: usize, ends: bool) {
+    let len: usize = pending[from..].iter().map(Bytes::len).sum();
+    if len > 0 {
+        let mut line = [0u8; 18];
+        let n = hex_line(len, &mut line);
+        pending.insert(from, Bytes::copy_from_slice(&line[..n]));
+        pending.push(Bytes::from_static(b"\r\n"));
+    }
+    if ends {
+        pending.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+}
+
+/// Writes `n` in hex followed by CRLF into `out`; how many bytes that took.
+fn hex_line(mut n: usize, out: &mut [u8; 18]) -> usize {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    out[len..len + 2].copy_from_slice(b"\r\n");
+    len + 2
+}
 
 /// An event stream after its response head: writes the subscription's frames as they
 /// come, everything ready at once in one vectored write, and ends when the subscription
@@ -248,12 +288,51 @@ impl Future for Stream {
             match this
                 .events
                 .subscription
-                .poll_frames(cx, &mut this.pending, MAX_IOV)
+                .poll_frames(cx, &mut this.pending, MAX_FRAMES)
             {
-                Poll::Ready(Some(())) => {}
-                Poll::Ready(None) => this.ended = true,
+                Poll::Ready(Some(())) => frame_chunk(&mut this.pending, 0, false),
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    frame_chunk(&mut this.pending, 0, true);
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut out = [0u8; 18];
+        for (n, want) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let len = hex_line(n, &mut out);
+            assert_eq!(&out[..len], want.as_bytes());
+        }
+        let len = hex_line(usize::MAX, &mut out);
+        assert_eq!(len, 18);
+    }
+
+    #[test]
+    fn frames_become_one_chunk_and_an_end_adds_the_last_chunk() {
+        let head = Bytes::from_static(b"HEAD");
+        let mut pending = vec![head, Bytes::from_static(b"ab"), Bytes::from_static(b"cde")];
+        frame_chunk(&mut pending, 1, true);
+        let wire: Vec<u8> = pending.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(wire, b"HEAD5\r\nabcde\r\n0\r\n\r\n");
+        let mut empty = vec![];
+        frame_chunk(&mut empty, 0, false);
+        assert!(
+            empty.is_empty(),
+            "no frames, no empty chunk (it would end the body)"
+        );
     }
 }

@@ -483,17 +483,18 @@ async fn many_job_topics_created_and_closed_leave_no_topics_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_served_off_hyper_and_through_it_alike() {
     let (gw, _up) = sidecar_with(|_| {}).await;
-    // A plain first request: taken off hyper, close-delimited.
+    // A plain first request: taken off hyper (which closes the connection after it), and
+    // chunked like every HTTP/1.1 stream.
     let mut raw = SseClient::open(gw.proxy, "/events?topic=paths").await;
     assert_eq!(raw.headers["connection"], "close");
-    assert!(!raw.headers.contains_key("transfer-encoding"));
+    assert_eq!(raw.headers["transfer-encoding"], "chunked");
     // A head too large for the lean path (a big cookie) stays on hyper: chunked.
     let cookie = format!("session={}", "c".repeat(20_000));
     let mut big = SseClient::connect(gw.proxy, "/events?topic=paths", &[("cookie", &cookie)]).await;
     assert_eq!(big.status, StatusCode::OK);
     assert_eq!(big.headers["transfer-encoding"], "chunked");
     // A stream request after a forwarded request on a keep-alive connection: the lean
-    // path too, close-delimited.
+    // path too, chunked.
     let stream = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
