@@ -7,7 +7,7 @@ use crate::hub::{Hub, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishError};
 use crate::response::{Body, empty, error_response, json, json_error};
-use crate::server::Handler;
+use crate::server::{Handler, LINGER_MAX, LINGER_TIME};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -163,16 +163,11 @@ impl Admin {
     }
 }
 
-/// How much of a body past `publish.max_body` is read and thrown away before the 413, and
-/// for how long: a client still sending then reads the answer instead of a connection
-/// reset (nginx's lingering close, bounded).
-const DISCARD_MAX: usize = 1024 * 1024;
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Reads and drops up to `DISCARD_MAX` bytes of `body` for at most `DISCARD_TIME`.
+/// Reads and drops up to `LINGER_MAX` bytes of `body` for at most `LINGER_TIME`, so a
+/// client still sending past `publish.max_body` reads the 413 instead of a reset.
 async fn discard(mut body: Incoming) {
     let drain = async {
-        let mut left = DISCARD_MAX;
+        let mut left = LINGER_MAX;
         while let Some(Ok(frame)) = body.frame().await {
             let n = frame.data_ref().map_or(0, Bytes::len);
             let Some(rest) = left.checked_sub(n) else {
@@ -181,7 +176,7 @@ async fn discard(mut body: Incoming) {
             left = rest;
         }
     };
-    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 fn not_found(path: &str) -> Response<Body> {

@@ -58,6 +58,13 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// How much a client still sending is read and thrown away after a refusal, and for how
+/// long, before the connection closes: the client then reads the answer instead of a
+/// connection reset (nginx's lingering close, bounded).
+pub const LINGER_MAX: usize = 1024 * 1024;
+/// See [`LINGER_MAX`].
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+
 /// A connection that [`Handler::take_over`] leaves to hyper.
 pub struct Unserved {
     /// The socket.
@@ -78,8 +85,13 @@ fn builder(options: Options) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(crate::head::H1_READ_BUFFER)
+        .max_headers(crate::head::H1_MAX_FIELDS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(crate::head::H2_HEADER_LIST_LIMIT);
     builder
 }
 

@@ -67,6 +67,10 @@ impl Forwarder {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
+            // The app's response heads are held to the request heads' limits (502 past them),
+            // as on the hand-written path.
+            .http1_max_buf_size(crate::head::MAX_HEAD_BYTES)
+            .http1_max_headers(crate::head::MAX_FIELDS)
             .build(connector);
         Self {
             client,

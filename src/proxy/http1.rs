@@ -20,8 +20,9 @@ use super::relay::{
     self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
 };
 use super::{ForwardError, Public, client_ip};
+use crate::head::{self, HeadError};
 use crate::response::{ApiError, Body, error_response, json_error};
-use crate::server::{Held, Options, SendTimeout, Unserved};
+use crate::server::{Held, LINGER_MAX, LINGER_TIME, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Response, StatusCode};
@@ -32,16 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// The largest request head read here; a larger one goes to hyper, which answers 431 past
-/// its own limit.
-const MAX_HEAD: usize = 16 * 1024;
-
 /// The largest request body forwarded here, read whole first; a larger one streams
 /// through hyper.
 const MAX_BODY: u64 = 64 * 1024;
-
-/// The most header lines in a request read here.
-const MAX_HEADERS: usize = 64;
 
 /// How much is read from the client at a time.
 const READ_SIZE: usize = 4 * 1024;
@@ -56,6 +50,8 @@ enum Next {
     Forward(Plain),
     /// Answer it here (a 429).
     Answer(Plain, Response<Body>),
+    /// Refuse it here and close the connection: a head no path takes.
+    Refuse(HeadError),
     /// hyper serves the connection from this request on.
     Hyper,
     /// Not a request head this path can read (malformed, HTTP/2's preface, too many
@@ -120,6 +116,12 @@ impl Public {
                 }
                 Next::Forward(plain) => (plain, None),
                 Next::Answer(plain, resp) => (plain, Some(resp)),
+                Next::Refuse(e) => {
+                    self.metrics.proxied(e.status().as_u16(), None);
+                    answer_here(&mut client, error_response(&e), false, true, &mut out).await;
+                    linger(&mut client).await;
+                    return None;
+                }
             };
             let whole = plain.head_len + plain.body_len;
             match read_to(&mut client, &mut buf, whole, options.header_read_timeout).await {
@@ -179,7 +181,8 @@ impl Public {
         loop {
             if !buf.is_empty() {
                 match self.next(buf, peer, out) {
-                    Next::Partial if buf.len() < MAX_HEAD => {}
+                    Next::Partial if buf.len() <= head::MAX_HEAD_BYTES => {}
+                    Next::Partial => return Some((Next::Refuse(head::oversized(buf)), deadline)),
                     next => return Some((next, deadline)),
                 }
             }
@@ -208,16 +211,37 @@ impl Public {
     /// What to do with the request whose head starts `buf`; for a forward, the request as
     /// it goes to the app is written to `out`, all but the body.
     fn next(&self, buf: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> Next {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; head::MAX_FIELDS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Next::Partial,
+            Err(httparse::Error::TooManyHeaders) => return Next::Refuse(HeadError::TooManyFields),
             Err(_) => return Next::Unreadable,
         };
-        let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+        else {
             return Next::Hyper;
         };
+        let view = head::View {
+            target: target.as_bytes(),
+            len: head_len,
+            fields: req.headers.len(),
+            hosts: req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"))
+                .map(|h| h.value),
+            host_optional: version == 0,
+        };
+        if let Err(e) = head::check(view) {
+            return Next::Refuse(e);
+        }
+        if version != 1 {
+            return Next::Hyper;
+        }
+        // hyper's parser drops a fragment; so does this path.
+        let target = head::without_fragment(target);
         if !target.starts_with('/') || method == "CONNECT" {
             return Next::Hyper;
         }
@@ -486,6 +510,24 @@ async fn read_to(
 
 /// Writes a response of ssegate's own (a 429, 502 or 504) with its length, keeping the
 /// connection unless `close`. Whether the connection can take another request.
+/// Ends a connection whose client may still be sending (a refused head): closes our side,
+/// then reads and drops what comes for a bounded while, so the client reads the answer
+/// rather than a reset.
+async fn linger(client: &mut SendTimeout) {
+    let _ = client.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; READ_SIZE];
+        let mut left = LINGER_MAX;
+        while let Ok(n) = client.read(&mut sink).await {
+            match left.checked_sub(n) {
+                Some(rest) if n > 0 => left = rest,
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
 async fn answer_here(
     client: &mut SendTimeout,
     resp: Response<Body>,

@@ -20,6 +20,7 @@ pub use forward::{ForwardError, Forwarder};
 
 use crate::auth::{self, Authenticator, Grant};
 use crate::config::Config;
+use crate::head::{self, HeadError};
 use crate::hub::Hub;
 use crate::limits::{LimitError, Limits};
 use crate::metrics::{Metrics, RateLimited, Rejection};
@@ -299,6 +300,34 @@ impl Public {
     }
 }
 
+/// The head rules ([`crate::head`]) on a request hyper parsed (HTTP/1.x or HTTP/2), the
+/// same as the hand-written path applies to the bytes it reads.
+fn check_head<B>(req: &Request<B>) -> Result<(), HeadError> {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", hyper::http::uri::PathAndQuery::as_str);
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let h2 = req.version() == hyper::Version::HTTP_2;
+    head::check(head::View {
+        target: target.as_bytes(),
+        // The request line as HTTP/1.1 writes it, the fields, the blank line.
+        len: req.method().as_str().len() + target.len() + 12 + fields + 2,
+        fields: req.headers().len(),
+        hosts: req
+            .headers()
+            .get_all(hyper::header::HOST)
+            .iter()
+            .map(hyper::header::HeaderValue::as_bytes),
+        host_optional: req.version() < hyper::Version::HTTP_11
+            || (h2 && req.uri().authority().is_some()),
+    })
+}
+
 /// Keeps `ssegate_connections` right however a stream ends.
 struct ConnectionGauge(Arc<Metrics>);
 
@@ -320,6 +349,10 @@ impl Handler for Public {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if let Err(e) = check_head(&req) {
+            self.metrics.proxied(e.status().as_u16(), None);
+            return error_response(&e);
+        }
         let path = req.uri().path();
         if path == OWN_PREFIX || path.starts_with("/_ssegate/") {
             if let Some(resp) = crate::client::serve(req.method(), path, req.headers()) {

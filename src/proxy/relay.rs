@@ -26,11 +26,11 @@ const MAX_IDLE: usize = 256;
 /// pool and nginx's `keepalive_timeout` do the same; apps often close sooner).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The largest response head taken from the app.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// The largest response head taken from the app: the same limit as a request's.
+const MAX_RESPONSE_HEAD: usize = crate::head::MAX_HEAD_BYTES;
 
-/// The most header lines in a response head from the app.
-const MAX_RESPONSE_HEADERS: usize = 128;
+/// The most header lines in a response head from the app: the same limit as a request's.
+const MAX_RESPONSE_HEADERS: usize = crate::head::MAX_FIELDS;
 
 /// How much of a response body is read from the app at a time.
 const READ_SIZE: usize = 16 * 1024;

@@ -251,7 +251,11 @@ impl SseClient {
     ) -> Self {
         let mut h = vec![("accept", "text/event-stream")];
         h.extend_from_slice(headers);
-        let resp = send_on(stream, request("GET", path_and_query, &h, Bytes::new())).await;
+        Self::from_response(send_on(stream, request("GET", path_and_query, &h, Bytes::new())).await)
+    }
+
+    /// Reads the stream of a response already received (e.g. over HTTP/2).
+    pub fn from_response(resp: hyper::Response<Incoming>) -> Self {
         let status = resp.status();
         let (parts, body) = resp.into_parts();
         Self {
