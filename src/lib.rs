@@ -22,6 +22,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod derive;
 pub mod head;
 pub mod hub;
 pub mod limits;

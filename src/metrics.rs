@@ -86,6 +86,7 @@ pub struct Metrics {
     upstream_duration: Histogram,
     rate_limited: [Counter; 2],
     broker_up: Gauge,
+    derived: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -190,8 +191,16 @@ impl Default for Metrics {
             broker_up.clone(),
         );
 
+        let derived = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "ssegate_derived_events",
+            "Requests matched by a derive rule, by rule and outcome",
+            derived.clone(),
+        );
+
         Self {
             registry,
+            derived,
             connections,
             rejected,
             published,
@@ -208,6 +217,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A `derive` rule's outcome. Off the hot path: only requests a rule matched get here,
+    /// and the rules' names bound the series.
+    pub fn derived(&self, rule: &str, outcome: &'static str) {
+        self.derived
+            .get_or_create(&vec![
+                ("rule", rule.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
     /// Events accepted by the broker.
     pub fn published(&self, n: u64) {
         self.published.inc_by(n);

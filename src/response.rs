@@ -19,6 +19,8 @@ pub enum Body {
     Incoming(Incoming),
     /// An event stream.
     Stream(Box<EventBody>),
+    /// A body with something that must live exactly as long as it (dropped with it).
+    Guarded(Box<Body>, Box<dyn Send + Sync>),
 }
 
 impl Body {
@@ -53,6 +55,7 @@ impl hyper::body::Body for Body {
                 .subscription
                 .poll_chunk(cx)
                 .map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Self::Guarded(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -62,6 +65,7 @@ impl hyper::body::Body for Body {
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
             Self::Stream(_) => false,
+            Self::Guarded(b, _) => b.is_end_stream(),
         }
     }
 
@@ -71,6 +75,7 @@ impl hyper::body::Body for Body {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
             Self::Stream(_) => SizeHint::default(),
+            Self::Guarded(b, _) => b.size_hint(),
         }
     }
 }

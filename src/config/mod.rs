@@ -29,6 +29,7 @@
 use std::fmt;
 use std::path::Path;
 
+mod derive;
 mod schema;
 mod types;
 mod values;

@@ -21,6 +21,7 @@ const TOP: &[&str] = &[
     "broker",
     "shutdown",
     "log",
+    "derive",
 ];
 const EVENTS: &[&str] = &[
     "path",
@@ -137,6 +138,7 @@ pub(crate) fn config(w: &mut Walker<'_>, root: Option<&Node>) -> Config {
             format: w.get(&log, "format", d.log.format, one_of(LOG_FORMAT)),
             level: w.get(&log, "level", d.log.level, v::non_empty),
         },
+        derive: super::derive::rules(w, &top),
         upstream: d.upstream,
     }
 }

@@ -37,6 +37,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// Logging.
     pub log: Log,
+    /// Events derived from proxied requests.
+    pub derive: Vec<DeriveRule>,
 }
 
 impl Config {
@@ -57,6 +59,7 @@ impl Config {
             broker: Broker::defaults(),
             shutdown: Shutdown::defaults(),
             log: Log::defaults(),
+            derive: Vec::new(),
         }
     }
 }
@@ -462,4 +465,76 @@ impl LogFormat {
             LogFormat::Json => "json",
         }
     }
+}
+
+/// A `derive` rule: a proxied request the app accepted becomes an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeriveRule {
+    /// Its name, in logs and metrics.
+    pub name: String,
+    /// The methods it matches (upper case). Default POST, PUT, PATCH, DELETE.
+    pub methods: Vec<String>,
+    /// The path template, segment by segment.
+    pub path: Vec<PathPart>,
+    /// The app's statuses it matches. Default `2xx`.
+    pub status: Vec<StatusMatch>,
+    /// The topic template.
+    pub topic: Vec<TopicPart>,
+    /// The SSE event type, if any.
+    pub event: Option<String>,
+    /// What the event's data is.
+    pub data: DeriveData,
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    /// A segment that must be exactly this.
+    Literal(String),
+    /// `{name}`: any one non-empty segment.
+    Param(String),
+    /// `{name*}`: the rest of the path, one segment or more (last only).
+    Rest(String),
+}
+
+/// One piece of a topic template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicPart {
+    /// Text taken as is.
+    Literal(String),
+    /// `{name}`: a parameter of the path.
+    Param(String),
+    /// `{response.header.NAME}`: a header of the app's response (name in lower case).
+    ResponseHeader(String),
+}
+
+/// A status a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    /// Exactly this code.
+    Code(u16),
+    /// A class: `2` for `2xx`.
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// Whether `status` matches.
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            Self::Code(c) => c == status,
+            Self::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// What a derived event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeriveData {
+    /// Method, path, status, parameters and `Location`: no body.
+    #[default]
+    Meta,
+    /// The request's body, when it is JSON or text and fits `max_event_bytes`.
+    Request,
+    /// The response's body, likewise.
+    Response,
 }

@@ -53,6 +53,13 @@ impl<T> Got<T> {
         }
     }
 
+    pub fn or_else(self, default: impl FnOnce() -> T) -> T {
+        match self {
+            Got::Value(v) => v,
+            Got::Absent | Got::Invalid => default(),
+        }
+    }
+
     pub fn or(self, default: T) -> T {
         match self {
             Got::Value(v) => v,
@@ -276,6 +283,27 @@ impl<'e> Walker<'e> {
             Got::Value(out)
         } else {
             Got::Invalid
+        }
+    }
+
+    /// The items of the sequence under `key`, each with its path (`key[i]`); reports a value
+    /// that is not a sequence.
+    pub fn items<'n>(&mut self, f: &Fields<'n>, key: &str) -> Vec<(String, &'n Node)> {
+        let Some(node) = f.get(key) else {
+            return Vec::new();
+        };
+        let path = f.path_of(key);
+        match &node.value {
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (format!("{path}[{i}]"), item))
+                .collect(),
+            _ => {
+                let bad = Bad::new(format!("expected a list, found {}", node.kind()));
+                self.report(path, Some(node), bad);
+                Vec::new()
+            }
         }
     }
 

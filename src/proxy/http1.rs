@@ -20,6 +20,7 @@ use super::relay::{
     self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
 };
 use super::{ForwardError, Public, client_ip};
+use crate::derive::Matched;
 use crate::head::{self, HeadError};
 use crate::response::{ApiError, Body, error_response, json_error};
 use crate::server::{Held, LINGER_MAX, LINGER_TIME, Options, SendTimeout, Unserved};
@@ -69,6 +70,8 @@ struct Plain {
     idempotent: bool,
     /// The client asked for the connection to close after the response.
     close: bool,
+    /// The `derive` rules the request matched, if any.
+    derived: Option<Matched>,
 }
 
 impl Public {
@@ -92,7 +95,7 @@ impl Public {
             let (next, deadline) = self
                 .wait_head(&mut client, &mut buf, peer, &mut out, options)
                 .await?;
-            let (plain, answer) = match next {
+            let (mut plain, answer) = match next {
                 Next::Partial | Next::Hyper | Next::Unreadable => {
                     // A whole head is hyper's at once; anything less has the rest of the
                     // header timeout to become one.
@@ -150,7 +153,7 @@ impl Public {
                     buf.advance(whole);
                     self.forward_plain(
                         &mut client,
-                        &plain,
+                        &mut plain,
                         close,
                         &mut out,
                         &mut head_out,
@@ -310,6 +313,7 @@ impl Public {
                 "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
             ),
             close,
+            derived: None,
         };
 
         let policy = self.policy();
@@ -400,7 +404,8 @@ impl Public {
             let _ = write!(out, "content-length: {n}\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        Next::Forward(plain)
+        let derived = policy.derive.matching(method, path);
+        Next::Forward(Plain { derived, ..plain })
     }
 
     /// Sends the request in `out` to the app and relays its answer (or a 502/504) to the
@@ -408,7 +413,7 @@ impl Public {
     async fn forward_plain(
         &self,
         client: &mut SendTimeout,
-        plain: &Plain,
+        plain: &mut Plain,
         close: bool,
         out: &mut Vec<u8>,
         head_out: &mut Vec<u8>,
@@ -441,6 +446,20 @@ impl Public {
             }
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));
+        // Published when dropped, after the body below has been relayed.
+        let _publication = plain.derived.take().map(|m| {
+            let mut fields = [httparse::EMPTY_HEADER; head::MAX_FIELDS];
+            let mut parsed = httparse::Response::new(&mut fields);
+            let _ = parsed.parse(&upstream_buf[..head.len]);
+            let header = |name: &str| {
+                parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+            };
+            m.answered(head.status, header, &self.hub, &self.metrics)
+        });
         let close = close || head.framing == Framing::Close;
         upstream_buf.advance(head.len);
         match relay::relay_body(

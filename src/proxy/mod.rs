@@ -46,6 +46,7 @@ struct Policy {
     cors: Cors,
     max_topics: usize,
     trusted_proxies: Vec<IpNet>,
+    derive: crate::derive::Rules,
 }
 
 impl Policy {
@@ -56,6 +57,7 @@ impl Policy {
             cors: Cors::new(&config.events.cors.allow_origins),
             max_topics: config.events.max_topics_per_subscription,
             trusted_proxies: config.trusted_proxies.clone(),
+            derive: crate::derive::Rules::new(&config.derive),
         })
     }
 }
@@ -367,8 +369,9 @@ impl Handler for Public {
         if self.events_rest(path).is_some() {
             return self.stream(req, peer).await;
         }
+        let policy = self.policy();
+        let derived = policy.derive.matching(req.method().as_str(), path);
         let (ip, trusted) = {
-            let policy = self.policy();
             let trusted = policy
                 .trusted_proxies
                 .iter()
@@ -386,6 +389,19 @@ impl Handler for Public {
         let resp = self.forwarder.forward(req, peer, trusted).await;
         self.metrics
             .proxied(resp.status().as_u16(), Some(started.elapsed()));
-        resp
+        match derived {
+            // Published when hyper drops the body: once it has been relayed (or the
+            // client has gone).
+            Some(m) => {
+                let publication = m.answered(
+                    resp.status().as_u16(),
+                    |name| resp.headers().get(name).and_then(|v| v.to_str().ok()),
+                    &self.hub,
+                    &self.metrics,
+                );
+                resp.map(|body| Body::Guarded(Box::new(body), Box::new(publication)))
+            }
+            None => resp,
+        }
     }
 }

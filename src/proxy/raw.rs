@@ -105,7 +105,8 @@ pub(super) async fn respond(
             tokio::spawn(conn);
             return;
         }
-        Body::Empty => Bytes::new(),
+        // Only forwarded responses are guarded, never a stream's refusal.
+        Body::Empty | Body::Guarded(..) => Bytes::new(),
         Body::Full(b) => b.unwrap_or_default(),
         Body::Incoming(b) => match Limited::new(b, MAX_REFUSAL_BODY).collect().await {
             Ok(b) => b.to_bytes(),

@@ -7,6 +7,7 @@ mod support;
 mod access;
 mod cli;
 mod deploy;
+mod derive;
 mod faults;
 mod heads;
 mod hostile;

@@ -1,0 +1,344 @@
+//! Events derived from proxied requests (the `derive` rules): a legacy app that cannot
+//! publish still gets live pages, because ssegate publishes for it when a request that
+//! changes something has been answered.
+//!
+//! A rule is matched twice: on the request (method and path, before it is forwarded) and
+//! on the app's answer (status, and the response headers a topic may name). The event is
+//! published once the response has been relayed, when the [`Publication`] is dropped, so
+//! a page that refetches on it sees the change; the client's response is never delayed
+//! or altered. The topic is filled only from the path and the app's response headers,
+//! never from anything else the client sent.
+//!
+//! Knows nothing of HTTP stacks: both forwarding paths call [`Rules::matching`] and
+//! [`Matched::answered`] with what they parsed.
+
+use crate::config::{DeriveData, DeriveRule, PathPart, TopicPart};
+use crate::hub::{Hub, NewEvent, validate_topic};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+
+/// The rules of the current configuration.
+#[derive(Default)]
+pub struct Rules {
+    rules: Vec<Arc<Compiled>>,
+}
+
+struct Compiled {
+    rule: DeriveRule,
+    /// The path's literal start (up to the first placeholder): most requests fail here.
+    prefix: String,
+}
+
+impl Rules {
+    /// Compiles `rules`.
+    pub fn new(rules: &[DeriveRule]) -> Self {
+        let rules = rules
+            .iter()
+            .map(|rule| {
+                let mut prefix = String::new();
+                for part in &rule.path {
+                    match part {
+                        PathPart::Literal(l) => {
+                            prefix.push('/');
+                            prefix.push_str(l);
+                        }
+                        PathPart::Param(_) | PathPart::Rest(_) => {
+                            prefix.push('/');
+                            break;
+                        }
+                    }
+                }
+                Arc::new(Compiled {
+                    rule: rule.clone(),
+                    prefix,
+                })
+            })
+            .collect();
+        Self { rules }
+    }
+
+    /// The rules a request with `method` and (still encoded) `path` matches, with their
+    /// parameters; `None`, without allocating, when none does (the common case).
+    pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
+        let mut hits = Vec::new();
+        for compiled in &self.rules {
+            if !path.starts_with(compiled.prefix.as_str())
+                || !compiled.rule.methods.iter().any(|m| m == method)
+            {
+                continue;
+            }
+            if let Some(params) = match_path(&compiled.rule.path, path) {
+                hits.push((Arc::clone(compiled), params));
+            }
+        }
+        if hits.is_empty() {
+            return None;
+        }
+        Some(Matched {
+            hits,
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// A path's parameters, decoded, by name.
+type Params = Vec<(String, String)>;
+
+/// A request some rules matched, waiting for the app's answer.
+pub struct Matched {
+    hits: Vec<(Arc<Compiled>, Params)>,
+    method: String,
+    path: String,
+}
+
+impl Matched {
+    /// The events for the app's answer: its `status`, and its headers through `header`
+    /// (by lower-case name). Published when the returned value is dropped.
+    pub fn answered<'h>(
+        self,
+        status: u16,
+        header: impl Fn(&str) -> Option<&'h str>,
+        hub: &Hub,
+        metrics: &Arc<Metrics>,
+    ) -> Publication {
+        let mut events = Vec::new();
+        let mut names = Vec::new();
+        for (compiled, params) in &self.hits {
+            let rule = &compiled.rule;
+            if !rule.status.iter().any(|s| s.matches(status)) {
+                metrics.derived(&rule.name, "no_match");
+                continue;
+            }
+            let Some(topic) = fill_topic(&rule.topic, params, &header) else {
+                metrics.derived(&rule.name, "invalid_topic");
+                tracing::warn!(
+                    rule = rule.name,
+                    path = self.path,
+                    "derived topic is not a valid topic; nothing published"
+                );
+                continue;
+            };
+            let mut meta = serde_json::json!({
+                "method": self.method,
+                "path": self.path,
+                "status": status,
+                "params": params.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect::<serde_json::Map<String, serde_json::Value>>(),
+            });
+            if let Some(location) = header("location") {
+                meta["location"] = location.into();
+            }
+            if rule.data != DeriveData::Meta {
+                // The body is not captured on this version's forwarding paths: the event
+                // says so rather than silently differing from what the rule asked for.
+                meta["body_omitted"] = true.into();
+                metrics.derived(&rule.name, "body_omitted");
+            }
+            events.push(NewEvent {
+                topics: vec![topic.into()],
+                event_type: rule.event.as_deref().map(Into::into),
+                data: meta.to_string(),
+                close: false,
+            });
+            names.push(Arc::clone(compiled));
+        }
+        Publication {
+            hub: hub.clone(),
+            metrics: Arc::clone(metrics),
+            events,
+            rules: names,
+        }
+    }
+}
+
+/// Derived events waiting for the response to be relayed: published when dropped.
+pub struct Publication {
+    hub: Hub,
+    metrics: Arc<Metrics>,
+    events: Vec<NewEvent>,
+    rules: Vec<Arc<Compiled>>,
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let events = std::mem::take(&mut self.events);
+        let rules = std::mem::take(&mut self.rules);
+        let (hub, metrics) = (self.hub.clone(), Arc::clone(&self.metrics));
+        runtime.spawn(async move {
+            // One publish per event: a rule whose topic the broker refuses does not take
+            // the other rules' events with it.
+            for (event, compiled) in events.into_iter().zip(rules) {
+                let outcome = match hub.publish(vec![event]).await {
+                    Ok(_) => "published",
+                    Err(e) => {
+                        tracing::warn!(rule = compiled.rule.name, error = %e, "derived event not published");
+                        "broker_unavailable"
+                    }
+                };
+                metrics.derived(&compiled.rule.name, outcome);
+            }
+        });
+    }
+}
+
+/// The parameters of `path` under `template`, decoded; `None` when it does not match.
+fn match_path(template: &[PathPart], path: &str) -> Option<Params> {
+    let mut segments = path.strip_prefix('/')?.split('/');
+    let mut params = Vec::new();
+    for part in template {
+        match part {
+            PathPart::Literal(l) => {
+                if segments.next()? != l {
+                    return None;
+                }
+            }
+            PathPart::Param(name) => {
+                let seg = segments.next().filter(|s| !s.is_empty())?;
+                params.push((name.clone(), decode(seg)?));
+            }
+            PathPart::Rest(name) => {
+                let rest: Vec<&str> = segments.by_ref().collect();
+                if rest.is_empty() || rest.iter().all(|s| s.is_empty()) {
+                    return None;
+                }
+                let decoded: Option<Vec<String>> = rest.iter().map(|s| decode(s)).collect();
+                params.push((name.clone(), decoded?.join("/")));
+            }
+        }
+    }
+    segments.next().is_none().then_some(params)
+}
+
+/// Percent-decodes one path segment; `None` when it decodes to a `/` or to invalid UTF-8
+/// (a parameter is one segment).
+fn decode(seg: &str) -> Option<String> {
+    let bytes: Vec<u8> = percent_decode(seg.as_bytes())?;
+    let s = String::from_utf8(bytes).ok()?;
+    (!s.contains('/')).then_some(s)
+}
+
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// The topic of `template` with `params` and the response headers filled in, if it is a
+/// valid topic.
+fn fill_topic<'h>(
+    template: &[TopicPart],
+    params: &[(String, String)],
+    header: &impl Fn(&str) -> Option<&'h str>,
+) -> Option<String> {
+    let mut topic = String::new();
+    for part in template {
+        match part {
+            TopicPart::Literal(l) => topic.push_str(l),
+            TopicPart::Param(name) => {
+                topic.push_str(&params.iter().find(|(n, _)| n == name)?.1);
+            }
+            TopicPart::ResponseHeader(name) => topic.push_str(header(name)?.trim()),
+        }
+    }
+    validate_topic(&topic).ok()?;
+    Some(topic)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn template(s: &str) -> Vec<PathPart> {
+        s.trim_start_matches('/')
+            .split('/')
+            .map(
+                |seg| match seg.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+                    Some(n) if n.ends_with('*') => PathPart::Rest(n.trim_end_matches('*').into()),
+                    Some(n) => PathPart::Param(n.into()),
+                    None => PathPart::Literal(seg.into()),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn paths_match_segment_by_segment() {
+        let t = template("/t/{tenant}/questions/{rest*}");
+        assert_eq!(
+            match_path(&t, "/t/acme/questions/q1/answers"),
+            Some(vec![
+                ("tenant".into(), "acme".into()),
+                ("rest".into(), "q1/answers".into())
+            ])
+        );
+        assert_eq!(
+            match_path(&t, "/t/acme/questions"),
+            None,
+            "{{rest*}} needs a segment"
+        );
+        assert_eq!(
+            match_path(&t, "/t//questions/x"),
+            None,
+            "{{tenant}} needs a segment"
+        );
+        assert_eq!(match_path(&t, "/u/acme/questions/x"), None);
+        let t = template("/items/{id}");
+        assert_eq!(
+            match_path(&t, "/items/a%20b"),
+            Some(vec![("id".into(), "a b".into())])
+        );
+        assert_eq!(
+            match_path(&t, "/items/a%2Fb"),
+            None,
+            "an encoded / is not one segment"
+        );
+        assert_eq!(
+            match_path(&t, "/items/1/x"),
+            None,
+            "longer paths do not match"
+        );
+        assert_eq!(match_path(&t, "/items/%zz"), None);
+    }
+
+    #[test]
+    fn topics_are_filled_from_params_and_response_headers_only() {
+        let t = vec![
+            TopicPart::Literal("t/".into()),
+            TopicPart::Param("tenant".into()),
+            TopicPart::Literal("/".into()),
+            TopicPart::ResponseHeader("x-kind".into()),
+        ];
+        let params = vec![("tenant".to_owned(), "acme".to_owned())];
+        let headers = |name: &str| (name == "x-kind").then_some("q");
+        assert_eq!(
+            fill_topic(&t, &params, &headers).as_deref(),
+            Some("t/acme/q")
+        );
+        let none = |_: &str| None;
+        assert_eq!(
+            fill_topic(&t, &params, &none),
+            None,
+            "a missing header publishes nothing"
+        );
+        let params = vec![("tenant".to_owned(), "a b".to_owned())];
+        assert_eq!(fill_topic(&t, &params, &headers), None, "not a valid topic");
+    }
+}
