@@ -304,6 +304,11 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         )),
     ];
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, upstream = %config.upstream, "listening");
+    // After `listening`, and off the start-up path: readiness never waits for the app.
+    tokio::spawn({
+        let public = Arc::clone(&public);
+        async move { public.warn_if_upstream_down().await }
+    });
     Ok(Running {
         proxy_addr,
         admin_addr,

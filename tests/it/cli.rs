@@ -333,6 +333,9 @@ async fn runs_reports_its_addresses_and_exits_0_on_sigterm() {
     assert!(admin.ip().is_loopback() && admin.port() != 0, "{line}");
     assert_ne!(proxy, admin);
 
+    // The missing app is named once at start, as a warning.
+    let warning = daemon.line_with("proxied requests get 502").await;
+    assert!(warning.contains("WARN"), "{warning}");
     let resp = send(admin, request("GET", "/healthz", &[], Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The public listener is up too (and its app is not).
@@ -659,4 +662,31 @@ async fn token_errors_are_one_clear_line_and_exit_1() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_accepts_connections_gets_no_start_up_warning() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://{}\n",
+            app.local_addr().unwrap()
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    daemon.line_with("listening").await;
+    // The start-up check's connection arrives: after it, there is nothing to warn about.
+    let pid = daemon.pid;
+    let accepted = wait_for(pid, move || app.accept().map(|(conn, _)| conn)).await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+    let mut rest = Vec::new();
+    while let Some(line) = daemon.stderr.recv().await {
+        rest.push(line);
+    }
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("WARN")), "{rest:?}");
 }
