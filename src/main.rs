@@ -195,6 +195,7 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
         };
         match ssegate::app::start(config).await {
             Ok(running) => {
+                running.warn_if_upstream_down();
                 running.run_until_signal(signals, Some(reload)).await;
                 ExitCode::SUCCESS
             }
