@@ -1,4 +1,4 @@
-//! SPEC §2: the real `ssegate` executable, run in a temporary directory.
+//! The command line: the real `ssegate` executable, run in a temporary directory.
 
 use crate::support::*;
 use bytes::Bytes;
