@@ -49,9 +49,9 @@ pub enum MintError {
     NoSecret,
     /// Only public-key algorithms are accepted and no private key was given.
     #[error(
-        "auth.jwt.algorithms accepts only {0:?}: pass --key FILE with the private key (PEM) of auth.jwt.public_key_file"
+        "auth.jwt.algorithms accepts only {0}: pass --key FILE with the private key (PEM) of auth.jwt.public_key_file"
     )]
-    NeedKey(Algorithm),
+    NeedKey(String),
     /// A private key was given but the configuration accepts no public-key algorithm.
     #[error(
         "--key was given, but auth.jwt.algorithms lists no RS256, ES256 or EdDSA; leave out --key to sign with the secret"
@@ -125,7 +125,8 @@ pub fn mint(
         }
         None => {
             let Some(alg) = algorithms.iter().copied().find(|a| is_hmac(*a)) else {
-                return Err(MintError::NeedKey(algorithms[0]));
+                let listed: Vec<String> = algorithms.iter().map(|a| format!("{a:?}")).collect();
+                return Err(MintError::NeedKey(listed.join(", ")));
             };
             let secret = jwt.secret.as_deref().ok_or(MintError::NoSecret)?;
             (alg, EncodingKey::from_secret(secret.as_bytes()))
@@ -137,7 +138,10 @@ pub fn mint(
     body.insert("sub".to_owned(), Value::String(claims.sub.clone()));
     body.insert("iat".to_owned(), Value::from(iat));
     if let Some(ttl) = claims.ttl {
-        body.insert("exp".to_owned(), Value::from(iat + ttl.as_secs()));
+        body.insert(
+            "exp".to_owned(),
+            Value::from(iat.saturating_add(ttl.as_secs())),
+        );
     }
     if !claims.topics.is_empty() {
         body.insert(jwt.topics_claim.clone(), Value::from(claims.topics.clone()));
