@@ -205,6 +205,18 @@ fn check_kubernetes(path: &Path) -> usize {
             for url in publishers {
                 assert_eq!(url, publish_url, "{at}");
             }
+            // …with the token ssegate checks: the same Secret's key.
+            let secrets: Vec<&str> = list(c, "envFrom")
+                .iter()
+                .map(|f| s(f, &["secretRef", "name"]))
+                .collect();
+            for e in containers.iter().flat_map(|o| list(o, "env")) {
+                let from = &e["valueFrom"]["secretKeyRef"];
+                if e["name"] == "SSEGATE_PUBLISH_TOKEN" {
+                    assert!(secrets.contains(&s(from, &["name"])), "{at}: {e}");
+                    assert_eq!(s(from, &["key"]), "SSEGATE_PUBLISH_TOKEN", "{at}");
+                }
+            }
 
             // The Service sends browsers to the public listener.
             for service in of_kind("Service") {
