@@ -179,6 +179,28 @@ async fn discard(mut body: Incoming) {
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
+/// `/healthz` (200 while the process runs) and `/readyz` (503 while shutting down or while
+/// the broker is unreachable); `None` for any other path. The public listener serves the
+/// same answers under `/_ssegate/`, so probes reach them while this listener stays on
+/// loopback.
+pub fn probe(path: &str, shutdown: &Shutdown, hub: &Hub) -> Option<Response<Body>> {
+    Some(match path {
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
+        "/readyz" if shutdown.is_triggered() => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        ),
+        "/readyz" if !hub.broker_up() => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            "the broker is unreachable",
+        ),
+        "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        _ => return None,
+    })
+}
+
 fn not_found(path: &str) -> Response<Body> {
     json_error(
         StatusCode::NOT_FOUND,
@@ -209,18 +231,9 @@ impl Handler for Admin {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         match path.as_str() {
-            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
-            "/readyz" if self.shutdown.is_triggered() => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "the server is shutting down",
-            ),
-            "/readyz" if !self.hub.broker_up() => json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker_unavailable",
-                "the broker is unreachable",
-            ),
-            "/readyz" => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+            "/healthz" | "/readyz" => {
+                probe(&path, &self.shutdown, &self.hub).unwrap_or_else(|| not_found(&path))
+            }
             "/metrics" => {
                 let mut resp = Response::new(Body::full(self.metrics.render(self.hub.broker_up())));
                 resp.headers_mut().insert(

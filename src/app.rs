@@ -48,6 +48,15 @@ impl Drop for AdminRuntime {
 }
 
 impl Running {
+    /// Checks in the background that the app accepts a TCP connection, and logs one warning
+    /// if it does not, so a missing app shows in the terminal at start rather than only as
+    /// 502s in a browser. Readiness does not wait for it. The binary calls it after start;
+    /// an embedder (or a test that counts the app's connections) may leave it out.
+    pub fn warn_if_upstream_down(&self) {
+        let public = Arc::clone(&self.public);
+        tokio::spawn(async move { public.warn_if_upstream_down().await });
+    }
+
     /// Starts the shutdown: `/readyz` turns 503, new streams are refused, every stream gets
     /// `ssegate.shutdown`, the listeners stop accepting and drain.
     pub fn shutdown(&self) {

@@ -1,5 +1,5 @@
-//! Who may read which topics: the `jwt` and `upstream` modes of `auth` (SPEC §6), as
-//! decisions separate from the HTTP that carries them.
+//! Who may read which topics: the `jwt` and `upstream` modes of `auth`, as decisions
+//! separate from the HTTP that carries them.
 //!
 //! A [`Grant`] lists the patterns a subscriber may read (or everything, for an admin) and
 //! the token's subject and expiry; [`Grant::authorize`] checks requested topics against it.
@@ -14,6 +14,8 @@ use hyper::header::{AUTHORIZATION, COOKIE, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub mod mint;
 
 /// Why a subscriber is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

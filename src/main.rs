@@ -29,6 +29,24 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8081")]
         admin_listen: std::net::SocketAddr,
     },
+    /// Print a JWT that this configuration accepts (auth.mode: jwt), for development and tests.
+    Token {
+        /// The `sub` claim: who the token is for.
+        #[arg(long)]
+        sub: String,
+        /// A topic or pattern the token may read (`tenant/acme/*`); repeat for more.
+        #[arg(long = "topic", value_name = "PATTERN")]
+        topics: Vec<String>,
+        /// Lifetime of the token (`exp`), like 15m, 1h or 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Allow every topic (the configured admin claim set to true).
+        #[arg(long)]
+        admin: bool,
+        /// Private key (PEM) for RS256, ES256 or EdDSA; without it, HS* with the secret.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +77,31 @@ fn main() -> ExitCode {
         Some(Command::Check) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
+        }
+        Some(Command::Token {
+            sub,
+            topics,
+            ttl,
+            admin,
+            key,
+        }) => {
+            let claims = ssegate::auth::mint::Claims {
+                sub,
+                topics,
+                admin,
+                ttl: Some(ttl),
+            };
+            let now = std::time::SystemTime::now();
+            match ssegate::auth::mint::mint(&config.auth, &claims, key.as_deref(), now) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ssegate token: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Some(Command::Demo { .. }) | None => run(config, path),
     }
@@ -152,6 +195,7 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
         };
         match ssegate::app::start(config).await {
             Ok(running) => {
+                running.warn_if_upstream_down();
                 running.run_until_signal(signals, Some(reload)).await;
                 ExitCode::SUCCESS
             }

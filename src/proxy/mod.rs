@@ -88,6 +88,17 @@ impl<E: ApiError + Send + 'static> From<(E, Rejection)> for Refusal {
 }
 
 impl Public {
+    /// Tries one connection to the app and logs a warning if it fails: a missing app shows
+    /// in the terminal at start, not only as 502s in a browser. Nothing waits for it.
+    pub async fn warn_if_upstream_down(&self) {
+        if let Err(e) = self.upstreams.probe().await {
+            tracing::warn!(
+                upstream = self.upstreams.authority(),
+                "{e}: proxied requests get 502 until it accepts connections"
+            );
+        }
+    }
+
     /// The handler for `config`, streaming from `hub`. Fails if the auth keys cannot be read.
     pub fn new(
         config: &Config,
@@ -358,6 +369,12 @@ impl Handler for Public {
         let path = req.uri().path();
         if path == OWN_PREFIX || path.starts_with("/_ssegate/") {
             if let Some(resp) = crate::client::serve(req.method(), path, req.headers()) {
+                return resp;
+            }
+            if let Some(resp) = path
+                .strip_prefix(OWN_PREFIX)
+                .and_then(|p| crate::admin::probe(p, &self.shutdown, &self.hub))
+            {
                 return resp;
             }
             return json_error(

@@ -160,6 +160,14 @@ impl Upstreams {
         }
     }
 
+    /// Opens a connection to the app and keeps it for the first request: whether the app
+    /// is there at all, asked once at start.
+    pub(super) async fn probe(&self) -> Result<(), ForwardError> {
+        let conn = self.connect().await?;
+        self.put_idle(conn);
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<TcpStream, ForwardError> {
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         match tokio::time::timeout(self.connect_timeout, connect).await {

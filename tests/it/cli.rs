@@ -1,4 +1,4 @@
-//! SPEC §2: the real `ssegate` executable, run in a temporary directory.
+//! The command line: the real `ssegate` executable, run in a temporary directory.
 
 use crate::support::*;
 use bytes::Bytes;
@@ -333,6 +333,9 @@ async fn runs_reports_its_addresses_and_exits_0_on_sigterm() {
     assert!(admin.ip().is_loopback() && admin.port() != 0, "{line}");
     assert_ne!(proxy, admin);
 
+    // The missing app is named once at start, as a warning.
+    let warning = daemon.line_with("proxied requests get 502").await;
+    assert!(warning.contains("WARN"), "{warning}");
     let resp = send(admin, request("GET", "/healthz", &[], Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::OK);
     // The public listener is up too (and its app is not).
@@ -489,4 +492,201 @@ async fn json_logs_are_one_object_per_line() {
     let refused: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(refused["reason"], "bad_request");
     assert_eq!(refused["ip"], "127.0.0.1");
+}
+
+/// A configuration in `auth.mode: jwt` that accepts HS256 (secret) and ES256 (test key).
+fn jwt_config(dir: &Path) -> PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://127.0.0.1:{}\n\
+             auth:\n  mode: jwt\n  jwt:\n    algorithms: [HS256, ES256]\n    secret: s3cret\n\
+             \x20   public_key_file: {}/tests/keys/ec.pub\n",
+            closed_port(),
+            env!("CARGO_MANIFEST_DIR"),
+        ),
+    )
+}
+
+/// `ssegate token ARGS` against `config`: the token it printed, asserting exit 0.
+async fn mint(config: &Path, args: &[&str]) -> String {
+    let mut all = vec!["token", "--config", path_str(config)];
+    all.extend_from_slice(args);
+    let out = run(ssegate(&all)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {token:?}");
+    token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_token_opens_its_topics_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = jwt_config(dir.path());
+    let token = mint(&config, &["--sub", "42", "--topic", "tenant/acme/*"]).await;
+    let mut daemon = Daemon::start(&config);
+    let (proxy, admin) = addresses(&daemon.line_with("listening").await);
+
+    let auth = format!("Bearer {token}");
+    let mut ok = SseClient::connect(
+        proxy,
+        "/events/tenant/acme/questions",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let other = SseClient::connect(
+        proxy,
+        "/events/tenant/globex/q",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    let none = SseClient::connect(proxy, "/events/tenant/acme/questions", &[]).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+
+    publish_ok(
+        admin,
+        r#"{"topic":"tenant/acme/questions","data":"minted"}"#,
+    )
+    .await;
+    assert_eq!(ok.event().await.data, "minted");
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_signed_with_a_private_key_reads_any_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = jwt_config(dir.path());
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/ec.key");
+    let token = mint(&config, &["--sub", "ops", "--admin", "--key", key]).await;
+    let mut daemon = Daemon::start(&config);
+    let (proxy, admin) = addresses(&daemon.line_with("listening").await);
+
+    let mut all = SseClient::open(proxy, &format!("/events?topic=*&access_token={token}")).await;
+    publish_ok(
+        admin,
+        r#"[{"topic":"tenant/a/x","data":"1"},{"topic":"user/9/y","data":"2"}]"#,
+    )
+    .await;
+    assert_eq!(all.data(2).await, ["1", "2"]);
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_ttl_sets_exp_and_uses_the_configured_claim_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "upstream: http://127.0.0.1:3000\nauth:\n  mode: jwt\n  jwt:\n    algorithms: [HS384]\n\
+         \x20   secret: s3cret\n    topics_claim: scopes\n    admin_claim: root\n",
+    );
+    let token = mint(
+        &config,
+        &[
+            "--sub", "42", "--topic", "a", "--topic", "b/*", "--ttl", "90m",
+        ],
+    )
+    .await;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS384);
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "42");
+    assert_eq!(claims["scopes"], serde_json::json!(["a", "b/*"]));
+    assert!(claims.get("root").is_none(), "{claims}");
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
+    assert_eq!(exp - iat, 90 * 60, "{claims}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(iat.abs_diff(now) <= 60, "iat {iat}, now {now}");
+
+    let token = mint(&config, &["--sub", "42", "--admin"]).await;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["root"], true, "{claims}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_errors_are_one_clear_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = jwt_config(dir.path());
+    let none = dir.path().join("none.yaml");
+    std::fs::write(&none, "upstream: http://127.0.0.1:3000\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let wrong_key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa.key");
+    let cases: [(&Path, Vec<&str>, &str); 4] = [
+        (&none, vec!["--admin"], "auth.mode is none"),
+        (
+            &jwt,
+            vec!["--admin", "--key", path_str(&missing)],
+            "missing.pem: No such file",
+        ),
+        (
+            &jwt,
+            vec!["--admin", "--key", wrong_key],
+            "not a ES256 private key",
+        ),
+        (
+            &jwt,
+            vec!["--topic", "no spaces"],
+            "is not a topic or pattern",
+        ),
+    ];
+    for (config, args, want) in cases {
+        let mut all = vec!["token", "--config", path_str(config), "--sub", "42"];
+        all.extend_from_slice(&args);
+        let out = run(ssegate(&all)).await;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with("ssegate token: ") && err.contains(want) && err.lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_accepts_connections_gets_no_start_up_warning() {
+    let app = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: http://{}\n",
+            app.local_addr().unwrap()
+        ),
+    );
+    let mut daemon = Daemon::start(&config);
+    daemon.line_with("listening").await;
+    // The start-up check's connection arrives: after it, there is nothing to warn about.
+    let pid = daemon.pid;
+    let accepted = wait_for(pid, move || app.accept().map(|(conn, _)| conn)).await;
+    assert!(accepted.is_ok(), "{accepted:?}");
+    kill("-TERM", daemon.pid);
+    assert_eq!(daemon.exit().await.code(), Some(0));
+    let mut rest = Vec::new();
+    while let Some(line) = daemon.stderr.recv().await {
+        rest.push(line);
+    }
+    assert!(rest.iter().any(|l| l.contains("SIGTERM")), "{rest:?}");
+    assert!(!rest.iter().any(|l| l.contains("WARN")), "{rest:?}");
 }

@@ -14,6 +14,7 @@ mod hostile;
 mod ops;
 mod proxy;
 mod publish;
+mod readme;
 mod redis;
 mod relay;
 mod stream;

@@ -101,6 +101,16 @@ async fn shutdown_tells_every_stream_and_lets_inflight_requests_finish() {
         tokio::spawn(async move { send(proxy, request("GET", "/slow", &[], Bytes::new())).await });
     arrived_rx.recv().await.unwrap();
 
+    // The probes on the public listener (for a kubelet that cannot reach loopback) answer
+    // as the internal ones do, from ssegate itself.
+    for (path, want) in [("/_ssegate/healthz", "ok"), ("/_ssegate/readyz", "ready")] {
+        let (status, json) = call_json(gw.proxy, request("GET", path, &[], Bytes::new())).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (StatusCode::OK, Some(want))
+        );
+    }
+
     let running = gw.running.take().unwrap();
     running.shutdown();
     for c in &mut streams {
@@ -116,6 +126,19 @@ async fn shutdown_tells_every_stream_and_lets_inflight_requests_finish() {
     // While draining: not ready, and new streams are refused with Retry-After.
     let (status, _) = call_json(gw.admin, request("GET", "/readyz", &[], Bytes::new())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, json) = call_json(
+        gw.proxy,
+        request("GET", "/_ssegate/readyz", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert_eq!(json["error"], "shutting_down");
+    let (status, _) = call_json(
+        gw.proxy,
+        request("GET", "/_ssegate/healthz", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let refused = SseClient::connect(gw.proxy, "/events?topic=s", &[]).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers.contains_key("retry-after"));
