@@ -1,5 +1,5 @@
 //! Abuse limits: the instance-wide and per-IP stream caps, the per-IP connect rate and
-//! the per-IP rate of proxied requests (SPEC §3 `limits`, §6, §7).
+//! the per-IP rate of proxied requests (the `limits` keys; docs/config.md).
 //!
 //! A stream holds a [`StreamSlot`] for as long as it is open; dropping it (the stream
 //! ended, the client vanished, a write failed) frees the slot at once. The rate limiters are

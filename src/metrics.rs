@@ -1,4 +1,4 @@
-//! The process's metrics, rendered for Prometheus at `/metrics` (SPEC §8).
+//! The process's metrics, rendered for Prometheus at `/metrics`.
 //!
 //! Every labelled series is created up front and its handle kept, so an increment on the hot
 //! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come

@@ -16,7 +16,7 @@ pub enum Kind {
     /// Nchan: `GET /events/{channel}`; `POST /pub/{channel}` with the data as the body (one
     /// event per request).
     Nchan,
-    /// Pushpin with the GRIP backend of shared/peers: `GET /events/{channel}`;
+    /// Pushpin with the GRIP backend of the peers directory: `GET /events/{channel}`;
     /// `POST /publish/` with `{"items":[…http-stream content…]}` (batches allowed).
     Pushpin,
 }

@@ -1,5 +1,5 @@
 //! `proxy::parse_request` with an arbitrary path, query and `Last-Event-ID`: it never
-//! panics, and every topic it accepts obeys the topic and pattern rules (SPEC §4): an exact
+//! panics, and every topic it accepts obeys the topic and pattern rules: an exact
 //! topic passes `validate_topic`, a pattern is `*` or a valid topic followed by `/*`, and
 //! each re-parses to itself; types are valid event types; a resume id is a valid id; a
 //! refusal is a 400.

@@ -20,7 +20,7 @@ const DURATION_HINT: &str = "durations need a unit, like 500ms, 15s, 5m or 1h";
 const SIZE_HINT: &str = "sizes look like 65536, 64KiB or 1MiB (KiB = 1024 bytes, KB = 1000)";
 const RATE_HINT: &str = "rates look like 10/min, 100/s, 5/h or 2/500ms";
 const UPSTREAM_HINT: &str = "the upstream is http://host[:port], like http://127.0.0.1:3000";
-/// The characters of a topic (SPEC §4).
+/// The characters of a topic.
 const TOPIC_PUNCT: &str = "/_-.:@";
 
 /// Text that is not blank; trimmed.

@@ -1,4 +1,4 @@
-//! Topic names and subscription patterns (SPEC §4, §11).
+//! Topic names and subscription patterns.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Access control and abuse limits (SPEC §3 `limits`, §5 revocation, §6 auth, §7 rate
+//! Access control and abuse limits (the `limits` keys, revocation, auth, rate
 //! limits): real tokens signed here, real sockets from several loopback addresses.
 
 use crate::support::*;

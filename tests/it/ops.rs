@@ -1,4 +1,4 @@
-//! Operations (SPEC §8, §3 reload): metrics and stats after a known sequence, graceful
+//! Operations (docs/operations.md, and reload): metrics and stats after a known sequence, graceful
 //! shutdown with open streams and an in-flight request, and reload of limits with streams
 //! open. The signal-driven versions run the real binary in `cli`.
 

@@ -1,4 +1,4 @@
-//! SPEC §7: everything that is not an event stream is forwarded to the app, bodies streamed
+//! Proxying (docs/http-api.md): everything that is not an event stream is forwarded to the app, bodies streamed
 //! both ways, forwarding headers added, hop-by-hop headers removed, upgrades tunnelled,
 //! and a JSON 502/504 instead of a hang.
 
@@ -839,7 +839,7 @@ async fn an_app_that_never_accepts_is_a_504_after_the_connect_timeout() {
     .await
     .expect("no answer within 5s");
     let took = started.elapsed();
-    // SPEC §7 and the README: a timeout, connect or response, is 504.
+    // docs/http-api.md: a timeout, connect or response, is 504.
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{json}");
     assert_eq!(json["error"], "gateway_timeout", "{json}");
     assert!(

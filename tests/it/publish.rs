@@ -1,4 +1,4 @@
-//! The publish webhook on the internal listener (SPEC §5).
+//! The publish webhook on the internal listener.
 
 use crate::support::*;
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! Scale-out on Redis (SPEC §9): several instances on one real redis-server.
+//! Scale-out on Redis: several instances on one real redis-server.
 //!
 //! Each test starts its own `redis-server` child ([`server`]) on a free port, kills it with
 //! SIGKILL where the test needs Redis to die, and kills it on drop.

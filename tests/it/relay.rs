@@ -1,4 +1,4 @@
-//! The wire behaviour of forwarding on a kept-alive HTTP/1.1 client connection (SPEC §7),
+//! The wire behaviour of forwarding on a kept-alive HTTP/1.1 client connection,
 //! pinned for any implementation of the relay: sequential and pipelined requests, every way
 //! a response body can be delimited (length, chunked, close, none), interim responses,
 //! connection closing, idle timeout, rate limiting, metrics, and ssegate's own paths served

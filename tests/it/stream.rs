@@ -1,5 +1,5 @@
 //! Streams on the public listener: delivery, isolation, framing, resumption, the seam,
-//! gaps, slow consumers, heartbeats, close and DELETE (SPEC §4–§6, §11).
+//! gaps, slow consumers, heartbeats, close and DELETE.
 
 use crate::support::*;
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! The Redis broker (SPEC §9): several instances share one Redis stream.
+//! The Redis broker: several instances share one Redis stream.
 //!
 //! - **Publish** writes a batch in one `MULTI … EXEC`: an `XADD … MAXLEN ~ max_events` per
 //!   event, then `XTRIM … MINID ~` for `max_age`. The ids are the stream's entry ids, and
