@@ -59,10 +59,15 @@ fn node_ready() {
             "node not found: the browser tests need Node.js 20 or later (Debian: nodejs, npm)"
         );
         let dir = scripts_dir();
-        if !dir
-            .join("node_modules/playwright-core/package.json")
-            .is_file()
-        {
+        let installed = ["playwright-core", "htmx.org", "htmx-ext-sse"]
+            .iter()
+            .all(|m| {
+                dir.join("node_modules")
+                    .join(m)
+                    .join("package.json")
+                    .is_file()
+            });
+        if !installed {
             let out = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--prefix"])
                 .arg(&dir)
@@ -515,4 +520,96 @@ async fn demo_page_renders_live_events_and_resumes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "ssegate demo exited with {status}");
+}
+
+/// The page of the legacy app in `htmx_updates_a_second_page_through_a_derive_rule`: a list
+/// that refetches its fragment on `sse:items.changed`, and a form that posts an item. No
+/// publishing code anywhere.
+const LEGACY_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Legacy list</title>
+<script src="/htmx.js"></script><script src="/sse.js"></script>
+<script>
+  document.addEventListener('htmx:sseOpen', () => { window.sseOpen = true; });
+  document.addEventListener('htmx:afterSwap', (e) => { if (e.target.id === 'list') e.target.dataset.loaded = '1'; });
+</script></head>
+<body>
+  <div hx-ext="sse" sse-connect="/events?topic=legacy/items">
+    <ul id="list" hx-get="/items" hx-trigger="load, sse:items.changed"></ul>
+  </div>
+  <form hx-post="/items" hx-swap="none"><input name="name"><button>Add</button></form>
+</body></html>"#;
+
+/// An app that cannot be changed, made live by ssegate alone: a form POST through ssegate
+/// (htmx) publishes through a `derive` rule, and a second page following the topic with
+/// htmx's SSE extension refetches its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn htmx_updates_a_second_page_through_a_derive_rule() {
+    let _one = BROWSER.lock().await;
+    let items = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let store = Arc::clone(&items);
+    let modules = scripts_dir().join("node_modules");
+    let htmx = std::fs::read(modules.join("htmx.org/dist/htmx.min.js")).unwrap();
+    let sse = std::fs::read(modules.join("htmx-ext-sse/dist/sse.min.js")).unwrap();
+    let up = upstream(move |req| {
+        let store = Arc::clone(&store);
+        let (htmx, sse) = (htmx.clone(), sse.clone());
+        async move {
+            let (kind, body): (&str, Bytes) = match (req.method().as_str(), req.uri().path()) {
+                ("GET", "/htmx.js") => ("text/javascript", htmx.into()),
+                ("GET", "/sse.js") => ("text/javascript", sse.into()),
+                ("GET", "/items") => {
+                    let list: String = store
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|i| format!("<li>{i}</li>"))
+                        .collect();
+                    ("text/html", list.into())
+                }
+                ("POST", "/items") => {
+                    use http_body_util::BodyExt;
+                    let form = req.into_body().collect().await.unwrap().to_bytes();
+                    let name = form_urlencoded::parse(&form)
+                        .find(|(k, _)| k == "name")
+                        .map(|(_, v)| v.into_owned())
+                        .unwrap_or_default();
+                    store.lock().unwrap().push(name);
+                    let mut resp = Response::new(full(Bytes::new()));
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    return resp;
+                }
+                _ => (
+                    "text/html; charset=utf-8",
+                    Bytes::from_static(LEGACY_PAGE.as_bytes()),
+                ),
+            };
+            let mut resp = Response::new(full(body));
+            resp.headers_mut()
+                .insert("content-type", kind.parse().unwrap());
+            resp
+        }
+    })
+    .await;
+    let rules = "upstream: http://127.0.0.1:1\nderive:\n  - name: items\n    match:\n      methods: [POST]\n      path: /items\n    publish:\n      topic: legacy/items\n      event: items.changed\n";
+    let mut config = test_config(&up.uri);
+    config.derive = ssegate::config::parse(rules, &|_: &str| None)
+        .unwrap()
+        .derive;
+    let gate = sidecar(config).await;
+
+    let shots = shots_dir();
+    let out = node(
+        "htmx.mjs",
+        &[
+            format!("http://{}", gate.proxy),
+            shots.display().to_string(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        strings(&out["items"]),
+        ["first from htmx", "second"],
+        "{out}"
+    );
+    assert_eq!(items.lock().unwrap().len(), 2);
 }
