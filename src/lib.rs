@@ -33,3 +33,4 @@ pub mod response;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+pub mod watch;

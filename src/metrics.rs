@@ -87,6 +87,7 @@ pub struct Metrics {
     rate_limited: [Counter; 2],
     broker_up: Gauge,
     derived: Family<Vec<(&'static str, String)>, Counter>,
+    watched: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -198,9 +199,17 @@ impl Default for Metrics {
             derived.clone(),
         );
 
+        let watched = Family::<Vec<(&'static str, String)>, Counter>::default();
+        registry.register(
+            "ssegate_watch_polls",
+            "Polls of watched app URLs, by rule and outcome",
+            watched.clone(),
+        );
+
         Self {
             registry,
             derived,
+            watched,
             connections,
             rejected,
             published,
@@ -221,6 +230,16 @@ impl Metrics {
     /// and the rules' names bound the series.
     pub fn derived(&self, rule: &str, outcome: &'static str) {
         self.derived
+            .get_or_create(&vec![
+                ("rule", rule.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A `watch` poll's outcome (one per topic per interval at most).
+    pub fn watched(&self, rule: &str, outcome: &'static str) {
+        self.watched
             .get_or_create(&vec![
                 ("rule", rule.to_owned()),
                 ("outcome", outcome.to_owned()),

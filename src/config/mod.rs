@@ -29,7 +29,7 @@
 use std::fmt;
 use std::path::Path;
 
-mod derive;
+mod app_events;
 mod schema;
 mod types;
 mod values;

@@ -22,6 +22,7 @@ const TOP: &[&str] = &[
     "shutdown",
     "log",
     "derive",
+    "watch",
 ];
 const EVENTS: &[&str] = &[
     "path",
@@ -138,7 +139,8 @@ pub(crate) fn config(w: &mut Walker<'_>, root: Option<&Node>) -> Config {
             format: w.get(&log, "format", d.log.format, one_of(LOG_FORMAT)),
             level: w.get(&log, "level", d.log.level, v::non_empty),
         },
-        derive: super::derive::rules(w, &top),
+        derive: super::app_events::derive(w, &top),
+        watch: super::app_events::watch(w, &top),
         upstream: d.upstream,
     }
 }

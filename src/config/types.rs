@@ -39,6 +39,8 @@ pub struct Config {
     pub log: Log,
     /// Events derived from proxied requests.
     pub derive: Vec<DeriveRule>,
+    /// App URLs polled while their topics have streams.
+    pub watch: Vec<WatchRule>,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             shutdown: Shutdown::defaults(),
             log: Log::defaults(),
             derive: Vec::new(),
+            watch: Vec::new(),
         }
     }
 }
@@ -537,4 +540,21 @@ pub enum DeriveData {
     Request,
     /// The response's body, likewise.
     Response,
+}
+
+/// A `watch` rule: an app URL polled while a topic has streams, published when it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchRule {
+    /// Its name, in logs and metrics.
+    pub name: String,
+    /// The topics it serves: literal text and `{name}` placeholders (one segment each).
+    pub topic: Vec<TopicPart>,
+    /// The app's path (and query), with the topic's placeholders.
+    pub url: Vec<TopicPart>,
+    /// How often a followed topic is polled.
+    pub every: Duration,
+    /// The SSE event type, if any.
+    pub event: Option<String>,
+    /// Headers sent with every poll.
+    pub headers: Vec<(String, String)>,
 }

@@ -440,6 +440,33 @@ impl Hub {
             .end_where(|_| true, &End::Shutdown { retry, spread })
     }
 
+    /// Claims `name` for `ttl` among the instances sharing the broker, for work that must be
+    /// done by one of them at a time (a `watch` poll): always granted on a broker of one
+    /// instance; on Redis, unless another instance holds it (the holder renews its claim).
+    pub async fn claim(&self, name: &str, ttl: Duration) -> bool {
+        match &self.inner.broker {
+            Broker::Redis(redis) => redis.claim(name, ttl).await,
+            _ => true,
+        }
+    }
+
+    /// The value another instance stored under `name` ([`Hub::store`]); `None` on a broker
+    /// of one instance, where the caller's own memory is the only one.
+    pub async fn load(&self, name: &str) -> Option<String> {
+        match &self.inner.broker {
+            Broker::Redis(redis) => redis.load(name).await,
+            _ => None,
+        }
+    }
+
+    /// Stores `value` under `name` for `ttl` for the other instances; nothing on a broker of
+    /// one instance.
+    pub async fn store(&self, name: &str, value: &str, ttl: Duration) {
+        if let Broker::Redis(redis) = &self.inner.broker {
+            redis.store(name, value, ttl).await;
+        }
+    }
+
     /// Whether the broker can take publishes: always for the memory broker; for Redis,
     /// while this instance's reader is connected.
     pub fn broker_up(&self) -> bool {

@@ -21,12 +21,13 @@ pub use forward::{ForwardError, Forwarder};
 use crate::auth::{self, Authenticator, Grant};
 use crate::config::Config;
 use crate::head::{self, HeadError};
-use crate::hub::Hub;
+use crate::hub::{Hub, Selector};
 use crate::limits::{LimitError, Limits};
 use crate::metrics::{Metrics, RateLimited, Rejection};
 use crate::response::{ApiError, Body, EventBody, error_response, json_error};
 use crate::server::Handler;
 use crate::shutdown::Shutdown;
+use crate::watch::Watcher;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::http::request::Parts;
@@ -73,6 +74,8 @@ pub struct Public {
     upstreams: relay::Upstreams,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
+    /// Polls the app for watched topics while they have streams.
+    watcher: Watcher,
 }
 
 /// A refused stream: either one of ours, or the app's own answer (`auth.mode: upstream`).
@@ -107,6 +110,7 @@ impl Public {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Self, String> {
+        let watcher = Watcher::new(config, hub.clone(), Arc::clone(&metrics));
         Ok(Self {
             events_path: config.events.path.clone(),
             policy: RwLock::new(Arc::new(Policy::new(config)?)),
@@ -122,6 +126,7 @@ impl Public {
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
             ),
+            watcher,
             metrics,
             shutdown,
         })
@@ -131,6 +136,7 @@ impl Public {
     /// open streams are untouched. On error the old policy stays.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         let policy = Arc::new(Policy::new(config)?);
+        self.watcher.reload(config);
         *self
             .policy
             .write()
@@ -238,9 +244,24 @@ impl Public {
             tokio::time::Instant::now() + left
         });
 
+        let watched: Vec<Box<str>> = if self.watcher.is_active() {
+            sub_req
+                .filter
+                .selectors
+                .iter()
+                .filter_map(|s| match s {
+                    Selector::Exact(t) => Some(t.clone()),
+                    Selector::Prefix(_) => None,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let subscription = self.hub.subscribe(sub_req);
         self.metrics.connections_add(1);
-        let guard = (ConnectionGauge(Arc::clone(&self.metrics)), slot);
+        // After the subscription: a first poll's event reaches this stream.
+        let following = self.watcher.follow(watched.iter().map(|t| &**t));
+        let guard = (ConnectionGauge(Arc::clone(&self.metrics)), slot, following);
         let mut resp = Response::new(Body::Stream(Box::new(EventBody {
             subscription,
             guard: Box::new(guard),

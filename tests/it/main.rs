@@ -18,3 +18,4 @@ mod readme;
 mod redis;
 mod relay;
 mod stream;
+mod watch;

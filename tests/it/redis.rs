@@ -4,7 +4,7 @@
 //! SIGKILL where the test needs Redis to die, and kills it on drop.
 
 mod measure;
-mod server;
+pub(crate) mod server;
 
 use crate::support::*;
 use bytes::Bytes;

@@ -186,6 +186,72 @@ impl RedisBroker {
         entry::parse_ids(reply, batch.len()).map_err(|e| HubError::Unavailable(e.to_string()))
     }
 
+    /// Claims `name` (a short key of this stream's) for `ttl` unless another instance holds
+    /// it; the holder renews its claim. Unreachable Redis: not claimed.
+    pub async fn claim(&self, name: &str, ttl: Duration) -> bool {
+        let s = &self.shared;
+        let key = format!("{}:{name}", s.key);
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = s.publisher.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(s.origin).arg("NX").arg("PX").arg(ms);
+        match bounded(
+            PUBLISH_TIMEOUT,
+            set.query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        let holder: Result<Option<u64>, _> = bounded(
+            PUBLISH_TIMEOUT,
+            redis::cmd("GET").arg(&key).query_async(&mut conn),
+        )
+        .await;
+        if holder.ok().flatten() != Some(s.origin) {
+            return false;
+        }
+        let renew = redis::cmd("PEXPIRE").arg(&key).arg(ms).to_owned();
+        bounded(PUBLISH_TIMEOUT, renew.query_async::<i64>(&mut conn))
+            .await
+            .is_ok_and(|n| n == 1)
+    }
+
+    /// The value stored under `name` by any instance; `None` when unset or unreachable.
+    pub async fn load(&self, name: &str) -> Option<String> {
+        let s = &self.shared;
+        let mut conn = s.publisher.clone();
+        let get = redis::cmd("GET")
+            .arg(format!("{}:{name}", s.key))
+            .to_owned();
+        bounded(
+            PUBLISH_TIMEOUT,
+            get.query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Stores `value` under `name` for `ttl`, for every instance to read.
+    pub async fn store(&self, name: &str, value: &str, ttl: Duration) {
+        let s = &self.shared;
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut conn = s.publisher.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(format!("{}:{name}", s.key))
+            .arg(value)
+            .arg("PX")
+            .arg(ms);
+        let _ = bounded(
+            PUBLISH_TIMEOUT,
+            set.query_async::<Option<String>>(&mut conn),
+        )
+        .await;
+    }
+
     /// Sends a control action to the other instances (this one has already applied it).
     /// While Redis is unreachable it waits in a queue, written once Redis is back.
     pub fn send_control(&self, action: Control) {

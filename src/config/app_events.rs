@@ -1,9 +1,12 @@
-//! The `derive` list: rules that turn proxied requests into events. Templates are parsed
+//! The events ssegate publishes for an app that cannot: `derive` (from proxied requests)
+//! and `watch` (by polling the app). Templates are parsed
 //! here, so a topic that names a parameter the path does not define is an error with its
 //! line and column, and the runtime only fills in values.
 
-use super::types::{DeriveData, DeriveRule, PathPart, StatusMatch, TopicPart};
+use super::types::{DeriveData, DeriveRule, PathPart, StatusMatch, TopicPart, WatchRule};
 use super::walk::{Bad, Fields, Got, Walker};
+use super::yaml::Value;
+use std::time::Duration;
 
 const RULE: &[&str] = &["name", "match", "publish"];
 const MATCH: &[&str] = &["methods", "path", "status"];
@@ -16,7 +19,7 @@ const DATA: &[(&str, DeriveData)] = &[
 const DEFAULT_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 /// Reads the `derive` list of the top-level mapping.
-pub(super) fn rules(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<DeriveRule> {
+pub(super) fn derive(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<DeriveRule> {
     let mut rules: Vec<DeriveRule> = Vec::new();
     for (path, node) in w.items(top, "derive") {
         let f = w.fields(Some(node), &path, RULE);
@@ -83,6 +86,176 @@ pub(super) fn rules(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<DeriveRule> {
         });
     }
     rules
+}
+
+const WATCH: &[&str] = &["name", "topic", "url", "every", "event", "headers"];
+
+/// Reads the `watch` list of the top-level mapping.
+pub(super) fn watch(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<WatchRule> {
+    let mut rules: Vec<WatchRule> = Vec::new();
+    for (path, node) in w.items(top, "watch") {
+        let f = w.fields(Some(node), &path, WATCH);
+        let name = match w.read(&f, "name", super::values::non_empty) {
+            Got::Value(n) => n,
+            Got::Absent => {
+                w.refuse(
+                    &f,
+                    "name",
+                    Bad::new("every rule needs a name (for logs and metrics)"),
+                );
+                continue;
+            }
+            Got::Invalid => continue,
+        };
+        if rules.iter().any(|r| r.name == name) {
+            w.refuse(
+                &f,
+                "name",
+                Bad::new(format!("another rule is named {name:?}")),
+            );
+        }
+        let topic = match w.read(&f, "topic", topic_template) {
+            Got::Value(t) if t.iter().any(|p| matches!(p, TopicPart::ResponseHeader(_))) => {
+                w.refuse(
+                    &f,
+                    "topic",
+                    Bad::new("a watched topic is filled from the topic only"),
+                );
+                continue;
+            }
+            Got::Value(t) => t,
+            Got::Absent => {
+                w.refuse(
+                    &f,
+                    "topic",
+                    Bad::new("required: the topics this rule serves"),
+                );
+                continue;
+            }
+            Got::Invalid => continue,
+        };
+        let url = match w.read(&f, "url", url_template) {
+            Got::Value(u) => u,
+            Got::Absent => {
+                w.refuse(&f, "url", Bad::new("required: the app's URL to poll"));
+                continue;
+            }
+            Got::Invalid => continue,
+        };
+        let defined = |n: &str| {
+            topic
+                .iter()
+                .any(|t| matches!(t, TopicPart::Param(m) if m == n))
+        };
+        for part in &url {
+            if let TopicPart::Param(n) = part
+                && !defined(n)
+            {
+                let bad = Bad::new(format!("{{{n}}} is not a parameter of the topic"))
+                    .hint("the URL is filled from the topic's placeholders");
+                w.refuse(&f, "url", bad);
+            }
+        }
+        let headers = headers(w, &f);
+        rules.push(WatchRule {
+            name,
+            topic,
+            url,
+            every: w.get(
+                &f,
+                "every",
+                Duration::from_secs(2),
+                super::values::positive_duration,
+            ),
+            event: w.get(&f, "event", None, event_type),
+            headers,
+        });
+    }
+    rules
+}
+
+/// `headers: { Name: value }`: any names, each a valid header name.
+fn headers(w: &mut Walker<'_>, f: &Fields<'_>) -> Vec<(String, String)> {
+    let Some(node) = f.get("headers") else {
+        return Vec::new();
+    };
+    let path = f.path_of("headers");
+    let Value::Map(entries) = &node.value else {
+        w.report(
+            path,
+            Some(node),
+            Bad::new(format!(
+                "expected a mapping of header names, found {}",
+                node.kind()
+            )),
+        );
+        return Vec::new();
+    };
+    let names: Vec<&str> = entries
+        .iter()
+        .filter_map(|(k, _)| match &k.value {
+            Value::Scalar(s) => Some(s.as_str()),
+            _ => None,
+        })
+        .collect();
+    let fields = w.fields(Some(node), &path, &names);
+    let mut out = Vec::new();
+    for name in names {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            w.refuse(&fields, name, Bad::not_a(name, "a header name"));
+            continue;
+        }
+        if let Got::Value(v) = w.read(&fields, name, |s| {
+            if s.bytes().any(|b| b == b'\r' || b == b'\n') {
+                Err(Bad::new("a header value is one line"))
+            } else {
+                Ok(s.to_owned())
+            }
+        }) {
+            out.push((name.to_owned(), v));
+        }
+    }
+    out
+}
+
+/// `/api/jobs/{job}/status`: a path (and query) with `{name}` placeholders.
+fn url_template(s: &str) -> Result<Vec<TopicPart>, Bad> {
+    if !s.starts_with('/') {
+        return Err(Bad::not_a(s, "an app path").hint("it starts with /, like /api/jobs/{job}"));
+    }
+    let mut parts = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TopicPart::Literal(rest[..open].to_owned()));
+        }
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| Bad::not_a(s, "an app path").hint("unclosed {"))?;
+        let name = &rest[open + 1..open + close];
+        if !placeholder(name) {
+            return Err(Bad::not_a(s, "an app path").hint("a placeholder is {name}"));
+        }
+        parts.push(TopicPart::Param(name.to_owned()));
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(TopicPart::Literal(rest.to_owned()));
+    }
+    let literal_ok = parts.iter().all(|p| match p {
+        TopicPart::Literal(l) => l
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:@/?".contains(&b)),
+        _ => true,
+    });
+    if !literal_ok {
+        return Err(Bad::not_a(s, "an app path").hint("only characters a URL may contain"));
+    }
+    Ok(parts)
 }
 
 fn method(s: &str) -> Result<String, Bad> {
