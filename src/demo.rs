@@ -33,6 +33,34 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The page, with `{{ADMIN}}` standing for the internal listener's address.
 const PAGE: &str = include_str!("demo/index.html");
 
+/// The "legacy app" page: `{{NOTES}}` and `{{JOB}}` are rendered on the server.
+const LEGACY_PAGE: &str = include_str!("demo/legacy.html");
+
+/// htmx and its SSE extension, served by the demo app (the demo works with no network).
+const HTMX: &str = include_str!("demo/vendor/htmx.min.js");
+const HTMX_SSE: &str = include_str!("demo/vendor/sse.min.js");
+
+/// What ssegate publishes for the legacy page: the app itself publishes nothing.
+const LEGACY_RULES: &str = "
+derive:
+  - name: demo-notes
+    match:
+      methods: [POST]
+      path: /legacy/notes
+    publish:
+      topic: demo/notes
+      event: notes.changed
+watch:
+  - name: demo-job
+    topic: job/{job}
+    url: /legacy/jobs/{job}/status
+    every: 1s
+    event: job.status
+";
+
+/// How long the demo's job takes.
+const JOB_TIME: Duration = Duration::from_secs(20);
+
 /// One sample event every this long.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -66,7 +94,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let upstream: hyper::Uri = format!("http://{app_addr}")
         .parse()
         .map_err(|e| format!("demo app address {app_addr}: {e}"))?;
-    let mut config = Config::with_upstream(upstream);
+    let mut config = Config::with_upstream(upstream.clone());
+    let rules = crate::config::parse(&format!("upstream: {upstream}\n{LEGACY_RULES}"), &|_| None)
+        .map_err(|e| format!("the demo's rules: {e}"))?;
+    config.derive = rules.derive;
+    config.watch = rules.watch;
     config.listen = options.listen;
     config.admin_listen = options.admin_listen;
     let grace = config.shutdown.grace;
@@ -77,6 +109,10 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let app_shutdown = Shutdown::new();
     let app = Arc::new(DemoApp {
         page: Bytes::from(PAGE.replace("{{ADMIN}}", &running.admin_addr.to_string())),
+        notes: std::sync::Mutex::new(vec![
+            "Posted before you came: the page renders it on the server.".to_owned(),
+        ]),
+        job_started: std::sync::Mutex::new(None),
     });
     let app_task = tokio::spawn(server::serve(
         app_listener,
@@ -111,6 +147,7 @@ fn banner(proxy: SocketAddr, admin: SocketAddr) -> String {
     format!(
         "ssegate demo is running.\n\
          \x20 Open http://{proxy}/ in a browser.\n\
+         \x20 An app with no publishing code at all, made live by ssegate: http://{proxy}/legacy\n\
          \x20 Publish your own event (it appears on the page):\n\
          \x20   curl -s http://{admin}/publish -H 'content-type: application/json' \\\n\
          \x20     -d '{{\"topic\":\"demo/chat\",\"event\":\"chat\",\"data\":{{\"user\":\"you\",\"text\":\"Hello from curl\"}}}}'\n\
@@ -134,25 +171,130 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// The demo app: the page at `/`, 404 for anything else.
+/// The demo app: the page at `/`, and a small "legacy" app under `/legacy` that renders
+/// HTML and takes form posts, with no publishing code (ssegate's `derive` and `watch` rules
+/// make it live).
 struct DemoApp {
     page: Bytes,
+    notes: std::sync::Mutex<Vec<String>>,
+    job_started: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+impl DemoApp {
+    fn notes_html(&self) -> String {
+        let notes = self
+            .notes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        notes
+            .iter()
+            .rev()
+            .map(|n| format!("<li>{}</li>", escape(n)))
+            .collect()
+    }
+
+    fn job_html(&self) -> String {
+        let started = *self
+            .job_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match started {
+            None => "Not started.".to_owned(),
+            Some(at) => {
+                let done = at.elapsed().as_secs_f64() / JOB_TIME.as_secs_f64();
+                // Truncation is intended: whole percents.
+                let pct = (done.min(1.0) * 100.0) as u32;
+                let state = if pct >= 100 { "done" } else { "running" };
+                format!("<progress value=\"{pct}\" max=\"100\"></progress> {pct}% — {state}")
+            }
+        }
+    }
+}
+
+/// `text` safe inside HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn html(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body.into()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+const HTML: &str = "text/html; charset=utf-8";
 
 impl Handler for DemoApp {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
-        if req.uri().path() == "/" && (req.method() == Method::GET || req.method() == Method::HEAD)
-        {
-            let mut resp = Response::new(Body::full(self.page.clone()));
-            let h = resp.headers_mut();
-            h.insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            );
-            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            return resp;
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        let post = req.method() == Method::POST;
+        match req.uri().path() {
+            "/" if get => return html(StatusCode::OK, HTML, self.page.clone()),
+            "/legacy" if get => {
+                let page = LEGACY_PAGE
+                    .replace("{{NOTES}}", &self.notes_html())
+                    .replace("{{JOB}}", &self.job_html());
+                return html(StatusCode::OK, HTML, page);
+            }
+            "/legacy/htmx.min.js" if get => {
+                return html(StatusCode::OK, "text/javascript", HTMX);
+            }
+            "/legacy/sse.min.js" if get => {
+                return html(StatusCode::OK, "text/javascript", HTMX_SSE);
+            }
+            "/legacy/notes" if get => return html(StatusCode::OK, HTML, self.notes_html()),
+            "/legacy/notes" if post => {
+                let htmx = req.headers().contains_key("hx-request");
+                let form = http_body_util::Limited::new(req.into_body(), 4096)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let text = form_urlencoded::parse(&form)
+                    .find(|(k, _)| k == "text")
+                    .map(|(_, v)| v.trim().chars().take(200).collect::<String>())
+                    .unwrap_or_default();
+                if text.is_empty() {
+                    return html(StatusCode::BAD_REQUEST, HTML, "A note needs some text.");
+                }
+                {
+                    let mut notes = self
+                        .notes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    notes.push(text);
+                    let excess = notes.len().saturating_sub(20);
+                    notes.drain(..excess);
+                }
+                if htmx {
+                    return html(StatusCode::NO_CONTENT, HTML, Bytes::new());
+                }
+                // Without JavaScript, the classic post-redirect-get.
+                let mut resp = html(StatusCode::SEE_OTHER, HTML, Bytes::new());
+                resp.headers_mut()
+                    .insert(hyper::header::LOCATION, HeaderValue::from_static("/legacy"));
+                return resp;
+            }
+            "/legacy/job" if post => {
+                *self
+                    .job_started
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(tokio::time::Instant::now());
+                return html(StatusCode::NO_CONTENT, HTML, Bytes::new());
+            }
+            "/legacy/jobs/demo/status" if get => {
+                return html(StatusCode::OK, HTML, self.job_html());
+            }
+            _ => {}
         }
-        let mut resp = Response::new(Body::full("not found: the demo app serves only /\n"));
+        let mut resp = Response::new(Body::full("not found: the demo app serves / and /legacy\n"));
         *resp.status_mut() = StatusCode::NOT_FOUND;
         resp.headers_mut().insert(
             CONTENT_TYPE,

@@ -494,7 +494,17 @@ async fn demo_page_renders_live_events_and_resumes() {
             .unwrap()
             .contains(&format!("{admin}/publish"))
     );
-    for shot in ["demo.png", "demo-resumed.png"] {
+    let notes = strings(&out["legacy"]["notes"]);
+    assert_eq!(
+        notes.first().map(String::as_str),
+        Some("A note from the browser test"),
+        "the note posted in another window, newest first: {out}"
+    );
+    assert!(
+        out["legacy"]["job"].as_str().unwrap().contains("running"),
+        "{out}"
+    );
+    for shot in ["demo.png", "demo-resumed.png", "demo-legacy.png"] {
         let len = std::fs::metadata(shots.join(shot)).map_or(0, |m| m.len());
         assert!(len > 10_000, "{shot} is missing or blank ({len} bytes)");
     }

@@ -1,6 +1,7 @@
 // The `ssegate demo` page in Chromium: it renders live events from both topics, shows an
 // event published with the printed curl line, and after its "drop" button resumes with the
-// events published meanwhile. Screenshots go to SHOTS/demo.png and SHOTS/demo-resumed.png.
+// events published meanwhile; its legacy page goes live through derive and watch rules.
+// Screenshots go to SHOTS/demo.png, SHOTS/demo-resumed.png and SHOTS/demo-legacy.png.
 //
 // node demo.mjs URL ADMIN SHOTS
 
@@ -26,7 +27,28 @@ run(async (page) => {
   await page.locator('#log li.resumed').first().waitFor();
   await page.screenshot({ path: join(shots, 'demo-resumed.png'), fullPage: true });
 
-  return page.evaluate(() => {
+  // The "legacy" app: a note posted in one window appears in another (a derive rule), and
+  // the job's progress arrives by itself (a watch rule). The app publishes nothing.
+  const reader = await page.context().newPage();
+  await reader.goto(`${url}legacy`);
+  await reader.waitForFunction(() => document.querySelector('#notes li') !== null);
+  await reader.waitForFunction(() => typeof htmx !== 'undefined');
+  const writer = await page.context().newPage();
+  await writer.goto(`${url}legacy`);
+  await writer.fill('input[name=text]', 'A note from the browser test');
+  await writer.click('form button');
+  await reader.locator('#notes li', { hasText: 'A note from the browser test' }).waitFor();
+  await writer.click('text=Start the job');
+  await reader.locator('#job progress').waitFor();
+  await reader.screenshot({ path: join(shots, 'demo-legacy.png'), fullPage: true });
+  const legacy = {
+    notes: await reader.$$eval('#notes li', (lis) => lis.map((li) => li.textContent)),
+    job: await reader.locator('#job').textContent(),
+  };
+  await reader.close();
+  await writer.close();
+
+  const main = await page.evaluate(() => {
     const items = [...document.querySelectorAll('#log li[data-id]')];
     return {
       state: document.querySelector('#state').textContent,
@@ -39,4 +61,5 @@ run(async (page) => {
       curl_hint: document.querySelector('pre').textContent,
     };
   });
+  return { ...main, legacy };
 });
