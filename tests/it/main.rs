@@ -7,6 +7,7 @@ mod support;
 mod access;
 mod cli;
 mod deploy;
+mod dispatch;
 mod faults;
 mod hostile;
 mod ops;
