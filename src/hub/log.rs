@@ -293,31 +293,33 @@ impl MemoryLog {
         st.horizon = st.horizon.max(horizon);
     }
 
-    /// Takes the oldest event out of the history (a dispatcher may still hold it).
-    fn evict_oldest(st: &mut State) {
+    /// Takes the oldest event out of the history (a dispatcher may still hold it); false
+    /// when the history is empty.
+    fn evict_oldest(st: &mut State) -> bool {
         let Some(slot) = st.ring.get(st.index(st.history_seq)) else {
-            return;
+            return false;
         };
         let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame.len()));
         st.history_bytes -= size;
         st.horizon = st.horizon.max(id.next());
         st.history_seq += 1;
+        true
     }
 
     fn trim_size(&self, st: &mut State) {
         while st.next_seq() - st.history_seq > self.bounds.max_events as u64
             || st.history_bytes > self.bounds.max_bytes
         {
-            Self::evict_oldest(st);
+            if !Self::evict_oldest(st) {
+                break;
+            }
         }
     }
 
     fn trim_age(&self, st: &mut State, now: u64) {
         let max_age = u64::try_from(self.bounds.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now.saturating_sub(max_age);
-        while st.history().next().is_some_and(|s| s.id.ms < cutoff) {
-            Self::evict_oldest(st);
-        }
+        while st.history().next().is_some_and(|s| s.id.ms < cutoff) && Self::evict_oldest(st) {}
         self.settle(st);
     }
 
