@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::hub::{Hub, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishError};
-use crate::response::{Body, empty, error_response, json, json_error};
+use crate::response::{ApiError, Body, empty, error_response, json, json_error};
 use crate::server::{Handler, LINGER_MAX, LINGER_TIME};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
@@ -126,11 +126,7 @@ impl Admin {
         };
         let batch = publish::parse_body(&body, policy.max_event_bytes)?;
         let started = std::time::Instant::now();
-        let ids = self
-            .hub
-            .publish(batch)
-            .await
-            .map_err(|e| PublishError::BrokerUnavailable(e.to_string()))?;
+        let ids = self.hub.publish(batch).await?;
         self.metrics.publish_duration(started.elapsed());
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         Ok(json(
@@ -153,8 +149,10 @@ impl Admin {
             "top_topics": top,
             "history": {
                 "events": stats.history_len,
+                "bytes": stats.history_bytes,
                 "oldest_id": stats.oldest.map(|id| id.to_string()),
             },
+            "dispatch": { "waiting_events": stats.dispatch_waiting },
             "uptime_seconds": self.started.elapsed().as_secs(),
             "broker": { "kind": self.hub.broker_kind(), "up": self.hub.broker_up() },
             "shutting_down": self.shutdown.is_triggered(),
@@ -247,7 +245,10 @@ impl Handler for Admin {
             "/stats" => self.stats(),
             "/publish" if method == Method::POST => match self.publish(req).await {
                 Ok(resp) => resp,
-                Err(e) => error_response(&e),
+                Err(e) => {
+                    self.metrics.publish_rejected(e.code());
+                    error_response(&e)
+                }
             },
             "/publish" => method_not_allowed("POST"),
             p => {

@@ -173,6 +173,7 @@ pub fn hub_settings(config: &Config) -> HubSettings {
     let e = &config.events;
     HubSettings {
         history_max_events: e.history.max_events,
+        history_max_bytes: e.history.max_bytes,
         history_max_age: e.history.max_age,
         subscriber_buffer: e.subscriber_buffer,
         slow_consumer: match e.slow_consumer {

@@ -4,6 +4,7 @@
 //! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come
 //! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded.
 
+use crate::publish::PublishError;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -82,6 +83,7 @@ pub struct Metrics {
     dropped_overflow: Counter,
     slow_consumer_disconnects: Counter,
     publish_duration: Histogram,
+    publish_rejected: [Counter; PublishError::CODES.len()],
     proxy_requests: [Counter; 5],
     upstream_duration: Histogram,
     rate_limited: [Counter; 2],
@@ -157,6 +159,15 @@ impl Default for Metrics {
             publish_duration.clone(),
         );
 
+        let refused_family = Family::<Labels, Counter>::default();
+        let publish_rejected =
+            PublishError::CODES.map(|c| refused_family.get_or_create(&vec![("reason", c)]).clone());
+        registry.register(
+            "ssegate_publish_rejected",
+            "Publish requests refused, by error code (overloaded: the dispatchers are behind)",
+            refused_family,
+        );
+
         let proxy_family = Family::<Labels, Counter>::default();
         let proxy_requests = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| {
             proxy_family
@@ -217,6 +228,7 @@ impl Default for Metrics {
             dropped_overflow,
             slow_consumer_disconnects,
             publish_duration,
+            publish_rejected,
             proxy_requests,
             upstream_duration,
             rate_limited,
@@ -289,6 +301,13 @@ impl Metrics {
     /// How long a publish took to store.
     pub fn publish_duration(&self, d: Duration) {
         self.publish_duration.observe(d.as_secs_f64());
+    }
+
+    /// A refused publish, by its error code (one of [`PublishError::CODES`]).
+    pub fn publish_rejected(&self, code: &str) {
+        if let Some(i) = PublishError::CODES.iter().position(|c| *c == code) {
+            self.publish_rejected[i].inc();
+        }
     }
 
     /// A proxied request's status, and the upstream's time to answer if it was reached.

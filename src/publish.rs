@@ -2,7 +2,7 @@
 //! [`NewEvent`]s, or one refusal that names the field and the item. Nothing of a batch is
 //! published when any item is bad. No HTTP here; `admin` serves it.
 
-use crate::hub::{NewEvent, validate_topic};
+use crate::hub::{Backlog, HubError, NewEvent, validate_topic};
 use crate::response::ApiError;
 use crate::sse;
 use hyper::StatusCode;
@@ -32,6 +32,32 @@ pub enum PublishError {
     /// The broker could not store the events.
     #[error("the broker is unavailable, nothing was published: {0}")]
     BrokerUnavailable(String),
+    /// The events already accepted are not yet dispatched: taking more would only grow
+    /// memory. Nothing was published.
+    #[error("nothing was published, retry shortly: {0}")]
+    Overloaded(#[source] Backlog),
+}
+
+impl PublishError {
+    /// Every `error` code a publish can be refused with, for the metric's labels.
+    pub const CODES: [&'static str; 7] = [
+        "invalid_json",
+        "invalid_event",
+        "unauthorized",
+        "too_large",
+        "unsupported_media_type",
+        "broker_unavailable",
+        "overloaded",
+    ];
+}
+
+impl From<HubError> for PublishError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::Unavailable(why) => Self::BrokerUnavailable(why),
+            HubError::Overloaded(backlog) => Self::Overloaded(backlog),
+        }
+    }
 }
 
 impl ApiError for PublishError {
@@ -42,6 +68,7 @@ impl ApiError for PublishError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
     fn code(&self) -> &'static str {
@@ -52,10 +79,11 @@ impl ApiError for PublishError {
             Self::TooLarge(_) => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BrokerUnavailable(_) => "broker_unavailable",
+            Self::Overloaded(_) => "overloaded",
         }
     }
     fn retry_after(&self) -> Option<u64> {
-        matches!(self, Self::BrokerUnavailable(_)).then_some(1)
+        matches!(self, Self::BrokerUnavailable(_) | Self::Overloaded(_)).then_some(1)
     }
 }
 
@@ -289,6 +317,33 @@ mod tests {
             PublishError::InvalidJson(m) => assert!(m.contains("line 2"), "{m}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_overloaded_hub_is_a_429_to_retry_and_every_code_has_a_metric_label() {
+        let backlog = Backlog {
+            events: 10,
+            bytes: 300,
+            max_events: 10,
+            max_bytes: 1 << 20,
+        };
+        let e = PublishError::from(HubError::Overloaded(backlog));
+        assert_eq!(
+            (e.status(), e.code(), e.retry_after()),
+            (StatusCode::TOO_MANY_REQUESTS, "overloaded", Some(1))
+        );
+        assert!(e.to_string().contains("max_events 10"), "{e}");
+        let every = [
+            PublishError::InvalidJson(String::new()),
+            PublishError::InvalidEvent(String::new()),
+            PublishError::Unauthorized,
+            PublishError::TooLarge(String::new()),
+            PublishError::UnsupportedMediaType,
+            PublishError::from(HubError::Unavailable(String::new())),
+            e,
+        ];
+        let codes: Vec<_> = every.iter().map(ApiError::code).collect();
+        assert_eq!(codes, PublishError::CODES);
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn events(w: &mut Walker<'_>, top: &Fields<'_>, d: Events) -> Events {
     let f = w.section(top, "events", EVENTS);
-    let history = w.section(&f, "history", &["max_events", "max_age"]);
+    let history = w.section(&f, "history", &["max_events", "max_bytes", "max_age"]);
     let cors = w.section(&f, "cors", &["allow_origins"]);
     let allow_origins = match w.list(&cors, "allow_origins", v::origin) {
         Got::Value(origins) => {
@@ -174,6 +174,7 @@ fn events(w: &mut Walker<'_>, top: &Fields<'_>, d: Events) -> Events {
         retry: w.get(&f, "retry", d.retry, v::duration),
         history: History {
             max_events: w.get(&history, "max_events", d.history.max_events, v::count(1)),
+            max_bytes: w.get(&history, "max_bytes", d.history.max_bytes, v::size),
             max_age: w.get(&history, "max_age", d.history.max_age, v::positive_duration),
         },
         subscriber_buffer: w.get(&f, "subscriber_buffer", d.subscriber_buffer, v::count(1)),

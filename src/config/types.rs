@@ -115,6 +115,7 @@ impl Events {
             retry: Duration::from_secs(2),
             history: History {
                 max_events: 10_000,
+                max_bytes: 64 << 20,
                 max_age: Duration::from_secs(3600),
             },
             subscriber_buffer: 1000,
@@ -132,6 +133,8 @@ impl Events {
 pub struct History {
     /// Most events kept (across all topics). Default 10000, at least 1.
     pub max_events: usize,
+    /// Most bytes of encoded events kept. Default 64 MiB, more than zero.
+    pub max_bytes: usize,
     /// Oldest event kept. Default 1h, never zero.
     pub max_age: Duration,
 }

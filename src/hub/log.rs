@@ -1,4 +1,5 @@
-//! The event log: the bounded, globally ordered history of this instance.
+//! The event log: the bounded, globally ordered history of this instance, and the events
+//! its dispatchers have not read yet.
 //!
 //! With the memory broker, publishing appends here (one short lock: assign ids, encode each
 //! frame once, append). With Redis, the log is the local mirror of the shared stream: the
@@ -6,40 +7,103 @@
 //! Either way the dispatchers read it by sequence number to fan events out, and new
 //! subscribers read it to replay what they missed, so history and live delivery come from
 //! one ordered source.
+//!
+//! Retention and dispatch are separate: the history (bounded by count, bytes and age) is
+//! what a resume can replay, and each dispatcher has its own cursor. An event leaves the
+//! ring only once it is out of the history *and* every dispatcher has read it, so trimming
+//! the history never skips an event for a live stream. What the dispatchers have not read
+//! is bounded too: past the history's own limits, [`MemoryLog::append`] refuses new events
+//! (the webhook answers 429) and the Redis reader waits ([`MemoryLog::wait_for_room`]).
 
 use super::{Event, NewEvent, Resume};
 use crate::sse::{self, EventId};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 
-/// One history entry. `event` is `None` once its topic was deleted: the slot keeps its id
-/// so sequence numbers and the id order stay intact.
+/// One entry. `event` is `None` once its topic was deleted: the slot keeps its id so
+/// sequence numbers and the id order stay intact.
 struct Slot {
     id: EventId,
     event: Option<Arc<Event>>,
+    /// Encoded bytes appended before this slot: the size of any run of slots is one
+    /// subtraction, whatever was deleted since.
+    before: u64,
+}
+
+/// How much the history holds. An event leaves it when any bound pushes it out; the same
+/// bounds, again, cap what may wait for the dispatchers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub max_age: Duration,
 }
 
 struct State {
     ring: VecDeque<Slot>,
     /// Sequence number of `ring[0]`; the next appended event gets `first_seq + ring.len()`.
     first_seq: u64,
+    /// Sequence number of the oldest event in the history. The slots before it are held
+    /// only because a dispatcher has not read them yet; replays never see them.
+    history_seq: u64,
+    /// Encoded size of the events in the history (deleted ones not counted).
+    history_bytes: usize,
+    /// Encoded bytes appended since the log was created.
+    appended_bytes: u64,
+    /// Each dispatcher's next sequence number.
+    cursors: Box<[u64]>,
+    /// The slowest dispatcher's cursor (the next sequence number without any dispatcher),
+    /// and the bytes appended before it.
+    dispatched: u64,
+    dispatched_bytes: u64,
+    /// The Redis reader waits for the dispatchers: wake it once they have made room.
+    room_wanted: bool,
     last_id: EventId,
     /// The history is complete from this id on: a resume starting before it may have missed
     /// events. It starts at the process's boot (memory) or at the oldest entry loaded from
     /// Redis, and moves up past every evicted event and every hole in the mirror.
     horizon: EventId,
-    /// Dispatchers start reading at this sequence number: history loaded from Redis at
-    /// startup is for replays only, never sent to live streams as new events.
-    dispatch_from: u64,
 }
 
-/// The result of reading the log for fan-out.
-pub(crate) enum Read {
-    /// Events were copied out (possibly none); continue from this sequence number.
-    Events { next: u64 },
-    /// The reader fell so far behind that events it never saw were evicted.
-    Lagged { next: u64 },
+impl State {
+    fn next_seq(&self) -> u64 {
+        self.first_seq + self.ring.len() as u64
+    }
+
+    fn index(&self, seq: u64) -> usize {
+        usize::try_from(seq - self.first_seq).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes appended before sequence number `seq` (which the ring still holds, or the next).
+    fn bytes_before(&self, seq: u64) -> u64 {
+        self.ring
+            .get(self.index(seq))
+            .map_or(self.appended_bytes, |s| s.before)
+    }
+
+    /// The slots of the history.
+    fn history(&self) -> std::collections::vec_deque::Iter<'_, Slot> {
+        self.ring.range(self.index(self.history_seq)..)
+    }
+}
+
+/// Too many events wait for the dispatchers: nothing was appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{events} events ({bytes} bytes) are still waiting to be queued for the streams, as many \
+     as the history holds (max_events {max_events}, max_bytes {max_bytes})"
+)]
+pub struct Backlog {
+    /// Events appended and not yet read by every dispatcher.
+    pub events: u64,
+    /// Their encoded size.
+    pub bytes: u64,
+    /// The history's bounds, which the backlog may not exceed either.
+    pub max_events: usize,
+    /// See `max_events`.
+    pub max_bytes: usize,
 }
 
 /// What a new subscriber must be sent before live events.
@@ -55,11 +119,12 @@ pub(crate) struct Replay {
     pub resumable_head: Option<EventId>,
 }
 
-/// The in-memory history.
+/// The in-memory history and dispatch queue.
 pub(crate) struct MemoryLog {
     state: Mutex<State>,
-    max_events: usize,
-    max_age: Duration,
+    bounds: Bounds,
+    /// Woken when the dispatchers make room after [`Self::wait_for_room`] found none.
+    room: Notify,
     /// When the log was created, by this machine's clock.
     created_ms: u64,
 }
@@ -72,28 +137,28 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl MemoryLog {
-    /// The memory broker's log. Ids before this process started are unknown: resuming from
-    /// one is a gap.
-    pub fn new(max_events: usize, max_age: Duration) -> Self {
+    /// The memory broker's log, read by `readers` dispatchers. Ids before this process
+    /// started are unknown: resuming from one is a gap.
+    pub fn new(bounds: Bounds, readers: usize) -> Self {
         let now = now_ms();
         // No event will get this id (the first is later), and resuming from it misses
         // nothing: a stream opened before any event can be told it as its starting point.
         // An id from before it comes from an earlier process: a gap.
         let start = EventId::new(now, 0);
-        Self::with(max_events, max_age, now, start, start)
+        Self::with(bounds, readers, now, start, start)
     }
 
     /// The local mirror of a Redis stream: every resume is a gap until [`Self::load`] has
     /// brought in the stream's history. Ids come from Redis's clock, not this machine's:
     /// nothing is assumed about them until then.
-    pub fn mirror(max_events: usize, max_age: Duration) -> Self {
+    pub fn mirror(bounds: Bounds, readers: usize) -> Self {
         let horizon = EventId::new(u64::MAX, u64::MAX);
-        Self::with(max_events, max_age, now_ms(), EventId::default(), horizon)
+        Self::with(bounds, readers, now_ms(), EventId::default(), horizon)
     }
 
     fn with(
-        max_events: usize,
-        max_age: Duration,
+        bounds: Bounds,
+        readers: usize,
         created_ms: u64,
         last_id: EventId,
         horizon: EventId,
@@ -102,12 +167,22 @@ impl MemoryLog {
             state: Mutex::new(State {
                 ring: VecDeque::new(),
                 first_seq: 0,
+                history_seq: 0,
+                history_bytes: 0,
+                appended_bytes: 0,
+                cursors: vec![0; readers].into_boxed_slice(),
+                dispatched: 0,
+                dispatched_bytes: 0,
+                room_wanted: false,
                 last_id,
                 horizon,
-                dispatch_from: 0,
             }),
-            max_events: max_events.max(1),
-            max_age,
+            bounds: Bounds {
+                max_events: bounds.max_events.max(1),
+                max_bytes: bounds.max_bytes.max(1),
+                ..bounds
+            },
+            room: Notify::new(),
             created_ms,
         }
     }
@@ -125,16 +200,14 @@ impl MemoryLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sequence number the next appended event will get.
-    pub fn next_seq(&self) -> u64 {
-        let st = self.lock();
-        st.first_seq + st.ring.len() as u64
-    }
-
-    /// Appends a batch atomically and returns the ids, in order.
-    pub fn append(&self, batch: Vec<NewEvent>) -> Vec<EventId> {
+    /// Appends a batch atomically and returns the ids, in order; or appends nothing when
+    /// the dispatchers are a whole history behind. A batch is taken whole as long as they
+    /// are not, even one larger than the history: its oldest events then go to the live
+    /// streams without staying in the history.
+    pub fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, Backlog> {
         let now = now_ms();
         let mut st = self.lock();
+        self.check_room(&st)?;
         self.trim_age(&mut st, now);
         let mut ids = Vec::with_capacity(batch.len());
         for ev in batch {
@@ -154,23 +227,27 @@ impl MemoryLog {
             self.push(&mut st, event);
             ids.push(id);
         }
-        ids
+        self.trim_size(&mut st);
+        self.settle(&mut st);
+        Ok(ids)
     }
 
     fn push(&self, st: &mut State, event: Arc<Event>) {
+        let size = event.frame.len();
         st.last_id = event.id;
         st.ring.push_back(Slot {
             id: event.id,
             event: Some(event),
+            before: st.appended_bytes,
         });
-        if st.ring.len() > self.max_events {
-            self.evict_front(st);
-        }
+        st.appended_bytes += size as u64;
+        st.history_bytes += size;
     }
 
     /// Appends events that already have their ids (read from Redis, in stream order).
     /// Events not newer than the last one appended are skipped, so a re-read is harmless.
-    /// Returns how many were appended.
+    /// Returns how many were appended. The reader bounds what waits for the dispatchers by
+    /// calling [`Self::wait_for_room`] before each read.
     pub fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) -> usize {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
@@ -181,6 +258,8 @@ impl MemoryLog {
                 n += 1;
             }
         }
+        self.trim_size(&mut st);
+        self.settle(&mut st);
         n
     }
 
@@ -192,22 +271,19 @@ impl MemoryLog {
         let mut st = self.lock();
         for event in events {
             if st.ring.back().is_none_or(|s| s.id < event.id) {
-                st.ring.push_back(Slot {
-                    id: event.id,
-                    event: Some(event),
-                });
+                self.push(&mut st, event);
             }
         }
         st.horizon = horizon;
-        while st.ring.len() > self.max_events {
-            self.evict_front(&mut st);
-        }
+        self.trim_size(&mut st);
         self.trim_age(&mut st, now_ms());
-        if let Some(last) = st.ring.back().map(|s| s.id) {
-            st.last_id = last;
-        }
+        // Dispatchers start after the history loaded from before this log existed.
         let old = st.ring.partition_point(|s| s.id <= live_after) as u64;
-        st.dispatch_from = st.first_seq + old;
+        let live_from = st.first_seq + old;
+        for c in &mut st.cursors {
+            *c = (*c).max(live_from);
+        }
+        self.settle(&mut st);
     }
 
     /// Records that events after what this log holds may be lost (Redis lost its history,
@@ -217,39 +293,123 @@ impl MemoryLog {
         st.horizon = st.horizon.max(horizon);
     }
 
-    fn evict_front(&self, st: &mut State) {
-        if let Some(slot) = st.ring.pop_front() {
-            st.first_seq += 1;
-            st.horizon = st.horizon.max(slot.id.next());
+    /// Takes the oldest event out of the history (a dispatcher may still hold it); false
+    /// when the history is empty.
+    fn evict_oldest(st: &mut State) -> bool {
+        let Some(slot) = st.ring.get(st.index(st.history_seq)) else {
+            return false;
+        };
+        let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame.len()));
+        st.history_bytes -= size;
+        st.horizon = st.horizon.max(id.next());
+        st.history_seq += 1;
+        true
+    }
+
+    fn trim_size(&self, st: &mut State) {
+        while st.next_seq() - st.history_seq > self.bounds.max_events as u64
+            || st.history_bytes > self.bounds.max_bytes
+        {
+            if !Self::evict_oldest(st) {
+                break;
+            }
         }
     }
 
     fn trim_age(&self, st: &mut State, now: u64) {
-        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        let max_age = u64::try_from(self.bounds.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now.saturating_sub(max_age);
-        while st.ring.front().is_some_and(|s| s.id.ms < cutoff) {
-            self.evict_front(st);
+        while st.history().next().is_some_and(|s| s.id.ms < cutoff) && Self::evict_oldest(st) {}
+        self.settle(st);
+    }
+
+    /// Updates the slowest dispatcher's position and lets go of the slots that are both
+    /// out of the history and read by every dispatcher.
+    fn settle(&self, st: &mut State) {
+        let dispatched = st.cursors.iter().copied().min().unwrap_or(st.next_seq());
+        if dispatched != st.dispatched {
+            st.dispatched_bytes = st.bytes_before(dispatched);
+            st.dispatched = dispatched;
+        }
+        let keep = dispatched.min(st.history_seq);
+        while st.first_seq < keep {
+            st.ring.pop_front();
+            st.first_seq += 1;
         }
     }
 
-    /// Copies up to `max` events from sequence number `from` into `out`.
-    pub fn read_from(&self, from: u64, max: usize, out: &mut Vec<Arc<Event>>) -> Read {
-        let st = self.lock();
-        let from = from.max(st.dispatch_from);
-        if from < st.first_seq {
-            return Read::Lagged {
-                next: st.first_seq + st.ring.len() as u64,
-            };
+    /// `Err` when what waits for the dispatchers has reached the history's bounds.
+    fn check_room(&self, st: &State) -> Result<(), Backlog> {
+        let events = st.next_seq() - st.dispatched;
+        let bytes = st.appended_bytes - st.dispatched_bytes;
+        if events < self.bounds.max_events as u64 && bytes < self.bounds.max_bytes as u64 {
+            return Ok(());
         }
-        let start = usize::try_from(from - st.first_seq).unwrap_or(usize::MAX);
+        Err(Backlog {
+            events,
+            bytes,
+            max_events: self.bounds.max_events,
+            max_bytes: self.bounds.max_bytes,
+        })
+    }
+
+    /// Whether an append would be taken now (the Redis broker asks before publishing).
+    pub fn room(&self) -> Result<(), Backlog> {
+        self.check_room(&self.lock())
+    }
+
+    /// Waits until the dispatchers are less than a history behind. Returns whether it had
+    /// to wait.
+    pub async fn wait_for_room(&self) -> bool {
+        let mut waited = false;
+        loop {
+            let notified = self.room.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a dispatcher that makes room right after it
+            // wakes this waiter.
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if self.check_room(&st).is_ok() {
+                    return waited;
+                }
+                st.room_wanted = true;
+            }
+            waited = true;
+            notified.await;
+        }
+    }
+
+    /// Copies up to `max` events for dispatcher `reader` into `out` and moves its cursor
+    /// past them. Returns false when it has read everything.
+    pub fn read(&self, reader: usize, max: usize, out: &mut Vec<Arc<Event>>) -> bool {
+        let mut st = self.lock();
+        let Some(&from) = st.cursors.get(reader) else {
+            return false;
+        };
         let mut next = from;
-        for slot in st.ring.iter().skip(start).take(max) {
+        for slot in st.ring.range(st.index(from)..).take(max) {
             next += 1;
             if let Some(ev) = &slot.event {
                 out.push(Arc::clone(ev));
             }
         }
-        Read::Events { next }
+        if next == from {
+            return false;
+        }
+        st.cursors[reader] = next;
+        if from == st.dispatched {
+            self.settle(&mut st);
+        }
+        let wake = st.room_wanted && self.check_room(&st).is_ok();
+        if wake {
+            st.room_wanted = false;
+        }
+        drop(st);
+        if wake {
+            self.room.notify_waiters();
+        }
+        true
     }
 
     /// The events a new subscriber missed, in order, as one snapshot.
@@ -270,11 +430,13 @@ impl MemoryLog {
             Resume::After(id) => id.next(),
             Resume::Since(ms) => EventId::new(ms, 0),
         };
-        let from = st.ring.partition_point(|s| s.id < start);
+        let from = st
+            .ring
+            .partition_point(|s| s.id < start)
+            .max(st.index(st.history_seq));
         let events: Vec<_> = st
             .ring
-            .iter()
-            .skip(from)
+            .range(from..)
             .filter_map(|s| s.event.as_ref())
             .filter(|e| wanted(e))
             .cloned()
@@ -283,8 +445,7 @@ impl MemoryLog {
         let gap = missed.then(|| {
             events.first().map(|e| e.id).or_else(|| {
                 st.ring
-                    .iter()
-                    .skip(from)
+                    .range(from..)
                     .find_map(|s| s.event.as_ref().map(|e| e.id))
             })
         });
@@ -296,23 +457,30 @@ impl MemoryLog {
         }
     }
 
-    /// Drops the history of `topic` (events published to it alone; events that were also
-    /// published to other topics stay for those).
+    /// Drops the events of `topic` (those published to it alone; events that were also
+    /// published to other topics stay for those), from the history and from what the
+    /// dispatchers have yet to read.
     pub fn delete_topic(&self, topic: &str) {
         let mut st = self.lock();
-        for slot in st.ring.iter_mut() {
+        let history = st.index(st.history_seq);
+        let mut freed = 0;
+        for (i, slot) in st.ring.iter_mut().enumerate() {
             if slot
                 .event
                 .as_ref()
                 .is_some_and(|e| e.topics.len() == 1 && &*e.topics[0] == topic)
             {
-                slot.event = None;
+                let size = slot.event.take().map_or(0, |e| e.frame.len());
+                if i >= history {
+                    freed += size;
+                }
             }
         }
+        st.history_bytes -= freed;
     }
 
     /// Drops events older than `max_age` (otherwise trimmed only on append and replay, so
-    /// an idle server would keep them) and gives back ring capacity the history no longer
+    /// an idle server would keep them) and gives back ring capacity the log no longer
     /// needs.
     pub fn trim_expired(&self) {
         let mut st = self.lock();
@@ -323,12 +491,31 @@ impl MemoryLog {
         }
     }
 
-    /// Number of events held and the oldest id.
-    pub fn stats(&self) -> (usize, Option<EventId>) {
+    /// Number of events held in the history, their encoded size, the oldest id, and the
+    /// number of events waiting for the dispatchers.
+    pub fn stats(&self) -> LogStats {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
-        let len = st.ring.iter().filter(|s| s.event.is_some()).count();
-        let oldest = st.ring.iter().find_map(|s| s.event.as_ref().map(|e| e.id));
-        (len, oldest)
+        let events = st.history().filter(|s| s.event.is_some()).count();
+        let oldest = st.history().find_map(|s| s.event.as_ref().map(|e| e.id));
+        LogStats {
+            events,
+            bytes: st.history_bytes,
+            oldest,
+            waiting: st.next_seq() - st.dispatched,
+        }
     }
+}
+
+/// A point-in-time view of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogStats {
+    /// Events in the history.
+    pub events: usize,
+    /// Their encoded size.
+    pub bytes: usize,
+    /// The oldest of them.
+    pub oldest: Option<EventId>,
+    /// Events not yet read by every dispatcher.
+    pub waiting: u64,
 }

@@ -28,6 +28,7 @@ mod registry;
 mod subscriber;
 pub mod topic;
 
+pub use log::Backlog;
 pub use subscriber::{End, Filter, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
@@ -35,7 +36,7 @@ use self::redis::RedisBroker;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 use bytes::Bytes;
-use log::MemoryLog;
+use log::{Bounds, MemoryLog};
 use registry::Registry;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -96,6 +97,8 @@ impl std::fmt::Debug for BrokerSettings {
 pub struct HubSettings {
     /// Events kept in the history.
     pub history_max_events: usize,
+    /// Encoded bytes kept in the history.
+    pub history_max_bytes: usize,
     /// Age after which events leave the history.
     pub history_max_age: Duration,
     /// Events queued per subscriber before the slow-consumer policy applies.
@@ -116,6 +119,7 @@ impl Default for HubSettings {
     fn default() -> Self {
         Self {
             history_max_events: 10_000,
+            history_max_bytes: 64 << 20,
             history_max_age: Duration::from_secs(3600),
             subscriber_buffer: 1000,
             slow_consumer: SlowConsumer::Disconnect,
@@ -214,6 +218,10 @@ pub enum HubError {
     /// The broker cannot store events right now.
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
+    /// The dispatchers are a whole history behind: taking more would grow memory without
+    /// bound. Nothing was stored; retry shortly.
+    #[error(transparent)]
+    Overloaded(#[from] Backlog),
 }
 
 /// A point-in-time view of the hub, for `/stats`.
@@ -225,8 +233,12 @@ pub struct HubStats {
     pub topics: Vec<(Box<str>, usize)>,
     /// Events in the history.
     pub history_len: usize,
+    /// Their encoded size in bytes.
+    pub history_bytes: usize,
     /// The oldest event in the history.
     pub oldest: Option<EventId>,
+    /// Events published and not yet queued for the streams by every dispatcher.
+    pub dispatch_waiting: u64,
 }
 
 /// The broker behind the log.
@@ -293,11 +305,17 @@ impl Hub {
     /// publishes fail with [`HubError::Unavailable`] and [`Hub::broker_up`] is false.
     pub fn start(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
         let (max_events, max_age) = (settings.history_max_events, settings.history_max_age);
-        let log = Arc::new(match settings.broker {
-            BrokerSettings::Memory => MemoryLog::new(max_events, max_age),
-            BrokerSettings::Redis { .. } => MemoryLog::mirror(max_events, max_age),
-        });
+        let bounds = Bounds {
+            max_events,
+            max_bytes: settings.history_max_bytes,
+            max_age,
+        };
         let registry = Arc::new(Registry::new(settings.shards));
+        let readers = registry.shards();
+        let log = Arc::new(match settings.broker {
+            BrokerSettings::Memory => MemoryLog::new(bounds, readers),
+            BrokerSettings::Redis { .. } => MemoryLog::mirror(bounds, readers),
+        });
         let head = Arc::new(watch::channel(0).0);
         registry.spawn_dispatchers(&log, &head, &metrics);
         tokio::spawn(trim_history(Arc::clone(&log), max_age));
@@ -334,18 +352,24 @@ impl Hub {
 
     /// Appends a batch to the history, all or nothing, and returns the ids once stored
     /// (with Redis: once the transaction is acknowledged). Fan-out happens right after, on
-    /// the dispatchers.
+    /// the dispatchers. Refused with [`HubError::Overloaded`] while the dispatchers are a
+    /// whole history behind; a batch larger than the history is taken whole otherwise.
     pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let n = batch.len() as u64;
         let ids = match &self.inner.broker {
             Broker::Memory => {
-                let ids = self.inner.log.append(batch);
+                let ids = self.inner.log.append(batch)?;
                 self.inner
                     .head
                     .send_modify(|seq| *seq = seq.wrapping_add(1));
                 ids
             }
-            Broker::Redis(redis) => redis.publish(&batch).await?,
+            Broker::Redis(redis) => {
+                // Every instance's reader waits for its own dispatchers; this one's backlog
+                // is the signal a publisher here can act on.
+                self.inner.log.room()?;
+                redis.publish(&batch).await?
+            }
             Broker::Unusable(e) => return Err(HubError::Unavailable(e.clone())),
         };
         self.inner.metrics.published(n);
@@ -488,14 +512,16 @@ impl Hub {
     /// Counts for `/stats`.
     pub fn stats(&self) -> HubStats {
         let (subscribers, topics) = self.inner.registry.counts();
-        let (history_len, oldest) = self.inner.log.stats();
+        let log = self.inner.log.stats();
         let mut topics: Vec<_> = topics.into_iter().collect();
         topics.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         HubStats {
             subscribers,
             topics,
-            history_len,
-            oldest,
+            history_len: log.events,
+            history_bytes: log.bytes,
+            oldest: log.oldest,
+            dispatch_waiting: log.waiting,
         }
     }
 }

@@ -4,10 +4,13 @@
 //! There is no global lock on delivery: a subscriber lives in one shard, each shard's
 //! index has its own lock, taken by its dispatcher once per event and by subscribe /
 //! unsubscribe of that shard's subscribers. Each shard reads every event once, in log
-//! order, so every subscriber sees events in id order.
+//! order, so every subscriber sees events in id order. The log keeps every event until
+//! each dispatcher has read it, however the history is trimmed meanwhile: a dispatcher
+//! never skips an event, and only a subscriber's own full queue (the slow-consumer policy)
+//! cuts its stream.
 
 use super::Event;
-use super::log::{MemoryLog, Read};
+use super::log::MemoryLog;
 use super::subscriber::{End, Subscriber};
 use super::topic::{Selector, covering_prefixes};
 use crate::metrics::Metrics;
@@ -134,14 +137,15 @@ pub(crate) struct Registry {
     shards: Box<[Shard]>,
 }
 
-/// Above this many queued deliveries a dispatcher yields, so a burst of large fan-outs
-/// does not keep the connections on its worker thread from writing.
+/// Above this many queued deliveries (and events read) a dispatcher yields, so a burst of
+/// large fan-outs does not keep the connections on its worker thread from writing.
 const YIELD_EVERY: u64 = 4096;
 
 /// Events copied out of the log per read.
 const READ_BATCH: usize = 64;
 
 impl Registry {
+    /// An empty registry of `shards` shards (at least one), each read by one dispatcher.
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards.max(1))
@@ -220,63 +224,52 @@ impl Registry {
         (subs, topics)
     }
 
-    /// Spawns one dispatcher per shard, reading the log from `from` on.
+    /// How many shards (and dispatchers, and log readers) there are.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Spawns one dispatcher per shard; shard `i` reads the log as its reader `i`.
     pub fn spawn_dispatchers(
         self: &Arc<Self>,
         log: &Arc<MemoryLog>,
         head: &watch::Sender<u64>,
         metrics: &Arc<Metrics>,
     ) {
-        let from = log.next_seq();
         for i in 0..self.shards.len() {
             let registry = Arc::clone(self);
             let log = Arc::clone(log);
             let rx = head.subscribe();
             let metrics = Arc::clone(metrics);
-            tokio::spawn(async move { registry.dispatch(i, &log, rx, from, &metrics).await });
+            tokio::spawn(async move { registry.dispatch(i, &log, rx, &metrics).await });
         }
     }
 
     async fn dispatch(
         &self,
-        shard: usize,
+        reader: usize,
         log: &MemoryLog,
         mut head: watch::Receiver<u64>,
-        mut cursor: u64,
         metrics: &Metrics,
     ) {
-        let shard = &self.shards[shard];
+        let shard = &self.shards[reader];
         let mut batch = Vec::with_capacity(READ_BATCH);
         let mut since_yield = 0;
         loop {
             head.borrow_and_update();
-            match log.read_from(cursor, READ_BATCH, &mut batch) {
-                Read::Lagged { next } => {
-                    cursor = next;
-                    let subs: Vec<_> = shard.lock().all.values().cloned().collect();
-                    tracing::warn!(
-                        subscribers = subs.len(),
-                        "dispatcher fell behind the history; ending its streams so they resume"
-                    );
-                    for s in subs {
-                        s.end(End::Lagged);
-                    }
+            if !log.read(reader, READ_BATCH, &mut batch) {
+                if head.changed().await.is_err() {
+                    return;
                 }
-                Read::Events { next } if next == cursor => {
-                    if head.changed().await.is_err() {
-                        return;
-                    }
-                }
-                Read::Events { next } => {
-                    cursor = next;
-                    for ev in batch.drain(..) {
-                        let queued = shard.lock().fan_out(&ev, metrics);
-                        since_yield += queued;
-                        if since_yield >= YIELD_EVERY {
-                            since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
-                    }
+                continue;
+            }
+            for ev in batch.drain(..) {
+                // Reading counts too: a flood of events nobody here follows must not
+                // keep this worker thread from the connections either.
+                since_yield += 1 + shard.lock().fan_out(&ev, metrics);
+                if since_yield >= YIELD_EVERY {
+                    since_yield = 0;
+                    tokio::task::yield_now().await;
                 }
             }
         }

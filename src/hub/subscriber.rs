@@ -33,7 +33,8 @@ pub enum End {
     Revoked,
     /// The token expired: `ssegate.expired`.
     Expired,
-    /// The dispatcher fell behind the history; the client resumes (with a gap if needed).
+    /// This instance's mirror of the Redis stream has a hole (Redis lost or trimmed entries
+    /// before they were read); the client resumes, with a gap.
     Lagged,
 }
 

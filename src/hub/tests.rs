@@ -1,11 +1,25 @@
 #![allow(clippy::unwrap_used)]
-//! The log as a mirror of a Redis stream: loading history, remote appends, holes.
+//! The log: as a mirror of a Redis stream (loading history, remote appends, holes), and
+//! as the dispatchers' queue, which the history's bounds never cut.
 
-use super::log::{MemoryLog, Read, now_ms};
-use super::{Event, Resume};
+use super::log::{Bounds, MemoryLog, now_ms};
+use super::{Backlog, Event, NewEvent, Resume};
 use crate::sse::{self, EventId};
 use std::sync::Arc;
 use std::time::Duration;
+
+fn bounds(max_events: usize, max_bytes: usize) -> Bounds {
+    Bounds {
+        max_events,
+        max_bytes,
+        max_age: Duration::from_secs(3600),
+    }
+}
+
+/// A mirror no dispatcher reads (its events are dispatched as soon as appended).
+fn mirror(max_events: usize) -> MemoryLog {
+    MemoryLog::mirror(bounds(max_events, usize::MAX), 0)
+}
 
 fn event(id: EventId, topic: &str) -> Arc<Event> {
     Arc::new(Event {
@@ -21,18 +35,16 @@ fn ids(events: &[Arc<Event>]) -> Vec<EventId> {
     events.iter().map(|e| e.id).collect()
 }
 
-/// What a dispatcher starting at sequence 0 would fan out.
+/// What the log's dispatcher 0 reads next.
 fn dispatched(log: &MemoryLog) -> Vec<EventId> {
     let mut out = Vec::new();
-    match log.read_from(0, 1000, &mut out) {
-        Read::Events { .. } => ids(&out),
-        Read::Lagged { .. } => panic!("lagged"),
-    }
+    while log.read(0, 7, &mut out) {}
+    ids(&out)
 }
 
 #[test]
 fn a_mirror_announces_gaps_until_loaded_then_replays_and_dispatches_only_new_events() {
-    let log = MemoryLog::mirror(100, Duration::from_secs(3600));
+    let log = MemoryLog::mirror(bounds(100, usize::MAX), 1);
     let now = now_ms();
     let resume = Resume::After(EventId::new(now - 10_000, 0));
     assert!(
@@ -69,7 +81,7 @@ fn a_mirror_announces_gaps_until_loaded_then_replays_and_dispatches_only_new_eve
 
 #[test]
 fn remote_appends_keep_stream_order_and_a_hole_makes_older_resumes_gaps() {
-    let log = MemoryLog::mirror(100, Duration::from_secs(3600));
+    let log = MemoryLog::mirror(bounds(100, usize::MAX), 1);
     let now = now_ms();
     let e = |ms: u64, seq| EventId::new(now + ms, seq);
     log.load(Vec::new(), e(0, 0), e(0, 0));
@@ -107,7 +119,7 @@ fn remote_appends_keep_stream_order_and_a_hole_makes_older_resumes_gaps() {
 
 #[test]
 fn the_mirror_keeps_max_events_and_moves_its_horizon_past_evictions() {
-    let log = MemoryLog::mirror(2, Duration::from_secs(3600));
+    let log = mirror(2);
     let now = now_ms();
     let e = |ms: u64| EventId::new(now + ms, 0);
     log.load(
@@ -115,10 +127,180 @@ fn the_mirror_keeps_max_events_and_moves_its_horizon_past_evictions() {
         e(1),
         e(0),
     );
-    assert_eq!(log.stats(), (2, Some(e(2))));
+    assert_eq!((log.stats().events, log.stats().oldest), (2, Some(e(2))));
     assert!(log.replay(&Resume::After(e(1)), |_| true).gap.is_none());
     assert!(log.replay(&Resume::Since(now), |_| true).gap.is_some());
     log.append_remote([event(e(4), "t")]);
-    assert_eq!(log.stats(), (2, Some(e(3))));
+    assert_eq!((log.stats().events, log.stats().oldest), (2, Some(e(3))));
     assert!(log.replay(&Resume::After(e(1)), |_| true).gap.is_some());
+}
+
+fn batch(topic: &str, n: usize, data: &str) -> Vec<NewEvent> {
+    (0..n).map(|_| NewEvent::new(topic, data)).collect()
+}
+
+/// Everything dispatcher `reader` has not read yet, as events.
+fn read_all(log: &MemoryLog, reader: usize) -> Vec<Arc<Event>> {
+    let mut out = Vec::new();
+    while log.read(reader, 64, &mut out) {}
+    out
+}
+
+#[test]
+fn a_dispatcher_reads_every_event_however_far_the_history_was_trimmed() {
+    let log = MemoryLog::new(bounds(3, usize::MAX), 2);
+    // One batch of more than the history: taken whole, only its end stays in the history.
+    let published = log.append(batch("a", 10, "x")).unwrap();
+    let stats = log.stats();
+    assert_eq!((stats.events, stats.oldest), (3, Some(published[7])));
+    assert_eq!(stats.waiting, 10);
+
+    let first = read_all(&log, 0);
+    assert_eq!(ids(&first), published, "dispatcher 0 skipped nothing");
+    assert_eq!(log.stats().waiting, 10, "dispatcher 1 has read nothing yet");
+    let second = read_all(&log, 1);
+    assert_eq!(ids(&second), published, "dispatcher 1 skipped nothing");
+    assert_eq!(log.stats().waiting, 0);
+    drop(second);
+    // Read by both and out of the history, the oldest seven are no longer held by the log;
+    // the three newest still are.
+    assert!(first[..7].iter().all(|e| Arc::strong_count(e) == 1));
+    assert!(first[7..].iter().all(|e| Arc::strong_count(e) == 2));
+
+    // A resume sees only the history: the seven live-only events are a gap.
+    let r = log.replay(&Resume::After(published[0]), |_| true);
+    assert_eq!(r.gap, Some(Some(published[7])));
+    assert_eq!(ids(&r.events), published[7..]);
+}
+
+#[test]
+fn appends_are_refused_while_the_dispatchers_are_a_history_behind() {
+    let log = MemoryLog::new(bounds(4, usize::MAX), 1);
+    log.append(batch("a", 3, "x")).unwrap();
+    // Three wait, fewer than the history's four: a batch of five is still taken whole.
+    let ids5 = log.append(batch("a", 5, "x")).unwrap();
+    let refused = log.append(batch("a", 1, "x")).unwrap_err();
+    assert_eq!(
+        refused,
+        Backlog {
+            events: 8,
+            bytes: refused.bytes,
+            max_events: 4,
+            max_bytes: usize::MAX
+        }
+    );
+    assert_eq!(log.stats().waiting, 8, "a refused batch stores nothing");
+    let mut out = Vec::new();
+    assert!(log.read(0, 5, &mut out));
+    let next = log.append(batch("a", 1, "x")).unwrap();
+    assert_eq!(next, [ids5[4].next()], "the refused batch used no id");
+    assert!(
+        log.room().is_err(),
+        "four wait again, as many as the history holds"
+    );
+
+    // The same bound in bytes.
+    let log = MemoryLog::new(bounds(100, 100), 1);
+    log.append(batch("a", 1, &"y".repeat(150))).unwrap();
+    let refused = log.append(batch("a", 1, "small")).unwrap_err();
+    assert!(refused.bytes > 150, "{refused:?}");
+    assert!(log.room().is_err());
+    read_all(&log, 0);
+    assert!(log.append(batch("a", 1, "small")).is_ok());
+}
+
+#[test]
+fn max_bytes_evicts_the_oldest_events_and_a_resume_before_them_is_a_gap() {
+    let data = "z".repeat(100);
+    // Size the history from a real frame: room for two of these events, not three.
+    let frame = sse::encode_event(EventId::new(now_ms(), 0), None, &data).len();
+    let log = MemoryLog::new(bounds(100, frame * 5 / 2), 0);
+    let mut published = Vec::new();
+    for _ in 0..5 {
+        published.extend(log.append(batch("t", 1, &data)).unwrap());
+    }
+    let stats = log.stats();
+    assert_eq!(
+        (stats.events, stats.bytes, stats.oldest),
+        (2, 2 * frame, Some(published[3]))
+    );
+    let r = log.replay(&Resume::After(published[1]), |_| true);
+    assert_eq!(r.gap, Some(Some(published[3])), "oldest_available");
+    assert_eq!(ids(&r.events), published[3..]);
+    let r = log.replay(&Resume::After(published[2]), |_| true);
+    assert_eq!((r.gap, ids(&r.events)), (None, published[3..].to_vec()));
+
+    // A deleted topic's events no longer count.
+    log.delete_topic("t");
+    assert_eq!((log.stats().events, log.stats().bytes), (0, 0));
+    log.append(batch("u", 2, &data)).unwrap();
+    assert_eq!(log.stats().events, 2, "room for two again");
+}
+
+#[test]
+fn the_redis_reader_waits_for_room_and_is_woken_when_the_dispatchers_catch_up() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let log = MemoryLog::mirror(bounds(2, usize::MAX), 1);
+    let now = now_ms();
+    log.load(Vec::new(), EventId::new(now, 0), EventId::new(now, 0));
+    let e = |ms: u64| event(EventId::new(now + ms, 0), "t");
+    assert_eq!(log.append_remote([e(1), e(2), e(3)]), 3);
+
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut wait = std::pin::pin!(log.wait_for_room());
+    assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending, "three wait");
+    let mut out = Vec::new();
+    assert!(log.read(0, 2, &mut out));
+    assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(true));
+    let mut again = std::pin::pin!(log.wait_for_room());
+    assert_eq!(again.as_mut().poll(&mut cx), Poll::Ready(false));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_stream() {
+    use super::{Filter, Hub, HubError, HubSettings, Selector, SubscribeRequest};
+    use std::task::{Context, Poll, Waker};
+    let settings = HubSettings {
+        history_max_events: 10,
+        heartbeat: Duration::from_secs(3600),
+        shards: 1,
+        ..HubSettings::default()
+    };
+    let hub = Hub::start(settings, Arc::new(crate::metrics::Metrics::default()));
+    let mut b = hub.subscribe(SubscribeRequest::new(Filter {
+        selectors: vec![Selector::parse("b").unwrap()],
+        types: None,
+    }));
+    // On this single thread the dispatcher runs only when the test yields: ten events wait.
+    hub.publish(batch("a", 10, "x")).await.unwrap();
+    let refused = hub.publish(batch("b", 1, "refused")).await.unwrap_err();
+    assert!(
+        matches!(refused, HubError::Overloaded(Backlog { events: 10, .. })),
+        "{refused:?}"
+    );
+    for _ in 0..100 {
+        if hub.stats().dispatch_waiting == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(hub.stats().dispatch_waiting, 0, "the dispatcher caught up");
+    let sentinel = hub.publish(batch("b", 1, "sentinel")).await.unwrap();
+    for _ in 0..100 {
+        if hub.stats().dispatch_waiting == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut out = Vec::new();
+    let mut cx = Context::from_waker(Waker::noop());
+    assert_eq!(b.poll_frames(&mut cx, &mut out, 16), Poll::Ready(Some(())));
+    let text: Vec<_> = out
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect();
+    // `retry:`, the starting id, then the sentinel alone: the refused event was not stored.
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert_eq!(text[2], format!("id: {}\ndata: sentinel\n\n", sentinel[0]));
 }

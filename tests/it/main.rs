@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod deploy;
 mod derive;
+mod dispatch;
 mod faults;
 mod heads;
 mod hostile;

@@ -8,6 +8,10 @@
 //! entries it had not read, the mirror records a hole (resumes from before it get
 //! `ssegate.gap`) and this instance's streams are ended so they resume with that gap:
 //! never silence.
+//!
+//! It reads nothing while this instance's dispatchers are a whole history behind
+//! ([`MemoryLog::wait_for_room`](super::super::log::MemoryLog::wait_for_room)): the backlog
+//! stays in Redis, not in this process's memory.
 
 use super::entry::{self, Control, Entry, RawEntry};
 use super::{CONNECT_TIMEOUT, Error, Local, PUBLISH_TIMEOUT, Shared, bounded, random_u64};
@@ -149,7 +153,7 @@ impl Reader {
         }
         self.kick_publisher().await?;
         self.shared.up.store(true, Ordering::Relaxed);
-        let (history, _) = self.local.log.stats();
+        let history = self.local.log.stats().events;
         if first_time {
             tracing::info!(stream = self.shared.key, history, "connected to redis");
         } else {
@@ -160,6 +164,12 @@ impl Reader {
         let lots = READ_COUNT.min(self.shared.max_events);
         let mut behind = false;
         loop {
+            // Read no more while this instance's dispatchers are a whole history behind:
+            // the entries wait in Redis rather than in memory. If Redis trimmed some of
+            // them meanwhile, the continuity check finds the hole.
+            if self.local.log.wait_for_room().await {
+                behind = true;
+            }
             if behind {
                 self.check_continuity(&mut conn, self.cursor.unwrap_or_default())
                     .await?;
