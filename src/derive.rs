@@ -15,12 +15,17 @@
 use crate::config::{DeriveData, DeriveRule, PathPart, TopicPart};
 use crate::hub::{Hub, NewEvent, validate_topic};
 use crate::metrics::Metrics;
+use crate::publish::body_as_data;
+use crate::response::Tap;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 /// The rules of the current configuration.
 #[derive(Default)]
 pub struct Rules {
     rules: Vec<Arc<Compiled>>,
+    /// `publish.max_event_bytes`: a body larger than this is not put in an event.
+    max_body: usize,
 }
 
 struct Compiled {
@@ -30,8 +35,8 @@ struct Compiled {
 }
 
 impl Rules {
-    /// Compiles `rules`.
-    pub fn new(rules: &[DeriveRule]) -> Self {
+    /// Compiles `rules`; bodies over `max_body` bytes stay out of events.
+    pub fn new(rules: &[DeriveRule], max_body: usize) -> Self {
         let rules = rules
             .iter()
             .map(|rule| {
@@ -54,7 +59,7 @@ impl Rules {
                 })
             })
             .collect();
-        Self { rules }
+        Self { rules, max_body }
     }
 
     /// The rules a request with `method` and (still encoded) `path` matches, with their
@@ -78,6 +83,8 @@ impl Rules {
             hits,
             method: method.to_owned(),
             path: path.to_owned(),
+            request_body: None,
+            max_body: self.max_body,
         })
     }
 }
@@ -90,11 +97,28 @@ pub struct Matched {
     hits: Vec<(Arc<Compiled>, Params)>,
     method: String,
     path: String,
+    request_body: Option<Bytes>,
+    max_body: usize,
 }
 
 impl Matched {
+    /// Whether a matched rule puts the request's body in its event.
+    pub fn wants_request_body(&self) -> bool {
+        self.hits
+            .iter()
+            .any(|(c, _)| c.rule.data == DeriveData::Request)
+    }
+
+    /// The request's whole body, kept if a rule wants it and it fits.
+    pub fn request_body(&mut self, body: &[u8]) {
+        if self.wants_request_body() && body.len() <= self.max_body {
+            self.request_body = Some(Bytes::copy_from_slice(body));
+        }
+    }
+
     /// The events for the app's answer: its `status`, and its headers through `header`
-    /// (by lower-case name). Published when the returned value is dropped.
+    /// (by lower-case name). Published when the returned value is dropped, with the
+    /// response's body if a rule wants it (seen through [`Tap`]).
     pub fn answered<'h>(
         self,
         status: u16,
@@ -102,8 +126,7 @@ impl Matched {
         hub: &Hub,
         metrics: &Arc<Metrics>,
     ) -> Publication {
-        let mut events = Vec::new();
-        let mut names = Vec::new();
+        let mut pending = Vec::new();
         for (compiled, params) in &self.hits {
             let rule = &compiled.rule;
             if !rule.status.iter().any(|s| s.matches(status)) {
@@ -123,57 +146,149 @@ impl Matched {
                 "method": self.method,
                 "path": self.path,
                 "status": status,
-                "params": params.iter().map(|(k, v)| (k.clone(), v.as_str().into())).collect::<serde_json::Map<String, serde_json::Value>>(),
+                "params": params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().into()))
+                    .collect::<serde_json::Map<String, serde_json::Value>>(),
             });
             if let Some(location) = header("location") {
                 meta["location"] = location.into();
             }
-            if rule.data != DeriveData::Meta {
-                // The body is not captured on this version's forwarding paths: the event
-                // says so rather than silently differing from what the rule asked for.
-                meta["body_omitted"] = true.into();
-                metrics.derived(&rule.name, "body_omitted");
-            }
-            events.push(NewEvent {
-                topics: vec![topic.into()],
-                event_type: rule.event.as_deref().map(Into::into),
-                data: meta.to_string(),
-                close: false,
+            pending.push(Pending {
+                rule: Arc::clone(compiled),
+                topic,
+                meta,
             });
-            names.push(Arc::clone(compiled));
         }
+        let wants_response = pending
+            .iter()
+            .any(|p| p.rule.rule.data == DeriveData::Response);
         Publication {
             hub: hub.clone(),
             metrics: Arc::clone(metrics),
-            events,
-            rules: names,
+            pending,
+            request: self.request_body,
+            response: wants_response.then(BytesMut::new),
+            chunked: false,
+            max_body: self.max_body,
         }
     }
+}
+
+/// An event of a matched rule, waiting for the response to be relayed.
+struct Pending {
+    rule: Arc<Compiled>,
+    topic: String,
+    meta: serde_json::Value,
 }
 
 /// Derived events waiting for the response to be relayed: published when dropped.
 pub struct Publication {
     hub: Hub,
     metrics: Arc<Metrics>,
-    events: Vec<NewEvent>,
-    rules: Vec<Arc<Compiled>>,
+    pending: Vec<Pending>,
+    request: Option<Bytes>,
+    /// The response's body so far, while a rule wants it and it fits.
+    response: Option<BytesMut>,
+    /// `response` holds the body with its chunked framing.
+    chunked: bool,
+    max_body: usize,
+}
+
+impl Tap for Publication {
+    fn data(&mut self, chunk: &[u8]) {
+        // Framing takes a few bytes per chunk: room for it, checked again once removed.
+        let room = if self.chunked {
+            self.max_body.saturating_mul(2).saturating_add(1024)
+        } else {
+            self.max_body
+        };
+        if let Some(body) = &mut self.response {
+            if body.len() + chunk.len() > room {
+                self.response = None;
+            } else {
+                body.extend_from_slice(chunk);
+            }
+        }
+    }
+
+    fn chunked(&mut self) {
+        self.chunked = true;
+    }
+}
+
+impl Publication {
+    /// The response's body, if it was kept and fits.
+    fn response_body(&mut self) -> Option<Bytes> {
+        let raw = self.response.take()?.freeze();
+        let body = if self.chunked {
+            Bytes::from(dechunk(&raw)?)
+        } else {
+            raw
+        };
+        (body.len() <= self.max_body).then_some(body)
+    }
+}
+
+/// The data of a complete chunked body (extensions and trailers ignored).
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size..)?.strip_prefix(b"\r\n")?;
+    }
 }
 
 impl Drop for Publication {
     fn drop(&mut self) {
-        if self.events.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let events = std::mem::take(&mut self.events);
-        let rules = std::mem::take(&mut self.rules);
+        let response = self.response_body();
+        let mut events = Vec::with_capacity(self.pending.len());
+        for p in std::mem::take(&mut self.pending) {
+            let rule = &p.rule.rule;
+            let body = match rule.data {
+                DeriveData::Meta => None,
+                DeriveData::Request => Some(self.request.as_deref()),
+                DeriveData::Response => Some(response.as_deref()),
+            };
+            let data = match body {
+                None => p.meta.to_string(),
+                Some(body) => match body.and_then(body_as_data) {
+                    Some(data) => data,
+                    None => {
+                        self.metrics.derived(&rule.name, "body_omitted");
+                        let mut meta = p.meta;
+                        meta["body_omitted"] = true.into();
+                        meta.to_string()
+                    }
+                },
+            };
+            let event = NewEvent {
+                topics: vec![p.topic.into()],
+                event_type: rule.event.as_deref().map(Into::into),
+                data,
+                close: false,
+            };
+            events.push((event, p.rule));
+        }
         let (hub, metrics) = (self.hub.clone(), Arc::clone(&self.metrics));
         runtime.spawn(async move {
-            // One publish per event: a rule whose topic the broker refuses does not take
+            // One publish per event: a rule whose event the broker refuses does not take
             // the other rules' events with it.
-            for (event, compiled) in events.into_iter().zip(rules) {
+            for (event, compiled) in events {
                 let outcome = match hub.publish(vec![event]).await {
                     Ok(_) => "published",
                     Err(e) => {
@@ -316,6 +431,16 @@ mod tests {
             "longer paths do not match"
         );
         assert_eq!(match_path(&t, "/items/%zz"), None);
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\ntrailer: 1\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert_eq!(dechunk(b"3\r\nab"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 
     #[test]

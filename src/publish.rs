@@ -238,7 +238,18 @@ fn parse_event(
     })
 }
 
-/// Compares a presented bearer token with the configured one in constant time.
+/// An app's body as event data, by the webhook's rule for `data`: a JSON string as it is,
+/// any other JSON value as compact JSON, and other UTF-8 text as it is. `None` for
+/// anything else (bytes that are not text).
+pub fn body_as_data(body: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::String(s)) => Some(s),
+        Ok(v) => Some(v.to_string()),
+        Err(_) => std::str::from_utf8(body).ok().map(str::to_owned),
+    }
+}
+
+/// Whether `authorization` carries `token` as a bearer token (compared in constant time).
 pub fn token_matches(authorization: Option<&[u8]>, token: &str) -> bool {
     let Some(presented) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
         return false;

@@ -19,8 +19,19 @@ pub enum Body {
     Incoming(Incoming),
     /// An event stream.
     Stream(Box<EventBody>),
-    /// A body with something that must live exactly as long as it (dropped with it).
-    Guarded(Box<Body>, Box<dyn Send + Sync>),
+    /// A body watched by a [`Tap`], which sees its data and is dropped with it.
+    Guarded(Box<Body>, Box<dyn Tap>),
+}
+
+/// Sees the data of a [`Body::Guarded`] as it is sent, and is dropped with the body (once
+/// it has been sent, or the client has gone).
+pub trait Tap: Send + Sync {
+    /// A piece of the body, as it goes out.
+    fn data(&mut self, chunk: &[u8]);
+
+    /// What follows is the body as sent on the wire with chunked framing (a relay that
+    /// passes the app's bytes through), not its data.
+    fn chunked(&mut self) {}
 }
 
 impl Body {
@@ -55,7 +66,15 @@ impl hyper::body::Body for Body {
                 .subscription
                 .poll_chunk(cx)
                 .map(|c| c.map(|b| Ok(Frame::data(b)))),
-            Self::Guarded(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            Self::Guarded(b, tap) => {
+                let polled = Pin::new(b.as_mut()).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    tap.data(data);
+                }
+                polled
+            }
         }
     }
 

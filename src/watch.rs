@@ -13,6 +13,7 @@
 use crate::config::{Config, TopicPart, WatchRule};
 use crate::hub::{Hub, NewEvent};
 use crate::metrics::Metrics;
+use crate::publish::body_as_data;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{ETAG, HeaderName, HeaderValue, IF_NONE_MATCH};
@@ -296,7 +297,7 @@ async fn poll_once(
         Ok(Err(e)) => return failed(&e),
         Err(_) => return failed(&"the body did not arrive within upstream_timeouts.response"),
     };
-    let Some(data) = event_data(&body) else {
+    let Some(data) = body_as_data(&body) else {
         return Outcome::BodyOmitted;
     };
     let version = match &etag {
@@ -327,15 +328,6 @@ async fn poll_once(
             Outcome::Published
         }
         Err(e) => failed(&e),
-    }
-}
-
-/// A body as event data: JSON as compact JSON, other UTF-8 text as it is.
-fn event_data(body: &[u8]) -> Option<String> {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::String(s)) => Some(s),
-        Ok(v) => Some(v.to_string()),
-        Err(_) => std::str::from_utf8(body).ok().map(str::to_owned),
     }
 }
 
@@ -412,10 +404,16 @@ mod tests {
     }
 
     #[test]
-    fn bodies_become_event_data() {
-        assert_eq!(event_data(br#"{ "a" : 1 }"#).as_deref(), Some(r#"{"a":1}"#));
-        assert_eq!(event_data(br#""text""#).as_deref(), Some("text"));
-        assert_eq!(event_data(b"plain\nlines").as_deref(), Some("plain\nlines"));
-        assert_eq!(event_data(b"\xff"), None);
+    fn bodies_become_body_as_data() {
+        assert_eq!(
+            body_as_data(br#"{ "a" : 1 }"#).as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+        assert_eq!(body_as_data(br#""text""#).as_deref(), Some("text"));
+        assert_eq!(
+            body_as_data(b"plain\nlines").as_deref(),
+            Some("plain\nlines")
+        );
+        assert_eq!(body_as_data(b"\xff"), None);
     }
 }

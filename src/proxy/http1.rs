@@ -22,6 +22,7 @@ use super::relay::{
 use super::{ForwardError, Public, client_ip};
 use crate::derive::Matched;
 use crate::head::{self, HeadError};
+use crate::response::Tap;
 use crate::response::{ApiError, Body, error_response, json_error};
 use crate::server::{Held, LINGER_MAX, LINGER_TIME, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
@@ -150,6 +151,9 @@ impl Public {
                 }
                 None => {
                     out.extend_from_slice(&buf[plain.head_len..whole]);
+                    if let Some(m) = &mut plain.derived {
+                        m.request_body(&buf[plain.head_len..whole]);
+                    }
                     buf.advance(whole);
                     self.forward_plain(
                         &mut client,
@@ -447,7 +451,7 @@ impl Public {
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));
         // Published when dropped, after the body below has been relayed.
-        let _publication = plain.derived.take().map(|m| {
+        let mut publication = plain.derived.take().map(|m| {
             let mut fields = [httparse::EMPTY_HEADER; head::MAX_FIELDS];
             let mut parsed = httparse::Response::new(&mut fields);
             let _ = parsed.parse(&upstream_buf[..head.len]);
@@ -462,17 +466,8 @@ impl Public {
         });
         let close = close || head.framing == Framing::Close;
         upstream_buf.advance(head.len);
-        match relay::relay_body(
-            client,
-            conn,
-            head.reusable,
-            head.framing,
-            head_out,
-            upstream_buf,
-            upstreams,
-        )
-        .await
-        {
+        let tap = publication.as_mut().map(|p| p as &mut dyn Tap);
+        match relay::relay_body(client, conn, &head, head_out, upstream_buf, upstreams, tap).await {
             Relayed::Done => !close,
             Relayed::Broken => false,
         }

@@ -58,7 +58,7 @@ impl Policy {
             cors: Cors::new(&config.events.cors.allow_origins),
             max_topics: config.events.max_topics_per_subscription,
             trusted_proxies: config.trusted_proxies.clone(),
-            derive: crate::derive::Rules::new(&config.derive),
+            derive: crate::derive::Rules::new(&config.derive, config.publish.max_event_bytes),
         })
     }
 }

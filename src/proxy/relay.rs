@@ -10,6 +10,7 @@
 
 use super::ForwardError;
 use super::forward::HOP_BY_HOP;
+use crate::response::Tap;
 use crate::server::SendTimeout;
 use bytes::{Buf, BytesMut};
 use hyper::Uri;
@@ -462,12 +463,18 @@ pub(super) enum Relayed {
 pub(super) async fn relay_body(
     client: &mut SendTimeout,
     conn: TcpStream,
-    reusable: bool,
-    framing: Framing,
+    response: &ResponseHead,
     head: &[u8],
     buf: &mut BytesMut,
     pool: &Upstreams,
+    mut tap: Option<&mut dyn Tap>,
 ) -> Relayed {
+    let (reusable, framing) = (response.reusable, response.framing);
+    if framing == Framing::Chunked
+        && let Some(tap) = tap.as_mut()
+    {
+        tap.chunked();
+    }
     let mut body = BodyEnd::new(framing);
     let mut conn = Some(conn);
     let mut head = Some(head);
@@ -486,6 +493,9 @@ pub(super) async fn relay_body(
             pool.put_idle(c);
         }
         let chunk = &buf[..take];
+        if let Some(tap) = tap.as_mut() {
+            tap.data(chunk);
+        }
         let written = match head.take() {
             Some(h) => write_two(client, h, chunk).await,
             None => client.write_all(chunk).await,

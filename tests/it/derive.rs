@@ -31,6 +31,18 @@ derive:
     publish:
       topic: items/{id}
       data: response
+  - name: notes
+    match:
+      path: /notes/{id}
+    publish:
+      topic: notes/{id}
+      data: request
+  - name: reports
+    match:
+      path: /reports/slow
+    publish:
+      topic: reports
+      data: response
 ";
 
 /// The rules above on a config pointing at `up`.
@@ -152,11 +164,9 @@ async fn what_a_rule_does_not_match_publishes_nothing() {
     )
     .await;
     assert_eq!(sub.event().await.data, "sentinel");
-    // A rule that asks for the response body says it was omitted.
+    // A rule that asks for the response body gets it.
     body_bytes(send(gw.proxy, request("PUT", "/items/9", &[], "{}")).await).await;
-    let data: serde_json::Value = serde_json::from_str(&sub.event().await.data).unwrap();
-    assert_eq!(data["params"]["id"], "9");
-    assert_eq!(data["body_omitted"], true);
+    assert_eq!(sub.event().await.data, "done");
     let metrics =
         body_bytes(send(gw.admin, request("GET", "/metrics", &[], Bytes::new())).await).await;
     let metrics = String::from_utf8_lossy(&metrics);
@@ -238,6 +248,35 @@ async fn the_event_follows_the_whole_response() {
             "hyper path: {hyper_path}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_go_in_events_only_when_asked_and_when_they_fit() {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let up = app(Some(rx)).await;
+    let mut config = config_with_rules(&up);
+    config.publish.max_event_bytes = 64;
+    let gw = sidecar(config).await;
+    let mut notes = SseClient::open(gw.proxy, "/events?topic=notes/1&topic=reports").await;
+    // The request's JSON body, sent compact.
+    let sent = r#"{ "text": "hello" }"#;
+    body_bytes(send(gw.proxy, request("POST", "/notes/1", &[], sent)).await).await;
+    assert_eq!(notes.event().await.data, r#"{"text":"hello"}"#);
+    // Over max_event_bytes: meta, marked.
+    let big = format!(r#"{{"text":"{}"}}"#, "x".repeat(100));
+    body_bytes(send(gw.proxy, request("POST", "/notes/1", &[], big)).await).await;
+    let data: serde_json::Value = serde_json::from_str(&notes.event().await.data).unwrap();
+    assert_eq!(
+        (data["body_omitted"].clone(), data["status"].clone()),
+        (true.into(), 200.into())
+    );
+    // A chunked response from the app, relayed as it comes: its data, de-chunked.
+    let resp = send(gw.proxy, request("POST", "/reports/slow", &[], "{}")).await;
+    tx.send(Bytes::from_static(br#"{"rows":"#)).await.unwrap();
+    tx.send(Bytes::from_static(b"[1,2]}")).await.unwrap();
+    drop(tx);
+    assert_eq!(body_bytes(resp).await, r#"{"rows":[1,2]}"#);
+    assert_eq!(notes.event().await.data, r#"{"rows":[1,2]}"#);
 }
 
 #[test]
