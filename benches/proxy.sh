@@ -5,6 +5,8 @@
 #
 #   benches/proxy.sh                 # 3 runs of 10 s each way, 1 wrk thread, 50 connections
 #   RUNS=5 DURATION=20 CONNS=100 THREADS=2 benches/proxy.sh
+#   DERIVE=1 benches/proxy.sh        # also ssegate with 20 derive rules none of which
+#                                    # matches, and with the same 20 plus one that matches
 #
 # Needs: wrk and nginx (apt-get install -y wrk nginx), jq. Uses loopback ports 19300-19303.
 # SSEGATE_BIN / UPSTREAM_BIN pick prebuilt binaries; otherwise both are built in release.
@@ -27,6 +29,8 @@ UPSTREAM_BIN="${UPSTREAM_BIN:-$(bench_exe upstream)}"
 PIDS=()
 cleanup() {
     RUN="$DIR/ssegate" benches/run-ssegate.sh stop || true
+    RUN="$DIR/ssegate-rules" benches/run-ssegate.sh stop 2>/dev/null || true
+    RUN="$DIR/ssegate-match" benches/run-ssegate.sh stop 2>/dev/null || true
     [ -f "$DIR/nginx/nginx.pid" ] && kill -QUIT "$(cat "$DIR/nginx/nginx.pid")" 2>/dev/null || true
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 0.5
@@ -41,6 +45,25 @@ wait_port 127.0.0.1 19300 10
 # ssegate in front of it.
 SG_PID=$(RUN="$DIR/ssegate" LISTEN=$SG ADMIN=$SG_ADMIN UPSTREAM="http://$UP" \
     SSEGATE_BIN="$SSEGATE_BIN" benches/run-ssegate.sh start)
+
+# With DERIVE=1: two more ssegates, with 20 derive rules that the benchmark's GETs never
+# match (paths that share no prefix with /, methods the default POST/PUT/PATCH/DELETE), and
+# with those 20 plus one rule that matches every GET of / and publishes meta data.
+SSEGATE_VARIANTS="ssegate"
+if [ "${DERIVE:-0}" = 1 ]; then
+    rules="derive:"
+    for i in $(seq 1 20); do
+        rules="$rules
+  - { name: r$i, match: { path: \"/app$i/{tenant}/items/{rest*}\" }, publish: { topic: \"t/{tenant}/r$i\" } }"
+    done
+    SGR_PID=$(RUN="$DIR/ssegate-rules" LISTEN=127.0.0.1:19304 ADMIN=127.0.0.1:19305 UPSTREAM="http://$UP" \
+        SSEGATE_BIN="$SSEGATE_BIN" EXTRA_YAML="$rules" benches/run-ssegate.sh start)
+    SGM_PID=$(RUN="$DIR/ssegate-match" LISTEN=127.0.0.1:19306 ADMIN=127.0.0.1:19307 UPSTREAM="http://$UP" \
+        SSEGATE_BIN="$SSEGATE_BIN" EXTRA_YAML="$rules
+  - { name: all, match: { methods: [GET], path: / }, publish: { topic: bench/derived } }" \
+        benches/run-ssegate.sh start)
+    SSEGATE_VARIANTS="ssegate ssegate+20rules ssegate+match"
+fi
 
 # nginx in front of it: 1 worker, upstream keepalive, the same forwarding headers as ssegate.
 mkdir -p "$DIR/nginx/tmp"
@@ -107,6 +130,10 @@ measure() { # name url proxy-pids...
 
 measure direct "http://$UP/" 
 measure ssegate "http://$SG/" "$SG_PID"
+if [ "${DERIVE:-0}" = 1 ]; then
+    measure ssegate+20rules "http://127.0.0.1:19304/" "$SGR_PID"
+    measure ssegate+match "http://127.0.0.1:19306/" "$SGM_PID"
+fi
 # shellcheck disable=SC2086
 measure nginx "http://$NG/" $NG_PIDS
 
@@ -115,7 +142,7 @@ echo "wrk -t$THREADS -c$CONNS -d${DURATION}s, medians of $RUNS runs ($(nproc) co
 echo
 echo "| path | requests/s | p99 ms | proxy CPU µs/request | upstream CPU µs/request |"
 echo "|---|---|---|---|---|"
-for name in direct ssegate nginx; do
+for name in direct $SSEGATE_VARIANTS nginx; do
     col() { awk -v n="$name" -v c="$1" '$1 == n {print $c}' "$DIR/results" | median; }
     echo "| $name | $(col 2) | $(col 3) | $(col 4) | $(col 5) |"
 done

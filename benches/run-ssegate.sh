@@ -10,6 +10,7 @@
 #   HEARTBEAT=15s
 #   REDIS_URL (unset: the memory broker; set: `broker.kind: redis` on that URL)
 #   REDIS_STREAM=ssegate:events
+#   EXTRA_YAML (appended to the config as it is: derive or watch rules, say)
 # Connection limits are set far above any scenario here (a benchmark opens thousands of
 # streams from a handful of loopback addresses).
 set -euo pipefail
@@ -47,6 +48,7 @@ broker:
   redis: { url: "$REDIS_URL", stream: "${REDIS_STREAM:-ssegate:events}" }
 YAML
     fi
+    if [ -n "${EXTRA_YAML:-}" ]; then printf '%s\n' "$EXTRA_YAML" >> "$RUN/ssegate.yaml"; fi
     "$BIN" check --config "$RUN/ssegate.yaml" >/dev/null
     # Same open-file limit as the peers get (their scripts raise it to the hard limit).
     ulimit -n "$(ulimit -Hn)"
