@@ -10,6 +10,7 @@ mod deploy;
 mod faults;
 mod hostile;
 mod ops;
+mod overload;
 mod proxy;
 mod publish;
 mod redis;

@@ -38,6 +38,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// An app served by `task` on `addr` (a test's own accept loop).
+    pub fn from_parts(addr: SocketAddr, task: tokio::task::JoinHandle<()>) -> Self {
+        Self {
+            addr,
+            uri: format!("http://{addr}").parse().unwrap(),
+            task,
+        }
+    }
+
     /// Stops accepting and drops the listener (later connects are refused).
     pub fn stop(&self) {
         self.task.abort();
