@@ -19,6 +19,17 @@ pub enum Body {
     Incoming(Incoming),
     /// An event stream.
     Stream(Box<EventBody>),
+    /// Another body, with something released when it ends (a proxied request's place
+    /// under its address's in-flight cap).
+    Guarded(Box<GuardedBody>),
+}
+
+/// A body and what it holds until it is dropped.
+pub struct GuardedBody {
+    /// The body sent.
+    pub body: Body,
+    /// Dropped with the body.
+    pub guard: Box<dyn Send + Sync>,
 }
 
 impl Body {
@@ -53,6 +64,7 @@ impl hyper::body::Body for Body {
                 .subscription
                 .poll_chunk(cx)
                 .map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Self::Guarded(g) => Pin::new(&mut g.body).poll_frame(cx),
         }
     }
 
@@ -62,6 +74,7 @@ impl hyper::body::Body for Body {
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
             Self::Stream(_) => false,
+            Self::Guarded(g) => g.body.is_end_stream(),
         }
     }
 
@@ -71,6 +84,7 @@ impl hyper::body::Body for Body {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
             Self::Stream(_) => SizeHint::default(),
+            Self::Guarded(g) => g.body.size_hint(),
         }
     }
 }

@@ -94,6 +94,8 @@ fn upstream_only_gives_every_default() {
     assert_eq!(c.limits.max_connections_per_ip, 20);
     assert_eq!(c.limits.connect_rate_per_ip.to_string(), "60/min");
     assert_eq!(c.limits.requests_per_ip, None);
+    assert_eq!(c.limits.concurrent_requests_per_ip, 64);
+    assert_eq!(c.limits.max_upstream_connections, 512);
     assert_eq!(c.broker.kind, BrokerKind::Memory);
     assert_eq!(c.broker.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(c.broker.redis.stream, "ssegate:events");
@@ -233,7 +235,8 @@ lisen: 0.0.0.0:1
     assert_eq!(
         e[0].to_string(),
         "limits.max_conection: unknown key (line 3, column 3); expected one of: \
-         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip"
+         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip, \
+         concurrent_requests_per_ip, max_upstream_connections"
     );
     assert!(e.iter().all(|e| e.message == "unknown key"));
 }
@@ -393,7 +396,7 @@ fn docs_table_and_example_cover_the_same_keys() {
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
         .collect();
-    assert_eq!(keys.len(), 37, "{keys:?}");
+    assert_eq!(keys.len(), 39, "{keys:?}");
     let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ssegate.yaml"));
     let tree = yaml::parse(example).unwrap().unwrap();
     for key in keys {

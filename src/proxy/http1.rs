@@ -20,13 +20,14 @@ use super::relay::{
     self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
 };
 use super::{ForwardError, Public, client_ip};
-use crate::response::{ApiError, Body, error_response, json_error};
+use crate::limits::RequestSlot;
+use crate::response::{ApiError, Body, json_error};
 use crate::server::{Held, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Response, StatusCode};
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,8 +53,9 @@ enum Next {
     Partial,
     /// An event stream (the request is the whole buffer).
     Stream(hyper::http::request::Parts),
-    /// Forward the request rewritten into the output buffer.
-    Forward(Plain),
+    /// Forward the request rewritten into the output buffer, holding its place under the
+    /// in-flight cap of its address.
+    Forward(Plain, RequestSlot),
     /// Answer it here (a 429).
     Answer(Plain, Response<Body>),
     /// hyper serves the connection from this request on.
@@ -118,8 +120,8 @@ impl Public {
                         .await;
                     return None;
                 }
-                Next::Forward(plain) => (plain, None),
-                Next::Answer(plain, resp) => (plain, Some(resp)),
+                Next::Forward(plain, slot) => (plain, Ok(slot)),
+                Next::Answer(plain, resp) => (plain, Err(resp)),
             };
             let whole = plain.head_len + plain.body_len;
             match read_to(&mut client, &mut buf, whole, options.header_read_timeout).await {
@@ -139,16 +141,18 @@ impl Public {
             }
             let close = plain.close || self.shutdown.is_triggered();
             let keep = match answer {
-                Some(resp) => {
+                Err(resp) => {
                     buf.advance(whole);
                     answer_here(&mut client, resp, plain.head_request, close, &mut out).await
                 }
-                None => {
+                // The slot is held until the response has been relayed.
+                Ok(slot) => {
                     out.extend_from_slice(&buf[plain.head_len..whole]);
                     buf.advance(whole);
                     self.forward_plain(
                         &mut client,
                         &plain,
+                        slot.ip(),
                         close,
                         &mut out,
                         &mut head_out,
@@ -319,10 +323,13 @@ impl Public {
         } else {
             peer.ip()
         };
-        if let Some(resp) = self.limit_request(ip) {
-            self.metrics.proxied(resp.status().as_u16(), None);
-            return Next::Answer(plain, resp);
-        }
+        let slot = match self.admit_request(ip) {
+            Ok(slot) => slot,
+            Err(resp) => {
+                self.metrics.proxied(resp.status().as_u16(), None);
+                return Next::Answer(plain, resp);
+            }
+        };
 
         out.clear();
         out.extend_from_slice(method.as_bytes());
@@ -376,15 +383,17 @@ impl Public {
             let _ = write!(out, "content-length: {n}\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        Next::Forward(plain)
+        Next::Forward(plain, slot)
     }
 
     /// Sends the request in `out` to the app and relays its answer (or a 502/504) to the
     /// client. Whether the client's connection can take another request.
+    #[allow(clippy::too_many_arguments)]
     async fn forward_plain(
         &self,
         client: &mut SendTimeout,
         plain: &Plain,
+        ip: IpAddr,
         close: bool,
         out: &mut Vec<u8>,
         head_out: &mut Vec<u8>,
@@ -411,9 +420,8 @@ impl Public {
                 };
                 self.metrics
                     .proxied(e.status().as_u16(), Some(started.elapsed()));
-                tracing::debug!(error = %e, "forwarding failed");
-                return answer_here(client, error_response(&e), plain.head_request, close, out)
-                    .await;
+                let resp = self.refuse_request(ip, &e);
+                return answer_here(client, resp, plain.head_request, close, out).await;
             }
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));

@@ -21,9 +21,9 @@ pub use forward::{ForwardError, Forwarder};
 use crate::auth::{self, Authenticator, Grant};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::limits::{LimitError, Limits};
+use crate::limits::{InFlight, InFlightError, LimitError, Limits, RequestSlot, UpstreamCap};
 use crate::metrics::{Metrics, RateLimited, Rejection};
-use crate::response::{ApiError, Body, EventBody, error_response, json_error};
+use crate::response::{ApiError, Body, EventBody, GuardedBody, error_response, json_error};
 use crate::server::Handler;
 use crate::shutdown::Shutdown;
 use hyper::body::Incoming;
@@ -68,6 +68,10 @@ pub struct Public {
     forwarder: Forwarder,
     /// Kept-alive connections to the app for [`http1`]'s forwards.
     upstreams: relay::Upstreams,
+    /// `limits.concurrent_requests_per_ip`.
+    inflight: Arc<InFlight>,
+    /// `limits.max_upstream_connections`, shared by `forwarder` and `upstreams`.
+    upstream_cap: Arc<UpstreamCap>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 }
@@ -93,6 +97,11 @@ impl Public {
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> Result<Self, String> {
+        let upstream_cap = UpstreamCap::new(
+            config.limits.max_upstream_connections,
+            config.upstream_timeouts.connect,
+            Arc::clone(&metrics),
+        );
         Ok(Self {
             events_path: config.events.path.clone(),
             policy: RwLock::new(Arc::new(Policy::new(config)?)),
@@ -102,21 +111,29 @@ impl Public {
                 config.upstream.clone(),
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
+                Arc::clone(&upstream_cap),
             ),
             upstreams: relay::Upstreams::new(
                 &config.upstream,
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
+                Arc::clone(&upstream_cap),
             ),
+            inflight: InFlight::new(config.limits.concurrent_requests_per_ip),
+            upstream_cap,
             metrics,
             shutdown,
         })
     }
 
-    /// Applies a reloaded configuration (auth keys, CORS, topic limit, trusted proxies);
-    /// open streams are untouched. On error the old policy stays.
+    /// Applies a reloaded configuration (auth keys, CORS, topic limit, trusted proxies,
+    /// in-flight caps); open streams are untouched. On error the old policy stays.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         let policy = Arc::new(Policy::new(config)?);
+        self.inflight
+            .set_max(config.limits.concurrent_requests_per_ip);
+        self.upstream_cap
+            .set_max(config.limits.max_upstream_connections);
         *self
             .policy
             .write()
@@ -278,6 +295,35 @@ impl Public {
         })
     }
 
+    /// Admits a proxied request from `ip`: its place under `concurrent_requests_per_ip`
+    /// (held until its response is sent), after `requests_per_ip`; or the 429 answer. Both
+    /// forwarding paths call this.
+    #[allow(clippy::result_large_err)] // a refusal is the rare path; no box for the common one
+    fn admit_request(&self, ip: IpAddr) -> Result<RequestSlot, Response<Body>> {
+        if let Some(resp) = self.limit_request(ip) {
+            return Err(resp);
+        }
+        self.inflight
+            .enter(ip)
+            .map_err(|e| self.refuse_request(ip, &e))
+    }
+
+    /// ssegate's own answer to a proxied request it could not pass on (429 or 503 from an
+    /// in-flight cap, 502 or 504 from the app), logged and counted. Both forwarding paths
+    /// call this.
+    fn refuse_request(&self, ip: IpAddr, e: &(dyn ProxyRefusal + Send)) -> Response<Body> {
+        if let Some(reason) = e.cap() {
+            if reason == "concurrent_requests_per_ip" {
+                // `upstream_busy` is counted by the cap, for every caller.
+                self.metrics.request_rejected(reason);
+            }
+            tracing::info!(%ip, reason, status = e.status().as_u16(), "request refused");
+        } else {
+            tracing::warn!(%ip, status = e.status().as_u16(), error = %e, "request not forwarded");
+        }
+        error_response(e)
+    }
+
     /// Counts a proxied request against `requests_per_ip`; the 429 answer if it is over.
     fn limit_request(&self, ip: IpAddr) -> Option<Response<Body>> {
         let e = self.limits.check_request(ip).err()?;
@@ -345,14 +391,47 @@ impl Handler for Public {
                 trusted,
             )
         };
-        if let Some(resp) = self.limit_request(ip) {
-            self.metrics.proxied(resp.status().as_u16(), None);
-            return resp;
-        }
+        let slot = match self.admit_request(ip) {
+            Ok(slot) => slot,
+            Err(resp) => {
+                self.metrics.proxied(resp.status().as_u16(), None);
+                return resp;
+            }
+        };
         let started = tokio::time::Instant::now();
-        let resp = self.forwarder.forward(req, peer, trusted).await;
+        let resp = match self.forwarder.forward(req, peer, trusted).await {
+            Ok(resp) => resp,
+            Err(e) => self.refuse_request(ip, &e),
+        };
         self.metrics
             .proxied(resp.status().as_u16(), Some(started.elapsed()));
-        resp
+        // The request is in flight until its response has been sent.
+        resp.map(|body| {
+            Body::Guarded(Box::new(GuardedBody {
+                body,
+                guard: Box::new(slot),
+            }))
+        })
+    }
+}
+
+/// A refusal of a proxied request made by ssegate: an in-flight cap's, or the app's fault.
+trait ProxyRefusal: ApiError {
+    /// The cap that refused, if one did (its metric and log label).
+    fn cap(&self) -> Option<&'static str>;
+}
+
+impl ProxyRefusal for InFlightError {
+    fn cap(&self) -> Option<&'static str> {
+        Some(self.reason())
+    }
+}
+
+impl ProxyRefusal for ForwardError {
+    fn cap(&self) -> Option<&'static str> {
+        match self {
+            Self::Busy(e) => Some(e.reason()),
+            _ => None,
+        }
     }
 }

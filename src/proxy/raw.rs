@@ -103,7 +103,8 @@ pub(super) async fn respond(
             tokio::spawn(conn);
             return;
         }
-        Body::Empty => Bytes::new(),
+        // A guarded body is a proxied response's, never a stream request's.
+        Body::Empty | Body::Guarded(_) => Bytes::new(),
         Body::Full(b) => b.unwrap_or_default(),
         Body::Incoming(b) => match Limited::new(b, MAX_REFUSAL_BODY).collect().await {
             Ok(b) => b.to_bytes(),

@@ -20,7 +20,8 @@ const SHORT: Options = Options {
     send_timeout: Duration::from_secs(2),
 };
 
-/// The connections an app has open now, and the most it has had at once.
+/// The connections an app has open now (its connection tasks), and the most that were
+/// established at once when it accepted one.
 #[derive(Default)]
 struct Open {
     now: AtomicUsize,
@@ -31,9 +32,12 @@ struct Open {
 struct Counted(Arc<Open>);
 
 impl Counted {
-    fn new(open: &Arc<Open>) -> Self {
-        let n = open.now.fetch_add(1, Ordering::SeqCst) + 1;
-        open.max.fetch_max(n, Ordering::SeqCst);
+    /// Counts a connection just accepted on `addr`. The most at once is read from the
+    /// kernel: a connection ssegate has closed is no longer established on the app's side
+    /// even if the app's task has not yet seen the end of it.
+    fn new(open: &Arc<Open>, addr: SocketAddr) -> Self {
+        open.now.fetch_add(1, Ordering::SeqCst);
+        open.max.fetch_max(established(addr), Ordering::SeqCst);
         Self(Arc::clone(open))
     }
 }
@@ -42,6 +46,28 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The established TCP connections whose local end is `addr`, from /proc/net/tcp (read
+/// while it changes, a line can appear twice: counted once).
+fn established(addr: SocketAddr) -> usize {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("IPv4 only");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(ip.octets()),
+        addr.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let peers: std::collections::HashSet<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && f[1] == local && f[3] == "01")
+        .map(|f| f[2])
+        .collect();
+    peers.len()
 }
 
 /// An app that answers `/big` with 4 MiB and anything else with "app" (after `hold`
@@ -56,7 +82,7 @@ async fn app(hold: Option<Arc<tokio::sync::Semaphore>>) -> (Upstream, Arc<Open>)
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let counted = Counted::new(&counts);
+            let counted = Counted::new(&counts, addr);
             let hold = hold.clone();
             tokio::spawn(async move {
                 let _counted = counted;
@@ -114,7 +140,8 @@ async fn open_stream(
     resp
 }
 
-/// Waits until the stream behind `resp` is reset by the server; its status is returned.
+/// Waits until the stream behind `resp` is reset by the server (its body cannot be sent to
+/// a zero window, whatever it is); its status is returned.
 async fn reset_after_head(resp: h2::client::ResponseFuture) -> StatusCode {
     let resp = tokio::time::timeout(DEADLINE, resp)
         .await
@@ -135,7 +162,10 @@ async fn reset_after_head(resp: h2::client::ResponseFuture) -> StatusCode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_whose_window_stays_closed_are_reset_by_the_send_timeout() {
     let (up, open) = app(None).await;
-    let gw = sidecar_opts(test_config(&up.uri), SHORT).await;
+    let mut config = test_config(&up.uri);
+    config.limits.concurrent_requests_per_ip = 20;
+    config.limits.max_upstream_connections = 25;
+    let gw = sidecar_opts(config, SHORT).await;
 
     let mut client = zero_window_client(gw.proxy).await;
     let mut streams = Vec::new();
@@ -145,7 +175,7 @@ async fn http2_streams_whose_window_stays_closed_are_reset_by_the_send_timeout()
         } else {
             "/events?topic=t"
         };
-        streams.push(open_stream(&mut client, path).await);
+        streams.push((path, open_stream(&mut client, path).await));
     }
     // Every stream is open and stalled: the events' first frame, the app's body, stuck.
     eventually("the event streams are open", || async {
@@ -159,20 +189,215 @@ async fn http2_streams_whose_window_stays_closed_are_reset_by_the_send_timeout()
     );
 
     // Another client is served meanwhile, whole.
-    let resp = send(gw.proxy, request("GET", "/big", &[], Bytes::new())).await;
+    let resp = send_on(
+        connect_from("127.0.0.2", gw.proxy).await,
+        request("GET", "/big", &[], Bytes::new()),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(body_bytes(resp).await.len(), 4 << 20);
 
-    for s in streams {
-        assert_eq!(reset_after_head(s).await, StatusCode::OK);
+    let (mut proxied, mut refused) = (0, 0);
+    for (path, s) in streams {
+        match (path, reset_after_head(s).await) {
+            ("/big", StatusCode::OK) => proxied += 1,
+            ("/big", StatusCode::TOO_MANY_REQUESTS) => refused += 1,
+            (_, status) => assert_eq!(status, StatusCode::OK, "{path}"),
+        }
     }
+    assert_eq!(
+        (proxied, refused),
+        (20, 10),
+        "20 requests in flight per address"
+    );
+    assert!(
+        open.max.load(Ordering::SeqCst) <= 21,
+        "the app saw at most the stalled client's 20 connections and the other's one, not {}",
+        open.max.load(Ordering::SeqCst)
+    );
     // Reset streams hold nothing: no stream slot, no connection to the app.
     eventually("the event streams are closed", || async {
         connections(gw.admin).await == 0
     })
     .await;
+    // (Counted by the kernel: the test app's own tasks may notice the resets later.)
     eventually("the app's connections are closed", || async {
-        open.now.load(Ordering::SeqCst) <= 1
+        established(up.addr) <= 1
     })
     .await;
+}
+
+/// A JSON body from an HTTP/2 response.
+async fn h2_json(resp: h2::client::ResponseFuture) -> (StatusCode, serde_json::Value) {
+    let resp = tokio::time::timeout(DEADLINE, resp).await.unwrap().unwrap();
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(DEADLINE, body.data()).await.unwrap() {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_max_upstream_connections_a_request_waits_then_gets_503_upstream_busy_on_either_path()
+ {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let (up, open) = app(Some(Arc::clone(&hold))).await;
+    let mut config = test_config(&up.uri);
+    config.limits.max_upstream_connections = 2;
+    config.upstream_timeouts.connect = Duration::from_millis(300);
+    let gw = sidecar(config).await;
+
+    // Two requests the app holds: both connections the cap allows are in use.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let proxy = gw.proxy;
+            tokio::spawn(async move {
+                let resp = send(proxy, request("GET", "/hold", &[], Bytes::new())).await;
+                (resp.status(), body_bytes(resp).await)
+            })
+        })
+        .collect();
+    eventually("the app holds two requests", || async {
+        open.now.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    // The plain HTTP/1.1 path waits the connect timeout, then 503.
+    let started = tokio::time::Instant::now();
+    let resp = send(gw.proxy, request("GET", "/", &[], Bytes::new())).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(header(resp.headers(), "retry-after"), Some("1"));
+    let json: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
+    assert_eq!(json["error"], "upstream_busy", "{json}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // hyper's path (HTTP/2 here) is held to the same cap.
+    let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client;
+    let (status, json) = h2_json(open_stream(&mut client, "/").await).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json["error"], "upstream_busy", "{json}");
+
+    let (_, metrics) = {
+        let resp = send(gw.admin, request("GET", "/metrics", &[], Bytes::new())).await;
+        (
+            resp.status(),
+            String::from_utf8(body_bytes(resp).await.to_vec()).unwrap(),
+        )
+    };
+    assert!(
+        metrics.contains("ssegate_requests_rejected_total{reason=\"upstream_busy\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("ssegate_upstream_connections 2"),
+        "{metrics}"
+    );
+
+    // Once the app answers, the held requests complete and the places are free again.
+    hold.add_permits(1000);
+    for h in held {
+        let (status, body) = h.await.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"held"[..]));
+    }
+    let (status, json) = h2_json(open_stream(&mut client, "/").await).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(
+        open.max.load(Ordering::SeqCst),
+        2,
+        "the app never saw more than the cap"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_concurrent_requests_per_ip_a_request_gets_429_and_other_addresses_are_served() {
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let (up, _open) = app(Some(Arc::clone(&hold))).await;
+    let mut config = test_config(&up.uri);
+    config.limits.concurrent_requests_per_ip = 2;
+    let gw = sidecar(config.clone()).await;
+
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let proxy = gw.proxy;
+            tokio::spawn(async move {
+                send(proxy, request("GET", "/hold", &[], Bytes::new()))
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    // The third from the same address is refused at once, on the plain path and hyper's
+    // (a chunked body goes to hyper).
+    eventually("two requests are in flight", || async {
+        let resp = send(gw.proxy, request("GET", "/", &[], Bytes::new())).await;
+        resp.status() == StatusCode::TOO_MANY_REQUESTS
+    })
+    .await;
+    let resp = send(gw.proxy, request("GET", "/", &[], Bytes::new())).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(resp.headers(), "retry-after"), Some("1"));
+    let json: serde_json::Value = serde_json::from_slice(&body_bytes(resp).await).unwrap();
+    assert_eq!(json["error"], "too_many_requests", "{json}");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(tx);
+    let chunked = hyper::Request::post("/")
+        .header("host", "test.local")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::BodyExt::map_err(ChannelBody(rx), |e| e),
+        ))
+        .unwrap();
+    assert_eq!(
+        send(gw.proxy, chunked).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Another address is not affected.
+    let resp = send_on(
+        connect_from("127.0.0.2", gw.proxy).await,
+        request("GET", "/", &[], Bytes::new()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let metrics = metrics_text(gw.admin).await;
+    let refused = "ssegate_requests_rejected_total{reason=\"concurrent_requests_per_ip\"}";
+    assert!(counter(&metrics, refused) >= 3, "{metrics}");
+
+    // A reload raises the cap at once.
+    config.limits.concurrent_requests_per_ip = 3;
+    gw.running.as_ref().unwrap().reload(config).unwrap();
+    let resp = send(gw.proxy, request("GET", "/", &[], Bytes::new())).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "a third place after the reload"
+    );
+
+    hold.add_permits(1000);
+    for h in held {
+        assert_eq!(h.await.unwrap(), StatusCode::OK);
+    }
+}
+
+/// The `/metrics` text.
+async fn metrics_text(admin: SocketAddr) -> String {
+    let resp = send(admin, request("GET", "/metrics", &[], Bytes::new())).await;
+    String::from_utf8(body_bytes(resp).await.to_vec()).unwrap()
+}
+
+/// The value of the series `name` (with its labels) in a `/metrics` text; 0 if absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
 }
