@@ -24,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod hub;
 pub mod limits;
+pub mod logbound;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;

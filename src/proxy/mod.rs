@@ -2,8 +2,9 @@
 //! and everything else is forwarded to the app.
 //!
 //! A stream request goes: parse (400) → caps and connect rate (503/429) → auth (401/403, or
-//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one log line
-//! and one metric increment.
+//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one metric
+//! increment, and a log line unless its (reason, address) logged one in the last 10 s
+//! ([`crate::logbound`]).
 
 mod client_ip;
 mod cors;
@@ -22,6 +23,7 @@ use crate::auth::{self, Authenticator, Grant};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::{InFlight, InFlightError, LimitError, Limits, RequestSlot, UpstreamCap};
+use crate::logbound;
 use crate::metrics::{Metrics, RateLimited, Rejection};
 use crate::response::{ApiError, Body, EventBody, GuardedBody, error_response, json_error};
 use crate::server::Handler;
@@ -181,12 +183,16 @@ impl Public {
                 Ok(resp) => resp,
                 Err(Refusal::App(resp)) => {
                     self.metrics.rejected(Rejection::UpstreamAuth);
-                    tracing::info!(%ip, status = resp.status().as_u16(), "stream refused by the app");
+                    if let Some(suppressed) = logbound::admit("refused_by_app", Some(ip)) {
+                        tracing::info!(%ip, status = resp.status().as_u16(), suppressed, "stream refused by the app");
+                    }
                     resp
                 }
                 Err(Refusal::Ours(e, why)) => {
                     self.metrics.rejected(why);
-                    tracing::info!(%ip, reason = why.as_str(), status = e.status().as_u16(), "stream refused");
+                    if let Some(suppressed) = logbound::admit(why.as_str(), Some(ip)) {
+                        tracing::info!(%ip, reason = why.as_str(), status = e.status().as_u16(), suppressed, "stream refused");
+                    }
                     error_response(&*e)
                 }
             }
@@ -312,14 +318,17 @@ impl Public {
     /// in-flight cap, 502 or 504 from the app), logged and counted. Both forwarding paths
     /// call this.
     fn refuse_request(&self, ip: IpAddr, e: &(dyn ProxyRefusal + Send)) -> Response<Body> {
+        let status = e.status().as_u16();
         if let Some(reason) = e.cap() {
             if reason == "concurrent_requests_per_ip" {
                 // `upstream_busy` is counted by the cap, for every caller.
                 self.metrics.request_rejected(reason);
             }
-            tracing::info!(%ip, reason, status = e.status().as_u16(), "request refused");
-        } else {
-            tracing::warn!(%ip, status = e.status().as_u16(), error = %e, "request not forwarded");
+            if let Some(suppressed) = logbound::admit(reason, Some(ip)) {
+                tracing::info!(%ip, reason, status, suppressed, "request refused");
+            }
+        } else if let Some(suppressed) = logbound::admit(e.code(), Some(ip)) {
+            tracing::warn!(%ip, status, error = %e, suppressed, "request not forwarded");
         }
         error_response(e)
     }
@@ -328,7 +337,9 @@ impl Public {
     fn limit_request(&self, ip: IpAddr) -> Option<Response<Body>> {
         let e = self.limits.check_request(ip).err()?;
         self.metrics.rate_limited(RateLimited::Requests);
-        tracing::info!(%ip, "request rate limited");
+        if let Some(suppressed) = logbound::admit("requests_per_ip", Some(ip)) {
+            tracing::info!(%ip, suppressed, "request rate limited");
+        }
         let mut resp = error_response(&e);
         if let (Some((quota, window)), Some(reset)) =
             (self.limits.request_policy(), e.retry_after())

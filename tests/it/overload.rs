@@ -401,3 +401,110 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Log output captured from the thread the test runs on.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, what: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Captures the log of the current thread while the guard lives.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
+// One thread: the sidecar's tasks run where the captured log is the default.
+#[tokio::test(flavor = "current_thread")]
+async fn ten_thousand_refused_streams_from_one_address_log_a_handful_of_lines() {
+    let (log, _default) = capture();
+
+    let (gw, _up) = sidecar_with(|c| c.limits.max_connections_per_ip = 1).await;
+    // An address no other test uses: the bound is the process's.
+    let from = "127.0.0.9";
+    let _held =
+        SseClient::connect_on(connect_from(from, gw.proxy).await, "/events?topic=t", &[]).await;
+
+    // One HTTP/2 connection retrying a refused stream, 100 at a time.
+    let (client, conn) = h2::client::handshake(connect_from(from, gw.proxy).await)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut client = client;
+    let mut refused = 0;
+    for _ in 0..100 {
+        let mut batch = Vec::new();
+        for _ in 0..100 {
+            batch.push(open_stream(&mut client, "/events?topic=t").await);
+        }
+        for resp in batch {
+            let (status, _) = h2_json(resp).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 10_000);
+
+    // Every refusal is counted, a handful logged.
+    let metrics = metrics_text(gw.admin).await;
+    assert!(
+        counter(
+            &metrics,
+            "ssegate_connections_rejected_total{reason=\"max_connections_per_ip\"}"
+        ) >= 10_000,
+        "{metrics}"
+    );
+    let lines = log.lines_with(&format!("ip={from}"));
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "one line per 10 s, not one per refusal: {} lines, e.g. {:?}",
+        lines.len(),
+        lines.first()
+    );
+    assert!(lines[0].contains("stream refused"), "{lines:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_502_is_logged_once_per_address_and_window() {
+    let (log, _default) = capture();
+    let (gw, up) = sidecar_with(|_| {}).await;
+    up.stop();
+    let from = "127.0.0.10";
+    for _ in 0..50 {
+        let resp = send_on(
+            connect_from(from, gw.proxy).await,
+            request("GET", "/", &[], Bytes::new()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    }
+    let lines = log.lines_with(&format!("ip={from}"));
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("request not forwarded") && lines[0].contains("status=502"));
+}
