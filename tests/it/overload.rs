@@ -126,7 +126,7 @@ async fn zero_window_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> 
     client.ready().await.unwrap()
 }
 
-/// Opens `GET path` on `client` and returns the response head's status and its body.
+/// Opens `GET path` on `client`; the response to come.
 async fn open_stream(
     client: &mut h2::client::SendRequest<Bytes>,
     path: &str,
@@ -507,4 +507,97 @@ async fn a_502_is_logged_once_per_address_and_window() {
     let lines = log.lines_with(&format!("ip={from}"));
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("request not forwarded") && lines[0].contains("status=502"));
+}
+
+/// Measures the zero-window scenario against the real executable (or the one in
+/// `SSEGATE_BIN`, e.g. an older build): 10 HTTP/2 connections from one address, 100
+/// streams each on a 4 MiB proxied response, none read. Prints the app's connections held,
+/// ssegate's RSS and descriptors once every stream has its response head, and a probe's
+/// latency from another address. Run with
+/// `cargo test --test it overload::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_zero_window_flood() {
+    let exe =
+        std::env::var("SSEGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ssegate").to_owned());
+    let (up, _open) = app(None).await;
+    let config = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: {}\n",
+        up.uri
+    );
+    let bin = Binary::start_exe(&exe, &config, "ulimit -n 65536 2>/dev/null").await;
+    let rss_before = proc_status_kb(&bin.pid.to_string(), "VmRSS");
+    let started = tokio::time::Instant::now();
+    let mut heads = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut client = zero_window_client(bin.proxy).await;
+        for _ in 0..100 {
+            heads.push(open_stream(&mut client, "/big").await);
+        }
+        clients.push(client);
+    }
+    let (mut ok, mut refused, mut other) = (0, 0, 0);
+    let mut bodies = Vec::new();
+    for h in heads {
+        match tokio::time::timeout(DEADLINE, h).await {
+            Ok(Ok(resp)) => {
+                match resp.status() {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                    _ => other += 1,
+                }
+                bodies.push(resp.into_body());
+            }
+            _ => other += 1,
+        }
+    }
+    let heads_in = started.elapsed();
+    let probe = tokio::time::Instant::now();
+    let resp = send_on(
+        connect_from("127.0.0.2", bin.proxy).await,
+        request("GET", "/", &[], Bytes::new()),
+    )
+    .await;
+    let probe_status = resp.status();
+    let _ = body_bytes(resp).await;
+    println!(
+        "exe={exe}\nstreams: {ok} x 200, {refused} x 429, {other} other, heads in {heads_in:?}\n\
+         app connections held: {}\nssegate RSS: {} kB (idle {rss_before} kB), fds: {}\n\
+         probe from another address: {probe_status} in {:?}",
+        established(up.addr),
+        proc_status_kb(&bin.pid.to_string(), "VmRSS"),
+        bin.open_fds(),
+        probe.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_listeners_have_a_backlog_of_4096_or_the_kernels_cap() {
+    let (gw, _up) = sidecar_with(|_| {}).await;
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for addr in [gw.proxy, gw.admin] {
+        // `ss` shows a listening socket's backlog as its Send-Q.
+        let out = match std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", addr.port())])
+            .output()
+        {
+            Ok(out) if out.status.success() => out,
+            _ => {
+                eprintln!("no `ss` here: backlog not checked");
+                return;
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let backlog: u64 = text
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no backlog in {text:?}"));
+        assert_eq!(backlog, somaxconn.min(4096), "{addr}: {text}");
+    }
 }
