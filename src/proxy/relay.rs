@@ -170,8 +170,8 @@ impl Upstreams {
     }
 
     /// Keeps `conn`, which has just finished an exchange, for the next request; unless a
-    /// request is waiting for a place under the cap (on either path): then `conn` is closed,
-    /// and the idle ones with it, to free their places.
+    /// request is waiting for a place under the cap (on either path): then `conn` is closed
+    /// to free its place.
     pub(super) fn put_idle(&self, conn: AppConn) {
         let now = Instant::now();
         let mut idle = self
@@ -179,9 +179,8 @@ impl Upstreams {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.cap.contended() {
-            let closed = std::mem::take(&mut *idle);
             drop(idle);
-            drop((conn, closed));
+            drop(conn);
             return;
         }
         // The oldest are at the front: forget those past their time.
