@@ -26,6 +26,7 @@ pub mod derive;
 pub mod head;
 pub mod hub;
 pub mod limits;
+pub mod logbound;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;

@@ -1,10 +1,16 @@
 //! Abuse limits: the instance-wide and per-IP stream caps, the per-IP connect rate and
-//! the per-IP rate of proxied requests (the `limits` keys; docs/config.md).
+//! the per-IP rate of proxied requests (the `limits` keys; docs/config.md); the caps on
+//! work in flight (proxied requests per IP, connections to the app) are in
+//! `limits/inflight.rs`.
 //!
 //! A stream holds a [`StreamSlot`] for as long as it is open; dropping it (the stream
 //! ended, the client vanished, a write failed) frees the slot at once. The rate limiters are
 //! `governor` keyed limiters whose memory is bounded: keys not seen recently are purged by
 //! [`Limits::housekeeping`].
+
+mod inflight;
+
+pub use inflight::{InFlight, InFlightError, RequestSlot, UpstreamCap, UpstreamPermit};
 
 use crate::config::{self, Rate};
 use crate::response::ApiError;

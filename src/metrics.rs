@@ -90,7 +90,12 @@ pub struct Metrics {
     broker_up: Gauge,
     derived: Family<Vec<(&'static str, String)>, Counter>,
     watched: Family<Vec<(&'static str, String)>, Counter>,
+    upstream_connections: Gauge,
+    requests_rejected: [Counter; REQUEST_REJECTIONS.len()],
 }
+
+/// Why ssegate refused a proxied request itself (`ssegate_requests_rejected_total{reason}`).
+const REQUEST_REJECTIONS: [&str; 2] = ["concurrent_requests_per_ip", "upstream_busy"];
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
@@ -216,6 +221,23 @@ impl Default for Metrics {
             "Polls of watched app URLs, by rule and outcome",
             watched.clone(),
         );
+        let upstream_connections = Gauge::default();
+        registry.register(
+            "ssegate_upstream_connections",
+            "Connections to the app open now, idle ones included",
+            upstream_connections.clone(),
+        );
+        let requests_rejected_family = Family::<Labels, Counter>::default();
+        let requests_rejected = REQUEST_REJECTIONS.map(|r| {
+            requests_rejected_family
+                .get_or_create(&vec![("reason", r)])
+                .clone()
+        });
+        registry.register(
+            "ssegate_requests_rejected",
+            "Proxied requests refused by an in-flight cap, by reason",
+            requests_rejected_family,
+        );
 
         Self {
             registry,
@@ -233,6 +255,8 @@ impl Default for Metrics {
             upstream_duration,
             rate_limited,
             broker_up,
+            upstream_connections,
+            requests_rejected,
         }
     }
 }
@@ -296,6 +320,19 @@ impl Metrics {
     /// A refusal by a rate limit.
     pub fn rate_limited(&self, kind: RateLimited) {
         self.rate_limited[kind as usize].inc();
+    }
+
+    /// A connection to the app opened (`+1`) or closed (`-1`).
+    pub fn upstream_connections_add(&self, d: i64) {
+        self.upstream_connections.inc_by(d);
+    }
+
+    /// A proxied request refused by an in-flight cap, by its reason label
+    /// (`concurrent_requests_per_ip`, `upstream_busy`).
+    pub fn request_rejected(&self, reason: &str) {
+        if let Some(i) = REQUEST_REJECTIONS.iter().position(|r| *r == reason) {
+            self.requests_rejected[i].inc();
+        }
     }
 
     /// How long a publish took to store.

@@ -19,11 +19,22 @@ pub enum Body {
     Incoming(Incoming),
     /// An event stream.
     Stream(Box<EventBody>),
-    /// A body watched by a [`Tap`], which sees its data and is dropped with it.
-    Guarded(Box<Body>, Box<dyn Tap>),
+    /// Another body, with something released when it ends (a proxied request's place
+    /// under its address's in-flight cap).
+    Guarded(Box<GuardedBody>),
+    /// Another body, watched by a [`Tap`] that sees its data and is dropped with it.
+    Tapped(Box<Body>, Box<dyn Tap>),
 }
 
-/// Sees the data of a [`Body::Guarded`] as it is sent, and is dropped with the body (once
+/// A body and what it holds until it is dropped.
+pub struct GuardedBody {
+    /// The body sent.
+    pub body: Body,
+    /// Dropped with the body.
+    pub guard: Box<dyn Send + Sync>,
+}
+
+/// Sees the data of a [`Body::Tapped`] as it is sent, and is dropped with the body (once
 /// it has been sent, or the client has gone).
 pub trait Tap: Send + Sync {
     /// A piece of the body, as it goes out.
@@ -66,7 +77,7 @@ impl hyper::body::Body for Body {
                 .subscription
                 .poll_chunk(cx)
                 .map(|c| c.map(|b| Ok(Frame::data(b)))),
-            Self::Guarded(b, tap) => {
+            Self::Tapped(b, tap) => {
                 let polled = Pin::new(b.as_mut()).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
                     && let Some(data) = frame.data_ref()
@@ -75,6 +86,7 @@ impl hyper::body::Body for Body {
                 }
                 polled
             }
+            Self::Guarded(g) => Pin::new(&mut g.body).poll_frame(cx),
         }
     }
 
@@ -84,7 +96,8 @@ impl hyper::body::Body for Body {
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
             Self::Stream(_) => false,
-            Self::Guarded(b, _) => b.is_end_stream(),
+            Self::Tapped(b, _) => b.is_end_stream(),
+            Self::Guarded(g) => g.body.is_end_stream(),
         }
     }
 
@@ -94,7 +107,8 @@ impl hyper::body::Body for Body {
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
             Self::Stream(_) => SizeHint::default(),
-            Self::Guarded(b, _) => b.size_hint(),
+            Self::Tapped(b, _) => b.size_hint(),
+            Self::Guarded(g) => g.body.size_hint(),
         }
     }
 }

@@ -9,13 +9,15 @@
 //! descriptors, waiting connections are answered 503 and closed instead of hanging in the
 //! accept backlog, and serving resumes as soon as descriptors are free.
 
+mod stalled;
+
 use crate::response::Body;
 use crate::shutdown::Shutdown;
 use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
@@ -80,8 +82,15 @@ pub struct Unserved {
 /// shutdown waits until every one has been dropped.
 pub struct Held(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
 
-fn builder(options: Options) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// The most concurrent HTTP/2 streams a client may open on one connection (nginx 128,
+/// h2o 100): what one connection can hold of the instance is bounded.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The listen backlog: room for a connect burst (the kernel caps it at `somaxconn`).
+const BACKLOG: u32 = 4096;
+
+fn builder(options: Options) -> auto::Builder<stalled::StreamExecutor> {
+    let mut builder = auto::Builder::new(stalled::StreamExecutor::new(options.send_timeout));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -91,7 +100,8 @@ fn builder(options: Options) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(crate::head::H2_HEADER_LIST_LIMIT);
+        .max_header_list_size(crate::head::H2_HEADER_LIST_LIMIT)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     builder
 }
 
@@ -105,7 +115,8 @@ pub struct Options {
     /// connection. Default 10 s.
     pub header_read_timeout: Duration,
     /// A connection whose peer accepts no bytes for this long while ssegate has bytes to
-    /// write is closed (nginx's `send_timeout`). Default 60 s.
+    /// write is closed (nginx's `send_timeout`); on HTTP/2, a stream whose flow-control
+    /// window stays closed that long is reset. Default 60 s.
     pub send_timeout: Duration,
 }
 
@@ -118,10 +129,21 @@ impl Default for Options {
     }
 }
 
-/// Binds `addr`, naming it as `what` in the error (`listen 0.0.0.0:8080: address already
-/// in use`).
+/// Binds `addr` with a listen backlog of 4096, naming it as `what` in the error
+/// (`listen 0.0.0.0:8080: address already in use`).
 pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's `TcpListener::bind` does: a restart can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e| {
         let reason = match e.kind() {
             std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
             std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
@@ -532,15 +554,18 @@ fn service<H: Handler>(
     first_request: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<Body>,
+    Response = Response<stalled::WatchedBody<Body>>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<stalled::WatchedBody<Body>>, Infallible>> + Send,
 > + Clone
 + Send
 + 'static {
     service_fn(move |req| {
         first_request.store(true, Ordering::Relaxed);
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
+        async move {
+            let resp = handler.handle(req, peer).await;
+            Ok::<_, Infallible>(resp.map(stalled::WatchedBody::new))
+        }
     })
 }

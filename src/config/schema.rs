@@ -48,6 +48,8 @@ const LIMITS: &[&str] = &[
     "max_connections_per_ip",
     "connect_rate_per_ip",
     "requests_per_ip",
+    "concurrent_requests_per_ip",
+    "max_upstream_connections",
 ];
 
 const SLOW_CONSUMER: &[(&str, SlowConsumer)] = &[
@@ -308,6 +310,18 @@ fn limits(w: &mut Walker<'_>, top: &Fields<'_>, d: &Limits) -> Limits {
         ),
         connect_rate_per_ip: w.get(&f, "connect_rate_per_ip", d.connect_rate_per_ip, v::rate),
         requests_per_ip: w.get(&f, "requests_per_ip", d.requests_per_ip, v::optional_rate),
+        concurrent_requests_per_ip: w.get(
+            &f,
+            "concurrent_requests_per_ip",
+            d.concurrent_requests_per_ip,
+            v::count(1),
+        ),
+        max_upstream_connections: w.get(
+            &f,
+            "max_upstream_connections",
+            d.max_upstream_connections,
+            v::count(1),
+        ),
     }
 }
 

@@ -95,6 +95,8 @@ fn upstream_only_gives_every_default() {
     assert_eq!(c.limits.max_connections_per_ip, 20);
     assert_eq!(c.limits.connect_rate_per_ip.to_string(), "60/min");
     assert_eq!(c.limits.requests_per_ip, None);
+    assert_eq!(c.limits.concurrent_requests_per_ip, 64);
+    assert_eq!(c.limits.max_upstream_connections, 512);
     assert_eq!(c.broker.kind, BrokerKind::Memory);
     assert_eq!(c.broker.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(c.broker.redis.stream, "ssegate:events");
@@ -234,7 +236,8 @@ lisen: 0.0.0.0:1
     assert_eq!(
         e[0].to_string(),
         "limits.max_conection: unknown key (line 3, column 3); expected one of: \
-         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip"
+         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip, \
+         concurrent_requests_per_ip, max_upstream_connections"
     );
     assert!(e.iter().all(|e| e.message == "unknown key"));
 }
@@ -413,7 +416,7 @@ fn docs_table_and_example_cover_the_same_keys() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // A floor, not a count: the table parses (every key is checked against the example below).
-    assert!(keys.len() >= 40, "{keys:?}");
+    assert!(keys.len() >= 41, "{keys:?}");
     let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ssegate.yaml"));
     let tree = yaml::parse(example).unwrap().unwrap();
     for key in keys {

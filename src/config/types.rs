@@ -327,6 +327,11 @@ pub struct Limits {
     pub connect_rate_per_ip: Rate,
     /// Proxied requests per client IP (then 429); `None` is off, the default.
     pub requests_per_ip: Option<Rate>,
+    /// Proxied requests in flight per client IP (then 429). Default 64.
+    pub concurrent_requests_per_ip: usize,
+    /// Connections to the app, idle ones included; a request beyond waits up to
+    /// `upstream_timeouts.connect`, then gets 503 `upstream_busy`. Default 512.
+    pub max_upstream_connections: usize,
 }
 
 impl Limits {
@@ -339,6 +344,8 @@ impl Limits {
                 per: Duration::from_secs(60),
             },
             requests_per_ip: None,
+            concurrent_requests_per_ip: 64,
+            max_upstream_connections: 512,
         }
     }
 }

@@ -179,18 +179,28 @@ impl Subscriber {
                     q.events.clear();
                     q.end = Some(End::Overflow);
                     metrics.slow_consumer_disconnect();
-                    tracing::warn!(
-                        subscriber = self.id,
-                        buffer = self.capacity,
-                        "slow consumer disconnected: its queue is full; it will resume from history"
-                    );
-                }
-                SlowConsumer::DropOldest => {
-                    q.events.pop_front();
-                    if q.dropped == 0 {
+                    // The hub does not know addresses: bounded per reason alone.
+                    if let Some(suppressed) =
+                        crate::logbound::admit("slow_consumer_disconnect", None)
+                    {
                         tracing::warn!(
                             subscriber = self.id,
                             buffer = self.capacity,
+                            suppressed,
+                            "slow consumer disconnected: its queue is full; it will resume from history"
+                        );
+                    }
+                }
+                SlowConsumer::DropOldest => {
+                    q.events.pop_front();
+                    if q.dropped == 0
+                        && let Some(suppressed) =
+                            crate::logbound::admit("slow_consumer_drop_oldest", None)
+                    {
+                        tracing::warn!(
+                            subscriber = self.id,
+                            buffer = self.capacity,
+                            suppressed,
                             "slow consumer: dropping its oldest queued events"
                         );
                     }

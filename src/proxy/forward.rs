@@ -2,14 +2,19 @@
 //! removed, `X-Forwarded-*` and `Forwarded` added, `Host` kept, upgrades tunnelled, and a
 //! JSON 502 or 504 instead of a hang when the app is down or slow.
 
-use crate::response::{ApiError, Body, error_response};
+use crate::limits::{InFlightError, UpstreamCap, UpstreamPermit};
+use crate::response::{ApiError, Body};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Why a request could not be forwarded; the upstream is the cause of each.
@@ -21,6 +26,9 @@ pub enum ForwardError {
     /// The app did not answer within the timeout.
     #[error("the upstream app at {0} did not answer within {1:?}")]
     Timeout(String, Duration),
+    /// Every connection to the app allowed is in use (`max_upstream_connections`).
+    #[error(transparent)]
+    Busy(#[from] InFlightError),
 }
 
 impl ApiError for ForwardError {
@@ -28,12 +36,20 @@ impl ApiError for ForwardError {
         match self {
             Self::Unreachable(..) => StatusCode::BAD_GATEWAY,
             Self::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Busy(e) => e.status(),
         }
     }
     fn code(&self) -> &'static str {
         match self {
             Self::Unreachable(..) => "bad_gateway",
             Self::Timeout(..) => "gateway_timeout",
+            Self::Busy(e) => e.code(),
+        }
+    }
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Busy(e) => e.retry_after(),
+            _ => None,
         }
     }
 }
@@ -52,26 +68,32 @@ pub(super) const HOP_BY_HOP: [&str; 8] = [
 
 /// A pooled HTTP/1.1 client for the app.
 pub struct Forwarder {
-    client: Client<HttpConnector, Body>,
+    client: Client<CappedConnector, Body>,
     upstream: Uri,
     response_timeout: Duration,
     connect_timeout: Duration,
 }
 
 impl Forwarder {
-    /// A forwarder to `upstream` (scheme and authority are used).
-    pub fn new(upstream: Uri, connect_timeout: Duration, response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+    /// A forwarder to `upstream` (scheme and authority are used), whose connections each
+    /// hold a place under `cap`.
+    pub fn new(
+        upstream: Uri,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+        cap: Arc<UpstreamCap>,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(MAX_IDLE)
             // The app's response heads are held to the request heads' limits (502 past them),
             // as on the hand-written path.
             .http1_max_buf_size(crate::head::MAX_HEAD_BYTES)
             .http1_max_headers(crate::head::MAX_FIELDS)
-            .build(connector);
+            .build(CappedConnector { http, cap });
         Self {
             client,
             upstream,
@@ -86,13 +108,14 @@ impl Forwarder {
             .map_or_else(String::new, ToString::to_string)
     }
 
-    /// Forwards `req` from `peer` and returns the app's response (or a 502/504).
+    /// Forwards `req` from `peer` and returns the app's response, or why there is none
+    /// (502, 503 `upstream_busy`, 504).
     pub async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         peer_trusted: bool,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, ForwardError> {
         let upgrade = upgrade_protocol(req.headers(), req.version());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -105,12 +128,8 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        parts.uri = match Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(e) => {
-                return error_response(&ForwardError::Unreachable(self.authority(), e.to_string()));
-            }
-        };
+        parts.uri = Uri::from_parts(uri)
+            .map_err(|e| ForwardError::Unreachable(self.authority(), e.to_string()))?;
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         // ssegate answers `Expect: 100-continue` itself when it starts reading the body.
@@ -130,12 +149,12 @@ impl Forwarder {
         let sent = tokio::time::timeout(self.response_timeout, self.client.request(req)).await;
         let mut resp = match sent {
             Err(_) => {
-                return error_response(&ForwardError::Timeout(
+                return Err(ForwardError::Timeout(
                     self.authority(),
                     self.response_timeout,
                 ));
             }
-            Ok(Err(e)) => return error_response(&self.classify(&e)),
+            Ok(Err(e)) => return Err(self.classify(&e)),
             Ok(Ok(resp)) => resp,
         };
 
@@ -145,7 +164,7 @@ impl Forwarder {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, Body::Empty);
+            return Ok(Response::from_parts(parts, Body::Empty));
         }
         let (mut parts, body) = resp.into_parts();
         if parts.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -154,7 +173,7 @@ impl Forwarder {
             parts.headers.remove(header::CONTENT_LENGTH);
         }
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, Body::Incoming(body))
+        Ok(Response::from_parts(parts, Body::Incoming(body)))
     }
 
     /// Asks the app whether a subscriber may open a stream (`auth.mode: upstream`):
@@ -228,6 +247,9 @@ impl Forwarder {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         let mut detail = e.to_string();
         while let Some(s) = source {
+            if let Some(busy) = s.downcast_ref::<InFlightError>() {
+                return ForwardError::Busy(busy.clone());
+            }
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if io.kind() == std::io::ErrorKind::TimedOut {
                     return ForwardError::Timeout(self.authority(), self.connect_timeout);
@@ -237,6 +259,97 @@ impl Forwarder {
             source = s.source();
         }
         ForwardError::Unreachable(self.authority(), detail)
+    }
+}
+
+/// The most idle connections hyper's pool keeps for reuse. They count under
+/// `max_upstream_connections` like busy ones; the plain path's pool closes its idle ones
+/// when a request waits for a place, this one keeps them until the idle timeout, so it
+/// keeps fewer than the plain path (which carries most requests).
+const MAX_IDLE: usize = 64;
+
+/// hyper's connector to the app: each connection takes a place under the cap first (waiting
+/// up to the connect timeout for one) and keeps it until it is closed.
+#[derive(Clone)]
+struct CappedConnector {
+    http: HttpConnector,
+    cap: Arc<UpstreamCap>,
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for CappedConnector {
+    type Response = Capped;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Capped, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let cap = Arc::clone(&self.cap);
+        Box::pin(async move {
+            let permit = cap.acquire().await?;
+            let io = tower_service::Service::call(&mut http, uri).await?;
+            Ok(Capped {
+                io,
+                _permit: permit,
+            })
+        })
+    }
+}
+
+/// A connection to the app opened by hyper, with its place under the cap.
+struct Capped {
+    io: TokioIo<tokio::net::TcpStream>,
+    _permit: UpstreamPermit,
+}
+
+impl Connection for Capped {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}
+
+impl hyper::rt::Read for Capped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Capped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -22,14 +22,14 @@ use super::relay::{
 use super::{ForwardError, Public, client_ip};
 use crate::derive::Matched;
 use crate::head::{self, HeadError};
-use crate::response::Tap;
-use crate::response::{ApiError, Body, error_response, json_error};
+use crate::limits::RequestSlot;
+use crate::response::{ApiError, Body, Tap, error_response, json_error};
 use crate::server::{Held, LINGER_MAX, LINGER_TIME, Options, SendTimeout, Unserved};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::HeaderValue;
 use hyper::{HeaderMap, Response, StatusCode};
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,8 +48,9 @@ enum Next {
     Partial,
     /// An event stream (the request is the whole buffer).
     Stream(hyper::http::request::Parts),
-    /// Forward the request rewritten into the output buffer.
-    Forward(Plain),
+    /// Forward the request rewritten into the output buffer, holding its place under the
+    /// in-flight cap of its address.
+    Forward(Plain, RequestSlot),
     /// Answer it here (a 429).
     Answer(Plain, Response<Body>),
     /// Refuse it here and close the connection: a head no path takes.
@@ -118,8 +119,8 @@ impl Public {
                         .await;
                     return None;
                 }
-                Next::Forward(plain) => (plain, None),
-                Next::Answer(plain, resp) => (plain, Some(resp)),
+                Next::Forward(plain, slot) => (plain, Ok(slot)),
+                Next::Answer(plain, resp) => (plain, Err(resp)),
                 Next::Refuse(e) => {
                     self.metrics.proxied(e.status().as_u16(), None);
                     answer_here(&mut client, error_response(&e), false, true, &mut out).await;
@@ -143,13 +144,16 @@ impl Public {
                     return None;
                 }
             }
-            let close = plain.close || self.shutdown.is_triggered();
+            // From here on, `plain.close` also says whether a shutdown has begun.
+            plain.close |= self.shutdown.is_triggered();
+            let close = plain.close;
             let keep = match answer {
-                Some(resp) => {
+                Err(resp) => {
                     buf.advance(whole);
                     answer_here(&mut client, resp, plain.head_request, close, &mut out).await
                 }
-                None => {
+                // The slot is held until the response has been relayed.
+                Ok(slot) => {
                     out.extend_from_slice(&buf[plain.head_len..whole]);
                     if let Some(m) = &mut plain.derived {
                         m.request_body(&buf[plain.head_len..whole]);
@@ -158,7 +162,7 @@ impl Public {
                     self.forward_plain(
                         &mut client,
                         &mut plain,
-                        close,
+                        slot.ip(),
                         &mut out,
                         &mut head_out,
                         &mut upstream_buf,
@@ -351,10 +355,13 @@ impl Public {
         } else {
             peer.ip()
         };
-        if let Some(resp) = self.limit_request(ip) {
-            self.metrics.proxied(resp.status().as_u16(), None);
-            return Next::Answer(plain, resp);
-        }
+        let slot = match self.admit_request(ip) {
+            Ok(slot) => slot,
+            Err(resp) => {
+                self.metrics.proxied(resp.status().as_u16(), None);
+                return Next::Answer(plain, resp);
+            }
+        };
 
         out.clear();
         out.extend_from_slice(method.as_bytes());
@@ -409,7 +416,7 @@ impl Public {
         }
         out.extend_from_slice(b"\r\n");
         let derived = policy.derive.matching(method, path);
-        Next::Forward(Plain { derived, ..plain })
+        Next::Forward(Plain { derived, ..plain }, slot)
     }
 
     /// Sends the request in `out` to the app and relays its answer (or a 502/504) to the
@@ -418,13 +425,14 @@ impl Public {
         &self,
         client: &mut SendTimeout,
         plain: &mut Plain,
-        close: bool,
+        ip: IpAddr,
         out: &mut Vec<u8>,
         head_out: &mut Vec<u8>,
         upstream_buf: &mut BytesMut,
     ) -> bool {
         let upstreams = &self.upstreams;
         let started = Instant::now();
+        let close = plain.close;
         upstream_buf.clear();
         let want = Want {
             head_request: plain.head_request,
@@ -444,9 +452,8 @@ impl Public {
                 };
                 self.metrics
                     .proxied(e.status().as_u16(), Some(started.elapsed()));
-                tracing::debug!(error = %e, "forwarding failed");
-                return answer_here(client, error_response(&e), plain.head_request, close, out)
-                    .await;
+                let resp = self.refuse_request(ip, &e);
+                return answer_here(client, resp, plain.head_request, close, out).await;
             }
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));

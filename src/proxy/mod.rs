@@ -2,8 +2,9 @@
 //! and everything else is forwarded to the app.
 //!
 //! A stream request goes: parse (400) → caps and connect rate (503/429) → auth (401/403, or
-//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one log line
-//! and one metric increment.
+//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one metric
+//! increment, and a log line unless its (reason, address) logged one in the last 10 s
+//! ([`crate::logbound`]).
 
 mod client_ip;
 mod cors;
@@ -22,9 +23,10 @@ use crate::auth::{self, Authenticator, Grant};
 use crate::config::Config;
 use crate::head::{self, HeadError};
 use crate::hub::{Hub, Selector};
-use crate::limits::{LimitError, Limits};
+use crate::limits::{InFlight, InFlightError, LimitError, Limits, RequestSlot, UpstreamCap};
+use crate::logbound;
 use crate::metrics::{Metrics, RateLimited, Rejection};
-use crate::response::{ApiError, Body, EventBody, error_response, json_error};
+use crate::response::{ApiError, Body, EventBody, GuardedBody, error_response, json_error};
 use crate::server::Handler;
 use crate::shutdown::Shutdown;
 use crate::watch::Watcher;
@@ -72,6 +74,10 @@ pub struct Public {
     forwarder: Forwarder,
     /// Kept-alive connections to the app for [`http1`]'s forwards.
     upstreams: relay::Upstreams,
+    /// `limits.concurrent_requests_per_ip`.
+    inflight: Arc<InFlight>,
+    /// `limits.max_upstream_connections`, shared by `forwarder` and `upstreams`.
+    upstream_cap: Arc<UpstreamCap>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
     /// Polls the app for watched topics while they have streams.
@@ -111,6 +117,11 @@ impl Public {
         shutdown: Shutdown,
     ) -> Result<Self, String> {
         let watcher = Watcher::new(config, hub.clone(), Arc::clone(&metrics));
+        let upstream_cap = UpstreamCap::new(
+            config.limits.max_upstream_connections,
+            config.upstream_timeouts.connect,
+            Arc::clone(&metrics),
+        );
         Ok(Self {
             events_path: config.events.path.clone(),
             policy: RwLock::new(Arc::new(Policy::new(config)?)),
@@ -120,23 +131,31 @@ impl Public {
                 config.upstream.clone(),
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
+                Arc::clone(&upstream_cap),
             ),
             upstreams: relay::Upstreams::new(
                 &config.upstream,
                 config.upstream_timeouts.connect,
                 config.upstream_timeouts.response,
+                Arc::clone(&upstream_cap),
             ),
             watcher,
+            inflight: InFlight::new(config.limits.concurrent_requests_per_ip),
+            upstream_cap,
             metrics,
             shutdown,
         })
     }
 
-    /// Applies a reloaded configuration (auth keys, CORS, topic limit, trusted proxies);
-    /// open streams are untouched. On error the old policy stays.
+    /// Applies a reloaded configuration (auth keys, CORS, topic limit, trusted proxies,
+    /// in-flight caps); open streams are untouched. On error the old policy stays.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
         let policy = Arc::new(Policy::new(config)?);
         self.watcher.reload(config);
+        self.inflight
+            .set_max(config.limits.concurrent_requests_per_ip);
+        self.upstream_cap
+            .set_max(config.limits.max_upstream_connections);
         *self
             .policy
             .write()
@@ -184,12 +203,16 @@ impl Public {
                 Ok(resp) => resp,
                 Err(Refusal::App(resp)) => {
                     self.metrics.rejected(Rejection::UpstreamAuth);
-                    tracing::info!(%ip, status = resp.status().as_u16(), "stream refused by the app");
+                    if let Some(suppressed) = logbound::admit("refused_by_app", Some(ip)) {
+                        tracing::info!(%ip, status = resp.status().as_u16(), suppressed, "stream refused by the app");
+                    }
                     resp
                 }
                 Err(Refusal::Ours(e, why)) => {
                     self.metrics.rejected(why);
-                    tracing::info!(%ip, reason = why.as_str(), status = e.status().as_u16(), "stream refused");
+                    if let Some(suppressed) = logbound::admit(why.as_str(), Some(ip)) {
+                        tracing::info!(%ip, reason = why.as_str(), status = e.status().as_u16(), suppressed, "stream refused");
+                    }
                     error_response(&*e)
                 }
             }
@@ -313,11 +336,45 @@ impl Public {
         })
     }
 
+    /// Admits a proxied request from `ip`: its place under `concurrent_requests_per_ip`
+    /// (held until its response is sent), after `requests_per_ip`; or the 429 answer. Both
+    /// forwarding paths call this.
+    #[allow(clippy::result_large_err)] // a refusal is the rare path; no box for the common one
+    fn admit_request(&self, ip: IpAddr) -> Result<RequestSlot, Response<Body>> {
+        if let Some(resp) = self.limit_request(ip) {
+            return Err(resp);
+        }
+        self.inflight
+            .enter(ip)
+            .map_err(|e| self.refuse_request(ip, &e))
+    }
+
+    /// ssegate's own answer to a proxied request it could not pass on (429 or 503 from an
+    /// in-flight cap, 502 or 504 from the app), logged and counted. Both forwarding paths
+    /// call this.
+    fn refuse_request(&self, ip: IpAddr, e: &(dyn ProxyRefusal + Send)) -> Response<Body> {
+        let status = e.status().as_u16();
+        if let Some(reason) = e.cap() {
+            if reason == "concurrent_requests_per_ip" {
+                // `upstream_busy` is counted by the cap, for every caller.
+                self.metrics.request_rejected(reason);
+            }
+            if let Some(suppressed) = logbound::admit(reason, Some(ip)) {
+                tracing::info!(%ip, reason, status, suppressed, "request refused");
+            }
+        } else if let Some(suppressed) = logbound::admit(e.code(), Some(ip)) {
+            tracing::warn!(%ip, status, error = %e, suppressed, "request not forwarded");
+        }
+        error_response(e)
+    }
+
     /// Counts a proxied request against `requests_per_ip`; the 429 answer if it is over.
     fn limit_request(&self, ip: IpAddr) -> Option<Response<Body>> {
         let e = self.limits.check_request(ip).err()?;
         self.metrics.rate_limited(RateLimited::Requests);
-        tracing::info!(%ip, "request rate limited");
+        if let Some(suppressed) = logbound::admit("requests_per_ip", Some(ip)) {
+            tracing::info!(%ip, suppressed, "request rate limited");
+        }
         let mut resp = error_response(&e);
         if let (Some((quota, window)), Some(reset)) =
             (self.limits.request_policy(), e.retry_after())
@@ -419,17 +476,24 @@ impl Handler for Public {
                 trusted,
             )
         };
-        if let Some(resp) = self.limit_request(ip) {
-            self.metrics.proxied(resp.status().as_u16(), None);
-            return resp;
-        }
+        let slot = match self.admit_request(ip) {
+            Ok(slot) => slot,
+            Err(resp) => {
+                self.metrics.proxied(resp.status().as_u16(), None);
+                return resp;
+            }
+        };
         let started = tokio::time::Instant::now();
-        let resp = self.forwarder.forward(req, peer, trusted).await;
+        let resp = match self.forwarder.forward(req, peer, trusted).await {
+            Ok(resp) => resp,
+            Err(e) => self.refuse_request(ip, &e),
+        };
         self.metrics
             .proxied(resp.status().as_u16(), Some(started.elapsed()));
-        match derived {
-            // Published when hyper drops the body: once it has been relayed (or the
-            // client has gone).
+        // The request is in flight until its response has been sent; derived events are
+        // published when hyper drops the body: once it has been relayed (or the client has
+        // gone).
+        let resp = match derived {
             Some(m) => {
                 let publication = m.answered(
                     resp.status().as_u16(),
@@ -437,9 +501,36 @@ impl Handler for Public {
                     &self.hub,
                     &self.metrics,
                 );
-                resp.map(|body| Body::Guarded(Box::new(body), Box::new(publication)))
+                resp.map(|body| Body::Tapped(Box::new(body), Box::new(publication)))
             }
             None => resp,
+        };
+        resp.map(|body| {
+            Body::Guarded(Box::new(GuardedBody {
+                body,
+                guard: Box::new(slot),
+            }))
+        })
+    }
+}
+
+/// A refusal of a proxied request made by ssegate: an in-flight cap's, or the app's fault.
+trait ProxyRefusal: ApiError {
+    /// The cap that refused, if one did (its metric and log label).
+    fn cap(&self) -> Option<&'static str>;
+}
+
+impl ProxyRefusal for InFlightError {
+    fn cap(&self) -> Option<&'static str> {
+        Some(self.reason())
+    }
+}
+
+impl ProxyRefusal for ForwardError {
+    fn cap(&self) -> Option<&'static str> {
+        match self {
+            Self::Busy(e) => Some(e.reason()),
+            _ => None,
         }
     }
 }

@@ -11,11 +11,12 @@
 use super::ForwardError;
 use super::forward::HOP_BY_HOP;
 use crate::response::Tap;
+use crate::limits::{UpstreamCap, UpstreamPermit};
 use crate::server::SendTimeout;
 use bytes::{Buf, BytesMut};
 use hyper::Uri;
 use std::io::{self, IoSlice, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,10 +42,19 @@ pub(super) struct Upstreams {
     host: String,
     port: u16,
     authority: String,
-    idle: Mutex<Vec<(TcpStream, Instant)>>,
+    idle: Arc<Mutex<Vec<(AppConn, Instant)>>>,
+    /// The cap on connections to the app, shared with hyper's client.
+    cap: Arc<UpstreamCap>,
     connect_timeout: Duration,
     /// How long the app has to send a response head (502/504 after).
     pub(super) response_timeout: Duration,
+}
+
+/// A connection to the app, with its place under the cap: the place is freed when the
+/// connection is dropped (closed), whether it was busy or idle.
+pub(super) struct AppConn {
+    io: TcpStream,
+    _permit: UpstreamPermit,
 }
 
 /// Why an exchange on a connection failed.
@@ -98,6 +108,7 @@ impl Upstreams {
         upstream: &Uri,
         connect_timeout: Duration,
         response_timeout: Duration,
+        cap: Arc<UpstreamCap>,
     ) -> Self {
         let host = upstream.host().unwrap_or("localhost");
         // An IPv6 literal is bracketed in a URI, not in a socket address.
@@ -105,13 +116,29 @@ impl Upstreams {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
+        let idle = Arc::new(Mutex::new(Vec::<(AppConn, Instant)>::new()));
+        // A request waiting for a place (on hyper's path: this pool takes from its own idle
+        // connections first) closes the oldest idle connection here. Weak: the cap must not
+        // keep the pool's connections open once the pool is gone.
+        let pool = Arc::downgrade(&idle);
+        cap.on_contention(move || {
+            if let Some(pool) = pool.upgrade() {
+                let mut idle = pool
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !idle.is_empty() {
+                    drop(idle.remove(0));
+                }
+            }
+        });
         Self {
             host,
             port: upstream.port_u16().unwrap_or(80),
             authority: upstream
                 .authority()
                 .map_or_else(String::new, ToString::to_string),
-            idle: Mutex::new(Vec::new()),
+            idle,
+            cap,
             connect_timeout,
             response_timeout,
         }
@@ -123,7 +150,7 @@ impl Upstreams {
     }
 
     /// An idle connection that is still open, if there is one.
-    fn take_idle(&self) -> Option<TcpStream> {
+    fn take_idle(&self) -> Option<AppConn> {
         loop {
             let (conn, since) = self
                 .idle
@@ -136,20 +163,27 @@ impl Upstreams {
             // Closed by the app while idle (EOF), or sending what nobody asked for: not
             // reusable. Would-block is the healthy answer.
             let mut probe = [0u8; 1];
-            match conn.try_read(&mut probe) {
+            match conn.io.try_read(&mut probe) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
                 _ => {}
             }
         }
     }
 
-    /// Keeps `conn`, which has just finished an exchange, for the next request.
-    pub(super) fn put_idle(&self, conn: TcpStream) {
+    /// Keeps `conn`, which has just finished an exchange, for the next request; unless a
+    /// request is waiting for a place under the cap (on either path): then `conn` is closed
+    /// to free its place.
+    pub(super) fn put_idle(&self, conn: AppConn) {
         let now = Instant::now();
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.cap.contended() {
+            drop(idle);
+            drop(conn);
+            return;
+        }
         // The oldest are at the front: forget those past their time.
         let expired = idle
             .iter()
@@ -169,7 +203,8 @@ impl Upstreams {
         Ok(())
     }
 
-    async fn connect(&self) -> Result<TcpStream, ForwardError> {
+    async fn connect(&self) -> Result<AppConn, ForwardError> {
+        let permit = self.cap.acquire().await?;
         let connect = TcpStream::connect((self.host.as_str(), self.port));
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Err(_) => Err(ForwardError::Timeout(
@@ -180,9 +215,12 @@ impl Upstreams {
                 self.authority.clone(),
                 e.to_string(),
             )),
-            Ok(Ok(conn)) => {
-                let _ = conn.set_nodelay(true);
-                Ok(conn)
+            Ok(Ok(io)) => {
+                let _ = io.set_nodelay(true);
+                Ok(AppConn {
+                    io,
+                    _permit: permit,
+                })
             }
         }
     }
@@ -198,7 +236,7 @@ impl Upstreams {
         want: Want,
         buf: &mut BytesMut,
         client_head: &mut Vec<u8>,
-    ) -> Result<(TcpStream, ResponseHead), ForwardError> {
+    ) -> Result<(AppConn, ResponseHead), ForwardError> {
         if let Some(conn) = self.take_idle() {
             match self.send(conn, request, want, buf, client_head, true).await {
                 Ok(done) => return Ok(done),
@@ -228,13 +266,13 @@ impl Upstreams {
 
     async fn send(
         &self,
-        mut conn: TcpStream,
+        mut conn: AppConn,
         request: &[u8],
         want: Want,
         buf: &mut BytesMut,
         client_head: &mut Vec<u8>,
         reused: bool,
-    ) -> Result<(TcpStream, ResponseHead), Failure> {
+    ) -> Result<(AppConn, ResponseHead), Failure> {
         let broken = |e: io::Error| {
             if reused {
                 Failure::Stale
@@ -245,12 +283,12 @@ impl Upstreams {
                 ))
             }
         };
-        conn.write_all(request).await.map_err(broken)?;
+        conn.io.write_all(request).await.map_err(broken)?;
         // Whether the app has sent anything at all (an informational answer counts).
         let mut heard = false;
         loop {
             buf.reserve(READ_SIZE);
-            match conn.read_buf(buf).await {
+            match conn.io.read_buf(buf).await {
                 Ok(0) if !heard && reused => return Err(Failure::Stale),
                 Ok(0) => return Err(self.invalid("the app closed the connection mid-answer")),
                 Ok(_) => heard = true,
@@ -462,7 +500,7 @@ pub(super) enum Relayed {
 /// the body was read whole and the connection may be reused.
 pub(super) async fn relay_body(
     client: &mut SendTimeout,
-    conn: TcpStream,
+    conn: AppConn,
     response: &ResponseHead,
     head: &[u8],
     buf: &mut BytesMut,
@@ -511,7 +549,7 @@ pub(super) async fn relay_body(
             return Relayed::Broken;
         };
         buf.reserve(READ_SIZE);
-        match c.read_buf(buf).await {
+        match c.io.read_buf(buf).await {
             Ok(0) if framing == Framing::Close => body.finish(),
             Ok(0) | Err(_) => return Relayed::Broken,
             Ok(_) => {}

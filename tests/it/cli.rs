@@ -134,7 +134,8 @@ limits:
         "trusted_proxies[1]: \"10.0.0.0/33\" is not an IP network (line 4, column 31)",
         "limits.connect_rate_per_ip: \"10/fortnight\" is not a rate (line 6, column 24)",
         "limits.max_conection: unknown key (line 7, column 3); expected one of: \
-         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip",
+         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip, \
+         concurrent_requests_per_ip, max_upstream_connections",
     ];
     assert_eq!(lines.len(), 1 + expected.len(), "{err}");
     for (line, want) in lines[1..].iter().zip(expected) {

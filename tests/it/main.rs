@@ -13,6 +13,7 @@ mod faults;
 mod heads;
 mod hostile;
 mod ops;
+mod overload;
 mod proxy;
 mod publish;
 mod readme;

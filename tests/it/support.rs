@@ -38,6 +38,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// An app served by `task` on `addr` (a test's own accept loop).
+    pub fn from_parts(addr: SocketAddr, task: tokio::task::JoinHandle<()>) -> Self {
+        Self {
+            addr,
+            uri: format!("http://{addr}").parse().unwrap(),
+            task,
+        }
+    }
+
     /// Stops accepting and drops the listener (later connects are refused).
     pub fn stop(&self) {
         self.task.abort();
@@ -533,6 +542,12 @@ impl Binary {
     /// Runs `ssegate --config FILE` after the shell commands `before` (may be empty) and
     /// waits for its `listening` line.
     pub async fn start(config: &str, before: &str) -> Binary {
+        Self::start_exe(env!("CARGO_BIN_EXE_ssegate"), config, before).await
+    }
+
+    /// [`Binary::start`] with another build of ssegate (`exe`), e.g. to measure before and
+    /// after a change.
+    pub async fn start_exe(exe: &str, config: &str, before: &str) -> Binary {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ssegate.yaml");
@@ -540,7 +555,7 @@ impl Binary {
         let mut child = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("{before}\nexec \"$0\" --config \"$1\""))
-            .arg(env!("CARGO_BIN_EXE_ssegate"))
+            .arg(exe)
             .arg(&path)
             .env_remove("SSEGATE_CONFIG")
             .env("RUST_LOG", "info")
