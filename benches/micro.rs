@@ -7,6 +7,8 @@
 //! wake-up; `fan_out` adds the dispatcher queueing the events for every subscriber; `drain`
 //! is the subscribers taking their queued events as one chunk each (what a stream's writer
 //! does before its `write`), without any socket.
+// Benchmarks measure wall-clock time, which a paused tokio clock must never stand in for.
+#![allow(clippy::disallowed_types)]
 #![allow(missing_docs)]
 #![allow(clippy::expect_used)]
 

@@ -16,7 +16,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// The `publish` section, replaced whole on reload.
 struct PublishPolicy {
@@ -125,7 +125,7 @@ impl Admin {
             }
         };
         let batch = publish::parse_body(&body, policy.max_event_bytes)?;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let ids = self.hub.publish(batch).await?;
         self.metrics.publish_duration(started.elapsed());
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();

@@ -10,7 +10,8 @@
 //!
 //! `benches/README.md` has the scenarios, the commands and the latest numbers. A plain
 //! `cargo bench` (no arguments) does nothing: load tests never run by accident in CI.
-
+// Benchmarks measure wall-clock time, which a paused tokio clock must never stand in for.
+#![allow(clippy::disallowed_types)]
 // The report's `json!` literal has more keys than the default macro recursion allows.
 #![recursion_limit = "256"]
 

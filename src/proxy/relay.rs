@@ -10,16 +10,17 @@
 
 use super::ForwardError;
 use super::forward::HOP_BY_HOP;
-use crate::response::Tap;
 use crate::limits::{UpstreamCap, UpstreamPermit};
+use crate::response::Tap;
 use crate::server::SendTimeout;
 use bytes::{Buf, BytesMut};
 use hyper::Uri;
 use std::io::{self, IoSlice, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The most idle connections to the app kept for reuse.
 const MAX_IDLE: usize = 256;

@@ -160,7 +160,7 @@ async fn when_redis_dies_publish_fails_fast_streams_stay_open_and_nothing_is_ski
     assert_eq!(on_b.data(1).await, ["0"]);
 
     redis.kill();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let (status, json) = publish(a.admin, r#"{"topic":"k","data":"lost"}"#).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
     assert_eq!(json["error"], "broker_unavailable");

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// `base`, into the data: `L <µs>` during the load phase, `P <µs>` during the paced one).
 async fn measuring_subscriber(
     proxy: std::net::SocketAddr,
-    base: std::time::Instant,
+    base: tokio::time::Instant,
     (load, paced): (usize, usize),
     load_done: tokio::sync::mpsc::UnboundedSender<Duration>,
 ) -> (Vec<u64>, Vec<u64>) {
@@ -84,7 +84,7 @@ async fn measure(
     load: usize,
     paced: usize,
 ) -> Measured {
-    let base = std::time::Instant::now();
+    let base = tokio::time::Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut readers = Vec::new();
     for (proxy, _) in instances {
