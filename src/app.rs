@@ -78,7 +78,7 @@ impl Running {
     /// Applies a re-read configuration without dropping any connection: limits, rate
     /// limits, auth keys, CORS, the publish token and sizes. Returns the keys whose change
     /// needs a restart (they keep their old values); on error nothing changes.
-    pub fn reload(&self, new: Config) -> Result<Vec<&'static str>, String> {
+    pub fn reload(&self, new: Config) -> Result<Vec<&'static str>, crate::auth::KeyError> {
         self.public.reload(&new)?;
         self.limits.update(&new.limits);
         self.admin.reload(&new);
@@ -244,24 +244,52 @@ pub fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     changed
 }
 
-/// Binds both listeners and starts serving. Errors are one line naming the cause.
-pub async fn start(config: Config) -> Result<Running, String> {
+/// Why ssegate could not start. Each says its cause in one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be opened.
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    /// A bound listener's address could not be read, or moved to its runtime.
+    #[error("{what}: {source}")]
+    Listener {
+        /// Which listener.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// The internal listener's runtime could not start.
+    #[error("cannot start the internal listener's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The auth keys cannot be used.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
+}
+
+/// Binds both listeners and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, server::Options::default()).await
 }
 
 /// [`start`] with other connection time limits than the defaults (tests shorten them to
 /// see hostile clients cut off without waiting the full timeouts).
-pub async fn start_with(config: Config, options: server::Options) -> Result<Running, String> {
+pub async fn start_with(config: Config, options: server::Options) -> Result<Running, StartError> {
     let proxy_listener = server::bind("listen", config.listen).await?;
     let admin_listener = server::bind("admin_listen", config.admin_listen).await?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let address = |what: &str| {
+        let what = what.to_owned();
+        move |source| StartError::Listener { what, source }
+    };
+    let proxy_addr = proxy_listener.local_addr().map_err(address("listen"))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(address("admin_listen"))?;
     let admin_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("ssegate-admin")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the internal listener's runtime: {e}"))?;
+        .map_err(StartError::Runtime)?;
     // Re-registered with the runtime that serves it.
     let admin_listener = admin_listener
         .into_std()
@@ -269,7 +297,7 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
             let _entered = admin_runtime.enter();
             tokio::net::TcpListener::from_std(l)
         })
-        .map_err(|e| format!("admin_listen {admin_addr}: {e}"))?;
+        .map_err(address(&format!("admin_listen {admin_addr}")))?;
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::start(hub_settings(&config), Arc::clone(&metrics));
     let shutdown = Shutdown::new();

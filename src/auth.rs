@@ -125,9 +125,37 @@ fn is_hmac(a: Algorithm) -> bool {
     matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// Why the `auth` section's keys cannot be used (at start or on reload).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The public key file cannot be read.
+    #[error("auth.jwt.public_key_file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// More than one asymmetric algorithm family for one key.
+    #[error(
+        "auth.jwt.algorithms: one public key serves one algorithm family; list only one of RS256, ES256, EdDSA"
+    )]
+    OneFamily,
+    /// The file is not a PEM public key of the algorithm's kind.
+    #[error("auth.jwt.public_key_file {path}: not a {algorithm} public key in PEM: {reason}")]
+    NotAKey {
+        /// The file.
+        path: String,
+        /// The algorithm it was read for.
+        algorithm: String,
+        /// The parser's words.
+        reason: String,
+    },
+}
+
 impl Authenticator {
     /// Builds the authenticator, reading and parsing the public key file if one is set.
-    pub fn new(auth: &config::Auth) -> Result<Self, String> {
+    pub fn new(auth: &config::Auth) -> Result<Self, KeyError> {
         let mode = match auth.mode {
             AuthMode::None => Mode::None,
             AuthMode::Upstream => Mode::Upstream,
@@ -136,7 +164,7 @@ impl Authenticator {
         Ok(Self { mode })
     }
 
-    fn jwt(cfg: &config::Jwt) -> Result<Jwt, String> {
+    fn jwt(cfg: &config::Jwt) -> Result<Jwt, KeyError> {
         let algorithms: Vec<Algorithm> = cfg.algorithms.iter().copied().map(algorithm).collect();
         let secret = cfg
             .secret
@@ -150,21 +178,22 @@ impl Authenticator {
             .collect();
         let public = match (&cfg.public_key_file, asymmetric.first()) {
             (Some(path), Some(first)) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("auth.jwt.public_key_file {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|source| KeyError::Unreadable {
+                    path: path.display().to_string(),
+                    source,
+                })?;
                 if asymmetric.len() > 1 {
-                    return Err("auth.jwt.algorithms: one public key serves one algorithm family; list only one of RS256, ES256, EdDSA".to_owned());
+                    return Err(KeyError::OneFamily);
                 }
                 let key = match first {
                     Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
                     Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
                     _ => DecodingKey::from_ed_pem(&pem),
                 }
-                .map_err(|e| {
-                    format!(
-                        "auth.jwt.public_key_file {}: not a {first:?} public key in PEM: {e}",
-                        path.display()
-                    )
+                .map_err(|e| KeyError::NotAKey {
+                    path: path.display().to_string(),
+                    algorithm: format!("{first:?}"),
+                    reason: e.to_string(),
                 })?;
                 Some(key)
             }

@@ -89,7 +89,9 @@ impl Default for DemoOptions {
 pub async fn run(options: DemoOptions) -> Result<(), String> {
     // The app's address must be known before ssegate starts (it is the upstream), and
     // ssegate's before the page is rendered (it shows the curl line): bind, then serve.
-    let app_listener = server::bind("demo app", SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+    let app_listener = server::bind("demo app", SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| e.to_string())?;
     let app_addr = app_listener.local_addr().map_err(|e| e.to_string())?;
     let upstream: hyper::Uri = format!("http://{app_addr}")
         .parse()
@@ -104,7 +106,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     let grace = config.shutdown.grace;
     let mut signals =
         shutdown::Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let running = crate::app::start(config).await?;
+    let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
 
     let app_shutdown = Shutdown::new();
     let app = Arc::new(DemoApp {

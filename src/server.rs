@@ -129,9 +129,31 @@ impl Default for Options {
     }
 }
 
-/// Binds `addr` with a listen backlog of 4096, naming it as `what` in the error
-/// (`listen 0.0.0.0:8080: address already in use`).
-pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
+/// A listener that could not be opened: `listen 0.0.0.0:8080: address already in use`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {addr}: {}", reason(.source))]
+pub struct BindError {
+    /// Which listener (`listen`, `admin_listen`).
+    pub what: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The system's error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The words an operator knows for the common failures.
+fn reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "address not available".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
+/// Binds `addr` with a listen backlog of 4096, naming it as `what` in the error.
+pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     let listen = || {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
@@ -143,14 +165,10 @@ pub async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, String> {
         socket.bind(addr)?;
         socket.listen(BACKLOG)
     };
-    listen().map_err(|e| {
-        let reason = match e.kind() {
-            std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-            std::io::ErrorKind::AddrNotAvailable => "address not available".to_owned(),
-            _ => e.to_string(),
-        };
-        format!("{what} {addr}: {reason}")
+    listen().map_err(|source| BindError {
+        what: what.to_owned(),
+        addr,
+        source,
     })
 }
 

@@ -82,8 +82,8 @@ pub enum MintError {
     #[error("the token would allow nothing: give --topic PATTERN (repeatable) or --admin")]
     NothingAllowed,
     /// The configured keys cannot be loaded (e.g. `public_key_file` is unreadable).
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] super::KeyError),
     /// Signing failed.
     #[error("cannot sign: {0}")]
     Sign(String),

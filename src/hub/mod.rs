@@ -331,7 +331,7 @@ impl Hub {
                     Ok(b) => Broker::Redis(b),
                     Err(e) => {
                         tracing::error!(error = %e, "the redis broker cannot start");
-                        Broker::Unusable(e)
+                        Broker::Unusable(e.to_string())
                     }
                 }
             }

@@ -19,7 +19,7 @@ pub use cors::Cors;
 pub use events::{StreamError, parse_request};
 pub use forward::{ForwardError, Forwarder};
 
-use crate::auth::{self, Authenticator, Grant};
+use crate::auth::{self, Authenticator, Grant, KeyError};
 use crate::config::Config;
 use crate::head::{self, HeadError};
 use crate::hub::{Hub, Selector};
@@ -53,7 +53,7 @@ struct Policy {
 }
 
 impl Policy {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, KeyError> {
         Ok(Self {
             auth: Authenticator::new(&config.auth)?,
             auth_path: config.auth.upstream.path.clone(),
@@ -115,7 +115,7 @@ impl Public {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         let watcher = Watcher::new(config, hub.clone(), Arc::clone(&metrics));
         let upstream_cap = UpstreamCap::new(
             config.limits.max_upstream_connections,
@@ -149,7 +149,7 @@ impl Public {
 
     /// Applies a reloaded configuration (auth keys, CORS, topic limit, trusted proxies,
     /// in-flight caps); open streams are untouched. On error the old policy stays.
-    pub fn reload(&self, config: &Config) -> Result<(), String> {
+    pub fn reload(&self, config: &Config) -> Result<(), KeyError> {
         let policy = Arc::new(Policy::new(config)?);
         self.watcher.reload(config);
         self.inflight

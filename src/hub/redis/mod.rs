@@ -115,6 +115,17 @@ pub(crate) fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Why the Redis broker cannot start: a URL the client refuses.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// `broker.redis.url` is not one the client takes.
+    #[error("broker.redis.url: {0}")]
+    Url(#[source] redis::RedisError),
+    /// The connection manager could not be set up.
+    #[error("broker.redis: {0}")]
+    Manager(#[source] redis::RedisError),
+}
+
 impl RedisBroker {
     /// Connects in the background: the hub serves at once, publishes answer 503 and
     /// `broker_up` is false until Redis answers. Fails only on a URL the client refuses.
@@ -124,12 +135,12 @@ impl RedisBroker {
         max_events: usize,
         max_age: Duration,
         local: Local,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         if url.starts_with("rediss://") {
             // redis-rs builds its TLS config from rustls's process-wide provider.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = Client::open(url).map_err(|e| format!("broker.redis.url: {e}"))?;
+        let client = Client::open(url).map_err(StartError::Url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(PUBLISH_TIMEOUT))
@@ -137,7 +148,7 @@ impl RedisBroker {
             // instead of waiting through retries; the next publish tries again.
             .set_number_of_retries(0);
         let publisher = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| format!("broker.redis: {e}"))?;
+            .map_err(StartError::Manager)?;
         let shared = Arc::new(Shared {
             client,
             publisher,
