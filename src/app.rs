@@ -174,6 +174,13 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         retry: e.retry,
         broker: match config.broker.kind {
             config::BrokerKind::Memory => crate::hub::BrokerSettings::Memory,
+            config::BrokerKind::Disk => crate::hub::BrokerSettings::Disk {
+                dir: config.broker.disk.dir.clone(),
+                sync: match config.broker.disk.sync {
+                    config::DiskSync::Always => None,
+                    config::DiskSync::Every(d) => Some(d),
+                },
+            },
             config::BrokerKind::Redis => crate::hub::BrokerSettings::Redis {
                 url: config.broker.redis.url.clone(),
                 stream: config.broker.redis.stream.clone(),

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod disk;
 mod log;
 mod redis;
 mod registry;
@@ -31,6 +32,7 @@ pub mod topic;
 pub use subscriber::{End, Filter, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
+use self::disk::DiskBroker;
 use self::redis::RedisBroker;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -60,6 +62,13 @@ pub enum BrokerSettings {
     /// In this process only.
     #[default]
     Memory,
+    /// In this process, the history also written to a directory and read back at start.
+    Disk {
+        /// The directory holding the segment files.
+        dir: std::path::PathBuf,
+        /// Flush at least this often; `None` flushes before answering each publish.
+        sync: Option<Duration>,
+    },
     /// One Redis stream shared by every instance.
     Redis {
         /// `redis://` or `rediss://` URL; password and database index come from it.
@@ -73,6 +82,11 @@ impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Memory => f.write_str("Memory"),
+            Self::Disk { dir, sync } => f
+                .debug_struct("Disk")
+                .field("dir", dir)
+                .field("sync", sync)
+                .finish(),
             // The URL may carry a password: show only where it points.
             Self::Redis { url, stream } => {
                 let shown = match url.split_once("://") {
@@ -233,10 +247,13 @@ pub struct HubStats {
 enum Broker {
     /// The log is the history.
     Memory,
+    /// The log is the history, also written to disk.
+    Disk(DiskBroker),
     /// The log mirrors a Redis stream.
     Redis(RedisBroker),
-    /// `broker: redis` with a URL the client refused: every publish fails with this.
-    Unusable(String),
+    /// A broker that could not start (a URL the Redis client refused, a directory that
+    /// cannot be read): every publish fails with this.
+    Unusable(&'static str, String),
 }
 
 /// The stream timings a reload may change: read by every stream at each heartbeat reset
@@ -294,7 +311,9 @@ impl Hub {
     pub fn start(settings: HubSettings, metrics: Arc<Metrics>) -> Self {
         let (max_events, max_age) = (settings.history_max_events, settings.history_max_age);
         let log = Arc::new(match settings.broker {
-            BrokerSettings::Memory => MemoryLog::new(max_events, max_age),
+            BrokerSettings::Memory | BrokerSettings::Disk { .. } => {
+                MemoryLog::new(max_events, max_age)
+            }
             BrokerSettings::Redis { .. } => MemoryLog::mirror(max_events, max_age),
         });
         let registry = Arc::new(Registry::new(settings.shards));
@@ -303,6 +322,27 @@ impl Hub {
         tokio::spawn(trim_history(Arc::clone(&log), max_age));
         let broker = match &settings.broker {
             BrokerSettings::Memory => Broker::Memory,
+            BrokerSettings::Disk { dir, sync } => {
+                // A file-size limit (RLIMIT_FSIZE) must fail the write, not kill the
+                // process: with a handler installed, the write returns EFBIG instead.
+                #[cfg(unix)]
+                if let Err(e) = tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ),
+                ) {
+                    tracing::warn!(error = %e, "cannot handle SIGXFSZ");
+                }
+                let local = self::disk::Local {
+                    log: Arc::clone(&log),
+                    head: Arc::clone(&head),
+                };
+                match DiskBroker::start(dir, *sync, max_events, max_age, local) {
+                    Ok(b) => Broker::Disk(b),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the disk broker cannot start");
+                        Broker::Unusable("disk", e.to_string())
+                    }
+                }
+            }
             BrokerSettings::Redis { url, stream } => {
                 let local = self::redis::Local {
                     log: Arc::clone(&log),
@@ -313,7 +353,7 @@ impl Hub {
                     Ok(b) => Broker::Redis(b),
                     Err(e) => {
                         tracing::error!(error = %e, "the redis broker cannot start");
-                        Broker::Unusable(e)
+                        Broker::Unusable("redis", e)
                     }
                 }
             }
@@ -345,8 +385,9 @@ impl Hub {
                     .send_modify(|seq| *seq = seq.wrapping_add(1));
                 ids
             }
+            Broker::Disk(disk) => disk.publish(batch).await?,
             Broker::Redis(redis) => redis.publish(&batch).await?,
-            Broker::Unusable(e) => return Err(HubError::Unavailable(e.clone())),
+            Broker::Unusable(_, e) => return Err(HubError::Unavailable(e.clone())),
         };
         self.inner.metrics.published(n);
         Ok(ids)
@@ -440,13 +481,14 @@ impl Hub {
             .end_where(|_| true, &End::Shutdown { retry, spread })
     }
 
-    /// Whether the broker can take publishes: always for the memory broker; for Redis,
-    /// while this instance's reader is connected.
+    /// Whether the broker can take publishes: always for the memory broker; for disk, while
+    /// its last write succeeded; for Redis, while this instance's reader is connected.
     pub fn broker_up(&self) -> bool {
         match &self.inner.broker {
             Broker::Memory => true,
+            Broker::Disk(disk) => disk.is_up(),
             Broker::Redis(redis) => redis.is_up(),
-            Broker::Unusable(_) => false,
+            Broker::Unusable(..) => false,
         }
     }
 
@@ -454,7 +496,9 @@ impl Hub {
     pub fn broker_kind(&self) -> &'static str {
         match self.inner.broker {
             Broker::Memory => "memory",
-            Broker::Redis(_) | Broker::Unusable(_) => "redis",
+            Broker::Disk(_) => "disk",
+            Broker::Redis(_) => "redis",
+            Broker::Unusable(kind, _) => kind,
         }
     }
 

@@ -1,0 +1,1 @@
+//! The disk broker against a real temporary directory.
