@@ -270,7 +270,9 @@ impl Writer {
             }
             Err(e) => {
                 for (done, _) in answers {
-                    let _ = done.send(Err(HubError::Unavailable(format!("cannot write to disk: {e}"))));
+                    let _ = done.send(Err(HubError::Unavailable(format!(
+                        "cannot write to disk: {e}"
+                    ))));
                 }
             }
         }
@@ -278,8 +280,14 @@ impl Writer {
 
     /// Appends `buf` (holding `n` records) to the current segment, starting one if needed.
     fn write(&mut self, buf: &[u8], n: u64, now: u64) -> std::io::Result<()> {
-        let full = self.segments.back().is_some_and(|s| s.events >= self.segment_events)
-            || self.current.as_ref().is_some_and(|c| c.len >= SEGMENT_BYTES);
+        let full = self
+            .segments
+            .back()
+            .is_some_and(|s| s.events >= self.segment_events)
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.len >= SEGMENT_BYTES);
         if full {
             self.current = None;
         }
@@ -354,7 +362,10 @@ impl Writer {
         let path = segment::path(&self.dir, number);
         // The number is used up even if creating fails: never append after a failed file.
         self.next_number += 1;
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
         let ready = (&file)
             .write_all(segment::MAGIC)
             .and_then(|()| file.sync_data())
@@ -394,7 +405,9 @@ impl Writer {
             (false, false, Some(e)) => {
                 tracing::debug!(dir = %self.dir.display(), error = %e, "the history directory is still not writable")
             }
-            (false, true, _) => tracing::info!(dir = %self.dir.display(), "the history directory is writable"),
+            (false, true, _) => {
+                tracing::info!(dir = %self.dir.display(), "the history directory is writable")
+            }
             _ => {}
         }
     }
@@ -407,7 +420,9 @@ impl Writer {
         let cutoff = now.saturating_sub(max_age);
         let open = usize::from(self.current.is_some());
         while self.segments.len() > open {
-            let Some(oldest) = self.segments.front() else { break };
+            let Some(oldest) = self.segments.front() else {
+                break;
+            };
             let gone = oldest.events == 0
                 || self.total - oldest.events >= self.max_events
                 || oldest.last_ms < cutoff;

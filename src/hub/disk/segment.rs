@@ -49,7 +49,8 @@ pub(super) fn encode(event: &Event, buf: &mut Vec<u8>) {
     buf.extend_from_slice(&[0; HEADER]);
     buf.extend_from_slice(&event.id.ms.to_le_bytes());
     buf.extend_from_slice(&event.id.seq.to_le_bytes());
-    let flags = if event.close { CLOSE } else { 0 } | if event.event_type.is_some() { TYPED } else { 0 };
+    let flags =
+        if event.close { CLOSE } else { 0 } | if event.event_type.is_some() { TYPED } else { 0 };
     buf.push(flags);
     // Topics and types are short (validated at publish); the counts fit with room to spare.
     buf.extend_from_slice(&(event.topics.len() as u16).to_le_bytes());
@@ -186,7 +187,10 @@ mod tests {
         assert!(scan.torn.is_none());
         assert_eq!(scan.events.len(), 2);
         for (a, b) in written.iter().zip(&scan.events) {
-            assert_eq!((a.id, &a.topics, &a.event_type, a.close), (b.id, &b.topics, &b.event_type, b.close));
+            assert_eq!(
+                (a.id, &a.topics, &a.event_type, a.close),
+                (b.id, &b.topics, &b.event_type, b.close)
+            );
             assert_eq!(a.frame, b.frame);
         }
     }
@@ -203,7 +207,10 @@ mod tests {
         let last = flipped.len() - 2;
         flipped[last] ^= 0x20;
         let scan = scan(&flipped);
-        assert_eq!((scan.events.len(), scan.torn.map(|t| t.1)), (1, Some("bad checksum")));
+        assert_eq!(
+            (scan.events.len(), scan.torn.map(|t| t.1)),
+            (1, Some("bad checksum"))
+        );
         assert_eq!(super::scan(b"garbage!!").torn.map(|t| t.0), Some(0));
     }
 }
