@@ -398,16 +398,15 @@ impl Writer {
 
     fn set_up(&self, up: bool, error: Option<&std::io::Error>) {
         let was = self.up.swap(up, Ordering::Relaxed);
+        let dir = self.dir.display();
         match (was, up, error) {
             (true, false, Some(e)) => {
-                tracing::error!(dir = %self.dir.display(), error = %e, "cannot write the history to disk; publishes fail until it can")
+                tracing::error!(%dir, error = %e, "cannot write the history to disk; publishes fail until it can");
             }
             (false, false, Some(e)) => {
-                tracing::debug!(dir = %self.dir.display(), error = %e, "the history directory is still not writable")
+                tracing::debug!(%dir, error = %e, "the history directory is still not writable");
             }
-            (false, true, _) => {
-                tracing::info!(dir = %self.dir.display(), "the history directory is writable")
-            }
+            (false, true, _) => tracing::info!(%dir, "the history directory is writable again"),
             _ => {}
         }
     }

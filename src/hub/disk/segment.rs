@@ -203,7 +203,7 @@ mod tests {
             assert_eq!(scan.events.len(), 1, "cut {cut}");
             assert!(scan.torn.is_some());
         }
-        let mut flipped = bytes.clone();
+        let mut flipped = bytes;
         let last = flipped.len() - 2;
         flipped[last] ^= 0x20;
         let scan = scan(&flipped);
