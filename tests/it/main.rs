@@ -7,6 +7,7 @@ mod support;
 mod access;
 mod cli;
 mod deploy;
+mod disk;
 mod faults;
 mod hostile;
 mod ops;
