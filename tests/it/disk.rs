@@ -180,3 +180,42 @@ async fn a_disk_that_refuses_writes_is_a_503_until_it_takes_them_again() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_torn_last_record_is_dropped_with_a_warning_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = Binary::start(&config(dir.path()), "").await;
+    let mut ids = Vec::new();
+    for data in ["one", "two", "three"] {
+        ids.extend(publish_ok(bin.admin, &format!(r#"{{"topic":"t","data":"{data}"}}"#)).await);
+    }
+    drop(bin);
+    // The newest segment holding events: the last one may be the empty one opened ahead.
+    let mut files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 8)
+        .collect();
+    files.sort();
+    let last = files.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+
+    let bin = Binary::start(&config(dir.path()), "").await;
+    assert!(
+        bin.log()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("cut short")),
+        "{:?}",
+        bin.log()
+    );
+    let mut c =
+        SseClient::connect(bin.proxy, "/events?topic=t", &[("last-event-id", &ids[0])]).await;
+    publish_ok(bin.admin, r#"{"topic":"t","data":"sentinel"}"#).await;
+    assert_eq!(c.data(2).await, ["two", "sentinel"]);
+}
