@@ -318,11 +318,7 @@ impl MemoryLog {
     pub fn delete_topic(&self, topic: &str) {
         let mut st = self.lock();
         for slot in st.ring.iter_mut() {
-            if slot
-                .event
-                .as_ref()
-                .is_some_and(|e| e.topics.len() == 1 && &*e.topics[0] == topic)
-            {
+            if slot.event.as_ref().is_some_and(|e| e.is_only_in(topic)) {
                 slot.event = None;
             }
         }

@@ -156,6 +156,13 @@ pub struct Event {
     pub frame: Bytes,
 }
 
+impl Event {
+    /// Whether it was published to `topic` alone: deleting `topic` deletes it.
+    pub(crate) fn is_only_in(&self, topic: &str) -> bool {
+        self.topics.len() == 1 && &*self.topics[0] == topic
+    }
+}
+
 /// An event to publish, already validated (topics are exact, the type is valid and not
 /// reserved, the data is the text to send).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -446,8 +453,10 @@ impl Hub {
     /// (queued while Redis is unreachable). Returns the streams ended on this instance.
     pub fn delete_topic(&self, topic: &str) -> usize {
         self.inner.log.delete_topic(topic);
-        if let Broker::Redis(redis) = &self.inner.broker {
-            redis.delete_topic(topic);
+        match &self.inner.broker {
+            Broker::Redis(redis) => redis.delete_topic(topic),
+            Broker::Disk(disk) => disk.delete_topic(topic),
+            Broker::Memory | Broker::Unusable(..) => {}
         }
         self.inner
             .registry

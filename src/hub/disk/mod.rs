@@ -16,6 +16,8 @@
 //!   the next write starts a new segment. A probe retries every [`PROBE`] until a new
 //!   segment can be created, or the next publish succeeds.
 //! - **Space**: a segment is deleted whole once every event in it has left the history.
+//! - **`DELETE /topics/…`** writes a record that hides the topic's earlier events when the
+//!   history is read back (written in the background, like any publish after it).
 //!
 //! The writer is an OS thread rather than a task because `write` and `fsync` block;
 //! nothing here runs per subscriber.
@@ -25,6 +27,7 @@ mod segment;
 use super::log::{MemoryLog, encode, next_id, now_ms};
 use super::{Event, HubError, NewEvent};
 use crate::sse::EventId;
+use segment::Record;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -62,15 +65,29 @@ pub(crate) struct Local {
     pub head: Arc<watch::Sender<u64>>,
 }
 
-/// One publish waiting for the writer.
-struct Pending {
-    batch: Vec<NewEvent>,
-    done: oneshot::Sender<Result<Vec<EventId>, HubError>>,
+/// Work for the writer.
+enum Job {
+    /// A publish waiting to be stored and answered.
+    Publish {
+        batch: Vec<NewEvent>,
+        done: oneshot::Sender<Result<Vec<EventId>, HubError>>,
+    },
+    /// A deleted topic, so that its history does not come back at the next start.
+    Delete(Box<str>),
+}
+
+impl Job {
+    fn records(&self) -> usize {
+        match self {
+            Job::Publish { batch, .. } => batch.len(),
+            Job::Delete(_) => 1,
+        }
+    }
 }
 
 /// The handle the hub keeps: publishes go to the writer thread.
 pub(crate) struct DiskBroker {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Job>,
     up: Arc<AtomicBool>,
 }
 
@@ -93,6 +110,8 @@ impl DiskBroker {
         let started = Instant::now();
         let mut segments = VecDeque::new();
         let mut events = Vec::new();
+        // The first and last ids on disk, deleted topics included.
+        let (mut first, mut last) = (None, EventId::default());
         for number in segment::list(dir).map_err(dir_error)? {
             let path = segment::path(dir, number);
             let bytes = match std::fs::read(&path) {
@@ -106,19 +125,29 @@ impl DiskBroker {
             if let Some((offset, why)) = scan.torn {
                 tracing::warn!(path = %path.display(), offset, why, "history segment cut short (a write the broker never acknowledged); the rest of it is dropped");
             }
-            let last_ms = scan.events.last().map_or(0, |e| e.id.ms);
-            segments.push_back(Segment {
+            let mut seg = Segment {
                 number,
-                events: scan.events.len() as u64,
-                last_ms,
-            });
-            events.extend(scan.events);
+                events: 0,
+                last_ms: 0,
+            };
+            for record in scan.records {
+                match record {
+                    Record::Event(e) => {
+                        seg.events += 1;
+                        seg.last_ms = e.id.ms;
+                        first = first.or(Some(e.id));
+                        last = last.max(e.id);
+                        events.push(e);
+                    }
+                    Record::Delete(topic) => events.retain(|e| !e.is_only_in(&topic)),
+                }
+            }
+            segments.push_back(seg);
         }
         let loaded = events.len();
-        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+        if let Some(first) = first {
             // Resuming from before the oldest event on disk may have missed trimmed ones.
-            let (horizon, live_after) = (first.id, last.id);
-            local.log.load(events, horizon, live_after);
+            local.log.load(events, first, last);
         }
         let up = Arc::new(AtomicBool::new(true));
         let next_number = segments.back().map_or(1, |s| s.number + 1);
@@ -132,7 +161,7 @@ impl DiskBroker {
             segments,
             current: None,
             next_number,
-            last_id: local.log.last_id(),
+            last_id: local.log.last_id().max(last),
             dirty: false,
             last_sync: Instant::now(),
             up: Arc::clone(&up),
@@ -158,8 +187,15 @@ impl DiskBroker {
     pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let (done, answer) = oneshot::channel();
         let gone = || HubError::Unavailable("the disk writer stopped".into());
-        self.tx.send(Pending { batch, done }).map_err(|_| gone())?;
+        self.tx
+            .send(Job::Publish { batch, done })
+            .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
+    }
+
+    /// Records that `topic` was deleted (in the background: the log already dropped it).
+    pub fn delete_topic(&self, topic: &str) {
+        let _ = self.tx.send(Job::Delete(topic.into()));
     }
 
     /// Whether the last write (or probe) succeeded.
@@ -204,7 +240,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Pending>) {
+    fn run(mut self, rx: &mpsc::Receiver<Job>) {
         loop {
             let wait = match self.sync {
                 _ if !self.up.load(Ordering::Relaxed) => PROBE,
@@ -214,10 +250,10 @@ impl Writer {
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut group = vec![first];
-                    let mut n = group[0].batch.len();
+                    let mut n = group[0].records();
                     while n < GROUP_EVENTS {
                         let Ok(more) = rx.try_recv() else { break };
-                        n += more.batch.len();
+                        n += more.records();
                         group.push(more);
                     }
                     self.commit(group);
@@ -241,21 +277,28 @@ impl Writer {
     }
 
     /// Writes a group of publishes, then appends them to the log and answers them.
-    fn commit(&mut self, group: Vec<Pending>) {
+    fn commit(&mut self, group: Vec<Job>) {
         let now = now_ms();
         let mut buf = Vec::new();
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut answers = Vec::with_capacity(group.len());
-        for p in group {
-            let mut ids = Vec::with_capacity(p.batch.len());
-            for ev in p.batch {
+        for job in group {
+            let (batch, done) = match job {
+                Job::Publish { batch, done } => (batch, done),
+                Job::Delete(topic) => {
+                    segment::encode_delete(&topic, &mut buf);
+                    continue;
+                }
+            };
+            let mut ids = Vec::with_capacity(batch.len());
+            for ev in batch {
                 let event = encode(next_id(self.last_id, now), ev);
                 self.last_id = event.id;
                 segment::encode(&event, &mut buf);
                 ids.push(event.id);
                 events.push(event);
             }
-            answers.push((p.done, ids));
+            answers.push((done, ids));
         }
         match self.write(&buf, events.len() as u64, now) {
             Ok(()) => {

@@ -4,7 +4,9 @@
 //! then records, each `len: u32 LE`, `crc32(payload): u32 LE`, `payload`. The payload is
 //! the event: `id.ms u64`, `id.seq u64`, `flags u8` (1 = close, 2 = has a type),
 //! `topic count u16`, each topic and the type as `u16 length + UTF-8`, then the SSE frame
-//! as sent (the rest of the payload), so loading never re-encodes.
+//! as sent (the rest of the payload), so loading never re-encodes. A deleted topic is a
+//! record with flag 4, id 0-0 and the topic, and no frame: it hides the topic's earlier
+//! events when the history is read back.
 //!
 //! A record that is cut short or fails its checksum ends the reading of its segment: the
 //! rest of that file is dropped with a warning. Only a write the broker never answered
@@ -21,6 +23,15 @@ pub(super) const MAGIC: &[u8; 8] = b"SSEGLOG1";
 const HEADER: usize = 8;
 const CLOSE: u8 = 1;
 const TYPED: u8 = 2;
+const DELETE: u8 = 4;
+
+/// One record read back.
+pub(super) enum Record {
+    /// A published event.
+    Event(Arc<Event>),
+    /// `DELETE /topics/{topic}`: the topic's events before it are gone.
+    Delete(Box<str>),
+}
 
 /// The path of segment `number` in `dir`.
 pub(super) fn path(dir: &Path, number: u64) -> PathBuf {
@@ -45,20 +56,55 @@ pub(super) fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 /// Appends one event's record to `buf`.
 pub(super) fn encode(event: &Event, buf: &mut Vec<u8>) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; HEADER]);
-    buf.extend_from_slice(&event.id.ms.to_le_bytes());
-    buf.extend_from_slice(&event.id.seq.to_le_bytes());
     let flags =
         if event.close { CLOSE } else { 0 } | if event.event_type.is_some() { TYPED } else { 0 };
+    let texts = event
+        .topics
+        .iter()
+        .map(|t| &**t)
+        .chain(event.event_type.as_deref());
+    record(
+        buf,
+        event.id,
+        flags,
+        event.topics.len(),
+        texts,
+        &event.frame,
+    );
+}
+
+/// Appends the record of a deleted topic to `buf`.
+pub(super) fn encode_delete(topic: &str, buf: &mut Vec<u8>) {
+    record(
+        buf,
+        EventId::default(),
+        DELETE,
+        1,
+        std::iter::once(topic),
+        &[],
+    );
+}
+
+fn record<'t>(
+    buf: &mut Vec<u8>,
+    id: EventId,
+    flags: u8,
+    topics: usize,
+    texts: impl Iterator<Item = &'t str>,
+    frame: &[u8],
+) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    buf.extend_from_slice(&id.ms.to_le_bytes());
+    buf.extend_from_slice(&id.seq.to_le_bytes());
     buf.push(flags);
     // Topics and types are short (validated at publish); the counts fit with room to spare.
-    buf.extend_from_slice(&(event.topics.len() as u16).to_le_bytes());
-    for text in event.topics.iter().chain(event.event_type.iter()) {
+    buf.extend_from_slice(&(topics as u16).to_le_bytes());
+    for text in texts {
         buf.extend_from_slice(&(text.len() as u16).to_le_bytes());
         buf.extend_from_slice(text.as_bytes());
     }
-    buf.extend_from_slice(&event.frame);
+    buf.extend_from_slice(frame);
     let payload = &buf[start + HEADER..];
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let crc = crc32fast::hash(payload);
@@ -69,69 +115,75 @@ pub(super) fn encode(event: &Event, buf: &mut Vec<u8>) {
 /// What reading one segment found.
 pub(super) struct Scan {
     /// Its valid records, in file order.
-    pub events: Vec<Arc<Event>>,
+    pub records: Vec<Record>,
     /// Where and why reading stopped early, if it did.
     pub torn: Option<(usize, &'static str)>,
 }
 
 /// Reads every valid record of a segment's bytes, stopping at the first bad one.
 pub(super) fn scan(bytes: &[u8]) -> Scan {
-    let mut events = Vec::new();
+    let mut records = Vec::new();
     if bytes.len() < HEADER || &bytes[..HEADER] != MAGIC {
         return Scan {
-            events,
+            records,
             torn: Some((0, "not a segment file (bad magic)")),
         };
     }
     let mut at = HEADER;
     while at < bytes.len() {
         let Some(head) = bytes.get(at..at + HEADER) else {
-            return torn(events, at, "record header cut short");
+            return torn(records, at, "record header cut short");
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
-            return torn(events, at, "record cut short");
+            return torn(records, at, "record cut short");
         };
         if crc32fast::hash(payload) != crc {
-            return torn(events, at, "bad checksum");
+            return torn(records, at, "bad checksum");
         }
-        let Some(event) = decode(payload) else {
-            return torn(events, at, "record does not decode");
+        let Some(record) = decode(payload) else {
+            return torn(records, at, "record does not decode");
         };
-        events.push(Arc::new(event));
+        records.push(record);
         at += HEADER + len;
     }
-    Scan { events, torn: None }
+    Scan {
+        records,
+        torn: None,
+    }
 }
 
-fn torn(events: Vec<Arc<Event>>, at: usize, why: &'static str) -> Scan {
+fn torn(records: Vec<Record>, at: usize, why: &'static str) -> Scan {
     Scan {
-        events,
+        records,
         torn: Some((at, why)),
     }
 }
 
-/// A payload back into an event (`None` if it does not hold together).
-fn decode(p: &[u8]) -> Option<Event> {
+/// A payload back into a record (`None` if it does not hold together).
+fn decode(p: &[u8]) -> Option<Record> {
     let mut r = Reader(p);
     let id = EventId::new(r.u64()?, r.u64()?);
     let flags = r.take(1)?[0];
     let topics = (0..r.u16()?)
         .map(|_| r.text())
         .collect::<Option<Vec<_>>>()?;
+    if flags & DELETE != 0 {
+        return topics.into_iter().next().map(Record::Delete);
+    }
     let event_type = if flags & TYPED != 0 {
         Some(r.text()?)
     } else {
         None
     };
-    Some(Event {
+    Some(Record::Event(Arc::new(Event {
         id,
         topics: topics.into_boxed_slice(),
         event_type,
         close: flags & CLOSE != 0,
         frame: Bytes::copy_from_slice(r.0),
-    })
+    })))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -180,13 +232,27 @@ mod tests {
         buf
     }
 
+    fn split(records: Vec<Record>) -> (Vec<Arc<Event>>, Vec<Box<str>>) {
+        let (mut events, mut deleted) = (Vec::new(), Vec::new());
+        for r in records {
+            match r {
+                Record::Event(e) => events.push(e),
+                Record::Delete(t) => deleted.push(t),
+            }
+        }
+        (events, deleted)
+    }
+
     #[test]
     fn records_read_back_as_written() {
         let written = [event(1, false, None), event(2, true, Some("done"))];
-        let scan = scan(&segment(&written));
+        let mut bytes = segment(&written);
+        encode_delete("a/b", &mut bytes);
+        let scan = scan(&bytes);
         assert!(scan.torn.is_none());
-        assert_eq!(scan.events.len(), 2);
-        for (a, b) in written.iter().zip(&scan.events) {
+        let (events, deleted) = split(scan.records);
+        assert_eq!((events.len(), deleted), (2, vec![Box::from("a/b")]));
+        for (a, b) in written.iter().zip(&events) {
             assert_eq!(
                 (a.id, &a.topics, &a.event_type, a.close),
                 (b.id, &b.topics, &b.event_type, b.close)
@@ -200,7 +266,7 @@ mod tests {
         let bytes = segment(&[event(1, false, None), event(2, false, None)]);
         for cut in 1..30 {
             let scan = scan(&bytes[..bytes.len() - cut]);
-            assert_eq!(scan.events.len(), 1, "cut {cut}");
+            assert_eq!(scan.records.len(), 1, "cut {cut}");
             assert!(scan.torn.is_some());
         }
         let mut flipped = bytes;
@@ -208,7 +274,7 @@ mod tests {
         flipped[last] ^= 0x20;
         let scan = scan(&flipped);
         assert_eq!(
-            (scan.events.len(), scan.torn.map(|t| t.1)),
+            (scan.records.len(), scan.torn.map(|t| t.1)),
             (1, Some("bad checksum"))
         );
         assert_eq!(super::scan(b"garbage!!").torn.map(|t| t.0), Some(0));

@@ -166,3 +166,18 @@ async fn the_directory_stays_bounded_with_a_small_history() {
     let (_broker, log) = start(dir.path(), 100);
     assert_eq!(log.stats().0, 100);
 }
+
+#[tokio::test]
+async fn a_deleted_topic_stays_deleted_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let a1 = broker.publish(batch(2, "a")).await.unwrap();
+    let b = broker.publish(batch(1, "b")).await.unwrap();
+    broker.delete_topic("a");
+    // Queued after the deletion: published to the topic anew, it stays.
+    let a2 = broker.publish(batch(1, "a")).await.unwrap();
+    drop(broker);
+
+    let (_broker, log) = start(dir.path(), 1000);
+    assert_eq!(history_after(&log, a1[0]), ([b, a2].concat(), false));
+}
