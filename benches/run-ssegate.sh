@@ -10,6 +10,8 @@
 #   HEARTBEAT=15s
 #   REDIS_URL (unset: the memory broker; set: `broker.kind: redis` on that URL)
 #   REDIS_STREAM=ssegate:events
+#   DISK_DIR (unset: as above; set: `broker.kind: disk` in that directory)
+#   DISK_SYNC=always
 # Connection limits are set far above any scenario here (a benchmark opens thousands of
 # streams from a handful of loopback addresses).
 set -euo pipefail
@@ -45,6 +47,13 @@ YAML
 broker:
   kind: redis
   redis: { url: "$REDIS_URL", stream: "${REDIS_STREAM:-ssegate:events}" }
+YAML
+    fi
+    if [ -n "${DISK_DIR:-}" ]; then
+        cat >> "$RUN/ssegate.yaml" <<YAML
+broker:
+  kind: disk
+  disk: { dir: "$DISK_DIR", sync: "${DISK_SYNC:-always}" }
 YAML
     fi
     "$BIN" check --config "$RUN/ssegate.yaml" >/dev/null
