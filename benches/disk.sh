@@ -59,8 +59,12 @@ pid=$(benches/run-ssegate.sh start)
 benches/run-ssegate.sh stop
 BUSY=0
 wait_quiet "$QUIET_WAIT" 10
-pid=$(RUST_LOG="warn,ssegate::hub::disk=info" benches/run-ssegate.sh start)
-loaded=$(grep -o 'history loaded from disk.*' "$RUN/ssegate.log" | tr -d '\033' | sed 's/\[[0-9;]*m//g')
+start=$(date +%s%N)
+pid=$(RUST_LOG="warn,ssegate=info" benches/run-ssegate.sh start)
+# The listeners are bound before the history is read: wait for the `listening` line.
+for _ in $(seq 1 1000); do grep -q listening "$RUN/ssegate.log" && break; sleep 0.01; done
+took_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+loaded=$(grep -o 'history loaded from disk.*' "$RUN/ssegate.log" || echo "no 'history loaded' line")
 rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
 echo
-echo "start-up with $(du -sh "$DISK_DIR" | cut -f1) of history: $loaded; RSS ${rss} KiB; machine busy before ${BUSY}%"
+echo "start-up with $(du -sh "$DISK_DIR" | cut -f1) of history: $loaded; process start to \`listening\` ${took_ms} ms; RSS ${rss} KiB; machine busy before ${BUSY}%"
