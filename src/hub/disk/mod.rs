@@ -112,7 +112,10 @@ impl DiskBroker {
         let mut events = Vec::new();
         // The first and last ids on disk, deleted topics included.
         let (mut first, mut last) = (None, EventId::default());
-        for number in segment::list(dir).map_err(dir_error)? {
+        let numbers = segment::list(dir).map_err(dir_error)?;
+        // Numbers are never reused, even those of files removed here.
+        let next_number = numbers.last().map_or(1, |n| n + 1);
+        for number in numbers {
             let path = segment::path(dir, number);
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
@@ -124,6 +127,13 @@ impl DiskBroker {
             let scan = segment::scan(&bytes);
             if let Some((offset, why)) = scan.torn {
                 tracing::warn!(path = %path.display(), offset, why, "history segment cut short (a write the broker never acknowledged); the rest of it is dropped");
+            }
+            if scan.records.is_empty() {
+                // Opened ahead by a run that then wrote nothing (or nothing readable).
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an empty history segment");
+                }
+                continue;
             }
             let mut seg = Segment {
                 number,
@@ -150,7 +160,6 @@ impl DiskBroker {
             local.log.load(events, first, last);
         }
         let up = Arc::new(AtomicBool::new(true));
-        let next_number = segments.back().map_or(1, |s| s.number + 1);
         let mut writer = Writer {
             dir: dir.to_owned(),
             sync,

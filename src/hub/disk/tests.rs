@@ -181,3 +181,18 @@ async fn a_deleted_topic_stays_deleted_after_a_restart() {
     let (_broker, log) = start(dir.path(), 1000);
     assert_eq!(history_after(&log, a1[0]), ([b, a2].concat(), false));
 }
+
+#[tokio::test]
+async fn restarts_without_publishes_leave_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let ids = broker.publish(batch(1, "a")).await.unwrap();
+    drop(broker);
+    for _ in 0..3 {
+        let (broker, log) = start(dir.path(), 1000);
+        assert_eq!(log.stats(), (1, Some(ids[0])));
+        drop(broker);
+    }
+    // The segment with the event, and the one opened ahead by the last start.
+    assert_eq!(segments(dir.path()).len(), 2);
+}
