@@ -108,57 +108,17 @@ impl DiskBroker {
         };
         std::fs::create_dir_all(dir).map_err(dir_error)?;
         let started = Instant::now();
-        let mut segments = VecDeque::new();
-        let mut events = Vec::new();
-        // The first and last ids on disk, deleted topics included.
-        let (mut first, mut last) = (None, EventId::default());
         let numbers = segment::list(dir).map_err(dir_error)?;
-        // Numbers are never reused, even those of files removed here.
+        // Numbers are never reused, even those of files removed while reading.
         let next_number = numbers.last().map_or(1, |n| n + 1);
-        for number in numbers {
-            let path = segment::path(dir, number);
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read a history segment; skipped");
-                    continue;
-                }
-            };
-            let scan = segment::scan(&bytes);
-            if let Some((offset, why)) = scan.torn {
-                tracing::warn!(path = %path.display(), offset, why, "history segment cut short (a write the broker never acknowledged); the rest of it is dropped");
-            }
-            if scan.records.is_empty() {
-                // Opened ahead by a run that then wrote nothing (or nothing readable).
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an empty history segment");
-                }
-                continue;
-            }
-            let mut seg = Segment {
-                number,
-                events: 0,
-                last_ms: 0,
-            };
-            for record in scan.records {
-                match record {
-                    Record::Event(e) => {
-                        seg.events += 1;
-                        seg.last_ms = e.id.ms;
-                        first = first.or(Some(e.id));
-                        last = last.max(e.id);
-                        events.push(e);
-                    }
-                    Record::Delete(topic) => events.retain(|e| !e.is_only_in(&topic)),
-                }
-            }
-            segments.push_back(seg);
-        }
-        let loaded = events.len();
-        if let Some(first) = first {
+        let history = read_history(dir, numbers);
+        let loaded = history.events.len();
+        let last = history.last;
+        if let Some(first) = history.first {
             // Resuming from before the oldest event on disk may have missed trimmed ones.
-            local.log.load(events, first, last);
+            local.log.load(history.events, first, last);
         }
+        let segments = history.segments;
         let up = Arc::new(AtomicBool::new(true));
         let mut writer = Writer {
             dir: dir.to_owned(),
@@ -211,6 +171,67 @@ impl DiskBroker {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+}
+
+/// What the segment files hold, read in order.
+struct History {
+    segments: VecDeque<Segment>,
+    /// The events, without those of topics deleted after them.
+    events: Vec<Arc<Event>>,
+    /// The first and last ids on disk, deleted topics included.
+    first: Option<EventId>,
+    last: EventId,
+}
+
+/// Reads segments `numbers` of `dir`; a record cut short ends its segment with a warning,
+/// and files with no record are removed.
+fn read_history(dir: &Path, numbers: Vec<u64>) -> History {
+    let mut h = History {
+        segments: VecDeque::new(),
+        events: Vec::new(),
+        first: None,
+        last: EventId::default(),
+    };
+    for number in numbers {
+        let path = segment::path(dir, number);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a history segment; skipped");
+                continue;
+            }
+        };
+        let scan = segment::scan(&bytes);
+        if let Some((offset, why)) = scan.torn {
+            tracing::warn!(path = %path.display(), offset, why, "history segment cut short (by a crash during a write that was not acknowledged, or damaged); the rest of it is dropped");
+        }
+        if scan.records.is_empty() {
+            // Opened ahead by a run that then wrote nothing (or nothing readable).
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an empty history segment");
+            }
+            continue;
+        }
+        let mut seg = Segment {
+            number,
+            events: 0,
+            last_ms: 0,
+        };
+        for record in scan.records {
+            match record {
+                Record::Event(e) => {
+                    seg.events += 1;
+                    seg.last_ms = e.id.ms;
+                    h.first = h.first.or(Some(e.id));
+                    h.last = h.last.max(e.id);
+                    h.events.push(e);
+                }
+                Record::Delete(topic) => h.events.retain(|e| !e.is_only_in(&topic)),
+            }
+        }
+        h.segments.push_back(seg);
+    }
+    h
 }
 
 /// A segment file the writer knows about.
