@@ -5,9 +5,12 @@
 //! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
 //! every subscriber queue holds a reference-counted pointer to it.
 //!
+//! With `broker: disk` (the `disk` submodule), a writer thread stores each batch in a
+//! directory before appending it to the log, and the log is read back from there at start.
 //! With `broker: redis` (the `redis` submodule), publishing writes to a Redis stream
 //! instead, and the log is this instance's mirror of that stream, filled by one reader
-//! task; everything downstream of the log (dispatchers, replay, the seam) is the same.
+//! task. Either way, everything downstream of the log (dispatchers, replay, the seam) is
+//! the same.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
