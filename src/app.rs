@@ -1,6 +1,7 @@
 //! Wires the parts together: binds both listeners, starts the hub, serves until shutdown.
 //! The only module that sees them all.
 
+use crate::activation::Inherited;
 use crate::admin::Admin;
 use crate::config::{self, Config};
 use crate::hub::{Hub, HubSettings, SlowConsumer};
@@ -241,6 +242,21 @@ pub fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
     changed
 }
 
+/// The socket received for `what`, or a new one bound to `addr`.
+async fn listener(
+    what: &str,
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<tokio::net::TcpListener, String> {
+    match inherited {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|e| format!("{what} (socket from the service manager): {e}")),
+        None => server::bind(what, addr).await,
+    }
+}
+
 /// Binds both listeners and starts serving. Errors are one line naming the cause.
 pub async fn start(config: Config) -> Result<Running, String> {
     start_with(config, server::Options::default()).await
@@ -249,8 +265,18 @@ pub async fn start(config: Config) -> Result<Running, String> {
 /// [`start`] with other connection time limits than the defaults (tests shorten them to
 /// see hostile clients cut off without waiting the full timeouts).
 pub async fn start_with(config: Config, options: server::Options) -> Result<Running, String> {
-    let proxy_listener = server::bind("listen", config.listen).await?;
-    let admin_listener = server::bind("admin_listen", config.admin_listen).await?;
+    start_on(config, options, Inherited::default()).await
+}
+
+/// [`start_with`] on listening sockets received from the service manager, where given;
+/// the others are bound as usual.
+pub async fn start_on(
+    config: Config,
+    options: server::Options,
+    inherited: Inherited,
+) -> Result<Running, String> {
+    let proxy_listener = listener("listen", config.listen, inherited.proxy).await?;
+    let admin_listener = listener("admin_listen", config.admin_listen, inherited.admin).await?;
     let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_runtime = tokio::runtime::Builder::new_multi_thread()

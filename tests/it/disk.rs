@@ -219,3 +219,51 @@ async fn a_torn_last_record_is_dropped_with_a_warning_and_the_rest_is_served() {
     publish_ok(bin.admin, r#"{"topic":"t","data":"sentinel"}"#).await;
     assert_eq!(c.data(2).await, ["two", "sentinel"]);
 }
+
+/// Sockets held open across the restart, as systemd's `.socket` unit holds them.
+fn handed_over(
+    proxy: &std::net::TcpListener,
+    admin: &std::net::TcpListener,
+) -> ssegate::activation::Inherited {
+    ssegate::activation::Inherited {
+        proxy: Some(proxy.try_clone().unwrap()),
+        admin: Some(admin.try_clone().unwrap()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_sockets_from_the_service_manager_loses_no_connection_and_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&"http://127.0.0.1:9".parse().unwrap());
+    config.broker.kind = ssegate::config::BrokerKind::Disk;
+    config.broker.disk.dir = dir.path().to_owned();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (proxy_addr, admin_addr) = (proxy.local_addr().unwrap(), admin.local_addr().unwrap());
+    let start =
+        |config| ssegate::app::start_on(config, Default::default(), handed_over(&proxy, &admin));
+
+    let running = start(config.clone()).await.unwrap();
+    assert_eq!(
+        (running.proxy_addr, running.admin_addr),
+        (proxy_addr, admin_addr)
+    );
+    let first = publish_ok(admin_addr, r#"{"topic":"t","data":"before"}"#).await;
+    running.shutdown();
+    running.wait().await;
+
+    // Nobody serves now; a publisher connects and sends its request anyway: the kernel
+    // queues the connection on the socket the next process receives.
+    let waiting = tokio::spawn(publish(admin_addr, r#"{"topic":"t","data":"during"}"#));
+    let running = start(config).await.unwrap();
+    let (status, json) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let mut c = SseClient::connect(
+        proxy_addr,
+        "/events?topic=t",
+        &[("last-event-id", &first[0])],
+    )
+    .await;
+    assert_eq!(c.data(1).await, ["during"]);
+    running.shutdown();
+}
