@@ -11,6 +11,8 @@
 #   REDIS_URL (unset: the memory broker; set: `broker.kind: redis` on that URL)
 #   REDIS_STREAM=ssegate:events
 #   EXTRA_YAML (appended to the config as it is: derive or watch rules, say)
+#   DISK_DIR (unset: as above; set: `broker.kind: disk` in that directory)
+#   DISK_SYNC=always
 # Connection limits are set far above any scenario here (a benchmark opens thousands of
 # streams from a handful of loopback addresses).
 set -euo pipefail
@@ -49,6 +51,13 @@ broker:
 YAML
     fi
     if [ -n "${EXTRA_YAML:-}" ]; then printf '%s\n' "$EXTRA_YAML" >> "$RUN/ssegate.yaml"; fi
+    if [ -n "${DISK_DIR:-}" ]; then
+        cat >> "$RUN/ssegate.yaml" <<YAML
+broker:
+  kind: disk
+  disk: { dir: "$DISK_DIR", sync: "${DISK_SYNC:-always}" }
+YAML
+    fi
     "$BIN" check --config "$RUN/ssegate.yaml" >/dev/null
     # Same open-file limit as the peers get (their scripts raise it to the hard limit).
     ulimit -n "$(ulimit -Hn)"

@@ -1,6 +1,7 @@
 //! Wires the parts together: binds both listeners, starts the hub, serves until shutdown.
 //! The only module that sees them all.
 
+use crate::activation::Inherited;
 use crate::admin::Admin;
 use crate::config::{self, Config};
 use crate::hub::{Hub, HubSettings, SlowConsumer};
@@ -184,6 +185,13 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         retry: e.retry,
         broker: match config.broker.kind {
             config::BrokerKind::Memory => crate::hub::BrokerSettings::Memory,
+            config::BrokerKind::Disk => crate::hub::BrokerSettings::Disk {
+                dir: config.broker.disk.dir.clone(),
+                sync: match config.broker.disk.sync {
+                    config::DiskSync::Always => None,
+                    config::DiskSync::Every(d) => Some(d),
+                },
+            },
             config::BrokerKind::Redis => crate::hub::BrokerSettings::Redis {
                 url: config.broker.redis.url.clone(),
                 stream: config.broker.redis.stream.clone(),
@@ -264,6 +272,32 @@ pub enum StartError {
     /// The auth keys cannot be used.
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    /// A socket received from the service manager cannot be used.
+    #[error("{what} (socket from the service manager): {source}")]
+    Inherited {
+        /// Which listener.
+        what: String,
+        /// The system's error.
+        source: std::io::Error,
+    },
+}
+
+/// The socket received for `what`, or a new one bound to `addr`.
+async fn listener(
+    what: &str,
+    addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<tokio::net::TcpListener, StartError> {
+    match inherited {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|source| StartError::Inherited {
+                what: what.to_owned(),
+                source,
+            }),
+        None => Ok(server::bind(what, addr).await?),
+    }
 }
 
 /// Binds both listeners and starts serving.
@@ -274,8 +308,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// [`start`] with other connection time limits than the defaults (tests shorten them to
 /// see hostile clients cut off without waiting the full timeouts).
 pub async fn start_with(config: Config, options: server::Options) -> Result<Running, StartError> {
-    let proxy_listener = server::bind("listen", config.listen).await?;
-    let admin_listener = server::bind("admin_listen", config.admin_listen).await?;
+    start_on(config, options, Inherited::default()).await
+}
+
+/// [`start_with`] on listening sockets received from the service manager, where given;
+/// the others are bound as usual.
+pub async fn start_on(
+    config: Config,
+    options: server::Options,
+    inherited: Inherited,
+) -> Result<Running, StartError> {
+    let proxy_listener = listener("listen", config.listen, inherited.proxy).await?;
+    let admin_listener = listener("admin_listen", config.admin_listen, inherited.admin).await?;
     let address = |what: &str| {
         let what = what.to_owned();
         move |source| StartError::Listener { what, source }

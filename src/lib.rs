@@ -8,14 +8,16 @@
 //!                └─ anything else → forwarded to the app (hyper client, pooled)
 //!  the app  ──► internal listener (admin)
 //!                POST /publish → publish (validate) → hub log → dispatchers → subscriber queues
-//!  instances ◄─► broker: memory (the hub log itself) | redis (one stream; each instance's
-//!                reader mirrors it into its hub log)
+//!  instances ◄─► broker: memory (the hub log itself) | disk (the same, also written to a
+//!                directory) | redis (one stream; each instance's reader mirrors it into
+//!                its hub log)
 //! ```
 //!
 //! Dependencies point one way: [`sse`] and [`config`] use nothing of ours; [`hub`] uses
 //! `sse`; [`proxy`], [`publish`] and [`admin`] use the hub; only [`app`] wires everything.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod auth;

@@ -180,6 +180,15 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
         read: Box::new(move || config::load(&path).map_err(|e| e.to_string())),
         log_level,
     };
+    // Before the runtime's threads exist: this edits the environment.
+    let inherited =
+        match ssegate::activation::Inherited::from_env(config.listen, config.admin_listen) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("ssegate: {e}");
+                return ExitCode::from(1);
+            }
+        };
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -193,7 +202,7 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match ssegate::app::start(config).await {
+        match ssegate::app::start_on(config, Default::default(), inherited).await {
             Ok(running) => {
                 running.warn_if_upstream_down();
                 running.run_until_signal(signals, Some(reload)).await;

@@ -69,8 +69,11 @@ const ALGORITHM: &[(&str, JwtAlgorithm)] = &[
     ("ES256", JwtAlgorithm::ES256),
     ("EdDSA", JwtAlgorithm::EdDSA),
 ];
-const BROKER_KIND: &[(&str, BrokerKind)] =
-    &[("memory", BrokerKind::Memory), ("redis", BrokerKind::Redis)];
+const BROKER_KIND: &[(&str, BrokerKind)] = &[
+    ("memory", BrokerKind::Memory),
+    ("disk", BrokerKind::Disk),
+    ("redis", BrokerKind::Redis),
+];
 const LOG_FORMAT: &[(&str, LogFormat)] =
     &[("pretty", LogFormat::Pretty), ("json", LogFormat::Json)];
 
@@ -326,10 +329,15 @@ fn limits(w: &mut Walker<'_>, top: &Fields<'_>, d: &Limits) -> Limits {
 }
 
 fn broker(w: &mut Walker<'_>, top: &Fields<'_>, d: Broker) -> Broker {
-    let f = w.section(top, "broker", &["kind", "redis"]);
+    let f = w.section(top, "broker", &["kind", "disk", "redis"]);
+    let disk = w.section(&f, "disk", &["dir", "sync"]);
     let redis = w.section(&f, "redis", &["url", "stream"]);
     Broker {
         kind: w.get(&f, "kind", d.kind, one_of(BROKER_KIND)),
+        disk: Disk {
+            dir: w.get(&disk, "dir", d.disk.dir, v::dir),
+            sync: w.get(&disk, "sync", d.disk.sync, v::disk_sync),
+        },
         redis: Redis {
             url: w.get(&redis, "url", d.redis.url, v::redis_url),
             stream: w.get(&redis, "stream", d.redis.stream, v::non_empty),

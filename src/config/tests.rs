@@ -99,6 +99,8 @@ fn upstream_only_gives_every_default() {
     assert_eq!(c.limits.max_upstream_connections, 512);
     assert_eq!(c.broker.kind, BrokerKind::Memory);
     assert_eq!(c.broker.redis.url, "redis://127.0.0.1:6379");
+    assert_eq!(c.broker.disk.dir, std::path::Path::new("/var/lib/ssegate"));
+    assert_eq!(c.broker.disk.sync, DiskSync::Always);
     assert_eq!(c.broker.redis.stream, "ssegate:events");
     assert_eq!(c.shutdown.grace, Duration::from_secs(5));
     assert_eq!(c.log.format, LogFormat::Pretty);
@@ -158,7 +160,8 @@ fn every_section_reads_its_values() {
          publish: {{ token: t0k, max_body: 2MiB, max_event_bytes: 1000 }}\n\
          auth:\n  mode: upstream\n  jwt: {{ cookie: sess, allow: [\"user/{{sub}}/*\"] }}\n\
          \x20 upstream: {{ path: \"/auth?kind=sse\" }}\n\
-         broker: {{ kind: redis, redis: {{ url: \"rediss://r:6380\", stream: s }} }}\n\
+         broker: {{ kind: redis, disk: {{ dir: /data/sse, sync: 100ms }},\n\
+         \x20 redis: {{ url: \"rediss://r:6380\", stream: s }} }}\n\
          shutdown: {{ grace: 0s }}\nlog: {{ format: json, level: \"info,ssegate=debug\" }}\n"
     );
     let c = ok(&text);
@@ -184,6 +187,11 @@ fn every_section_reads_its_values() {
     assert_eq!(c.auth.upstream.path, "/auth?kind=sse");
     assert_eq!(c.broker.kind, BrokerKind::Redis);
     assert_eq!(c.broker.redis.url, "rediss://r:6380");
+    assert_eq!(c.broker.disk.dir, std::path::Path::new("/data/sse"));
+    assert_eq!(
+        c.broker.disk.sync,
+        DiskSync::Every(Duration::from_millis(100))
+    );
     assert_eq!(c.shutdown.grace, Duration::ZERO);
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.log.level, "info,ssegate=debug");
@@ -416,7 +424,7 @@ fn docs_table_and_example_cover_the_same_keys() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // A floor, not a count: the table parses (every key is checked against the example below).
-    assert!(keys.len() >= 41, "{keys:?}");
+    assert!(keys.len() >= 43, "{keys:?}");
     let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ssegate.yaml"));
     let tree = yaml::parse(example).unwrap().unwrap();
     for key in keys {
@@ -507,4 +515,35 @@ fn upstream_ports_must_be_numbers_in_range() {
             "{good}"
         );
     }
+}
+
+#[test]
+fn disk_broker_settings_are_checked() {
+    let c = ok(&format!(
+        "{UP}broker: {{ kind: disk, disk: {{ dir: ./history, sync: 1s }} }}\n"
+    ));
+    assert_eq!(c.broker.kind, BrokerKind::Disk);
+    assert_eq!(c.broker.disk.dir, std::path::Path::new("./history"));
+    assert_eq!(c.broker.disk.sync, DiskSync::Every(Duration::from_secs(1)));
+    let e = errs(&format!(
+        "{UP}broker:\n  disk: {{ dir: \"\", sync: sometimes }}\n"
+    ));
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("broker.disk.dir", "must not be empty"),
+            (
+                "broker.disk.sync",
+                "\"sometimes\" is not \"always\" or a duration"
+            ),
+        ]
+    );
+    assert_eq!(
+        one_err(&format!("{UP}broker: {{ disk: {{ sync: 0s }} }}\n")).path,
+        "broker.disk.sync"
+    );
 }

@@ -384,6 +384,8 @@ impl fmt::Display for Rate {
 pub struct Broker {
     /// Which broker. Default `memory`.
     pub kind: BrokerKind,
+    /// Settings for `kind: disk` (validated whichever kind is chosen).
+    pub disk: Disk,
     /// Settings for `kind: redis` (validated whichever kind is chosen).
     pub redis: Redis,
 }
@@ -392,6 +394,10 @@ impl Broker {
     pub(super) fn defaults() -> Self {
         Broker {
             kind: BrokerKind::Memory,
+            disk: Disk {
+                dir: PathBuf::from("/var/lib/ssegate"),
+                sync: DiskSync::Always,
+            },
             redis: Redis {
                 url: "redis://127.0.0.1:6379".to_owned(),
                 stream: "ssegate:events".to_owned(),
@@ -405,6 +411,8 @@ impl Broker {
 pub enum BrokerKind {
     /// In this process only: one instance.
     Memory,
+    /// In this process, its history kept in a directory: one instance, survives restarts.
+    Disk,
     /// A Redis stream shared by every instance.
     Redis,
 }
@@ -414,9 +422,28 @@ impl BrokerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BrokerKind::Memory => "memory",
+            BrokerKind::Disk => "disk",
             BrokerKind::Redis => "redis",
         }
     }
+}
+
+/// Disk broker settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disk {
+    /// Directory holding the history's segment files. Default `/var/lib/ssegate`.
+    pub dir: PathBuf,
+    /// When writes are flushed to the disk. Default `always`.
+    pub sync: DiskSync,
+}
+
+/// When the disk broker flushes its writes to the disk (`fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskSync {
+    /// Before answering each publish (concurrent publishes share one flush).
+    Always,
+    /// At least this often; a publish is answered once written to the OS.
+    Every(Duration),
 }
 
 /// Redis broker settings.

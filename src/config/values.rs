@@ -13,7 +13,7 @@ use hyper::Uri;
 use hyper::http::uri::{Authority, PathAndQuery};
 use ipnet::IpNet;
 
-use super::types::Rate;
+use super::types::{DiskSync, Rate};
 use super::walk::Bad;
 
 const DURATION_HINT: &str = "durations need a unit, like 500ms, 15s, 5m or 1h";
@@ -273,6 +273,22 @@ pub fn redis_url(s: &str) -> Result<String, Bad> {
         _ => Err(Bad::not_a(t, "a Redis URL")
             .hint("like redis://127.0.0.1:6379 or rediss://user:password@host:6380/0")),
     }
+}
+
+/// A directory path, not empty.
+pub fn dir(s: &str) -> Result<PathBuf, Bad> {
+    non_empty(s).map(PathBuf::from)
+}
+
+/// `always`, or a duration above zero (flush at least that often).
+pub fn disk_sync(s: &str) -> Result<DiskSync, Bad> {
+    let t = s.trim();
+    if t == "always" {
+        return Ok(DiskSync::Always);
+    }
+    positive_duration(t)
+        .map(DiskSync::Every)
+        .map_err(|_| Bad::new(format!("{t:?} is not \"always\" or a duration")).hint(DURATION_HINT))
 }
 
 /// A file path; empty means none.

@@ -136,6 +136,29 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The id for an event published at `now` (Unix ms) after `last`: the clock's millisecond
+/// when it moved on, else the next id after `last`, so ids keep increasing when the clock
+/// stalls or goes back.
+pub(crate) fn next_id(last: EventId, now: u64) -> EventId {
+    if now > last.ms {
+        EventId::new(now, 0)
+    } else {
+        last.next()
+    }
+}
+
+/// Encodes a new event's frame once, under its id.
+pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
+    let frame = sse::encode_event(id, ev.event_type.as_deref(), &ev.data);
+    Arc::new(Event {
+        id,
+        topics: ev.topics.into_boxed_slice(),
+        event_type: ev.event_type,
+        close: ev.close,
+        frame,
+    })
+}
+
 impl MemoryLog {
     /// The memory broker's log, read by `readers` dispatchers. Ids before this process
     /// started are unknown: resuming from one is a gap.
@@ -211,25 +234,18 @@ impl MemoryLog {
         self.trim_age(&mut st, now);
         let mut ids = Vec::with_capacity(batch.len());
         for ev in batch {
-            let id = if now > st.last_id.ms {
-                EventId::new(now, 0)
-            } else {
-                st.last_id.next()
-            };
-            let frame = sse::encode_event(id, ev.event_type.as_deref(), &ev.data);
-            let event = Arc::new(Event {
-                id,
-                topics: ev.topics.into_boxed_slice(),
-                event_type: ev.event_type,
-                close: ev.close,
-                frame,
-            });
+            let event = encode(next_id(st.last_id, now), ev);
+            ids.push(event.id);
             self.push(&mut st, event);
-            ids.push(id);
         }
         self.trim_size(&mut st);
         self.settle(&mut st);
         Ok(ids)
+    }
+
+    /// The id of the newest event appended or loaded (or the log's start).
+    pub fn last_id(&self) -> EventId {
+        self.lock().last_id
     }
 
     fn push(&self, st: &mut State, event: Arc<Event>) {
@@ -275,6 +291,10 @@ impl MemoryLog {
             }
         }
         st.horizon = horizon;
+        // Before trimming: the next id must follow every id ever given, kept or not.
+        if let Some(last) = st.ring.back().map(|s| s.id) {
+            st.last_id = st.last_id.max(last);
+        }
         self.trim_size(&mut st);
         self.trim_age(&mut st, now_ms());
         // Dispatchers start after the history loaded from before this log existed.
@@ -465,11 +485,7 @@ impl MemoryLog {
         let history = st.index(st.history_seq);
         let mut freed = 0;
         for (i, slot) in st.ring.iter_mut().enumerate() {
-            if slot
-                .event
-                .as_ref()
-                .is_some_and(|e| e.topics.len() == 1 && &*e.topics[0] == topic)
-            {
+            if slot.event.as_ref().is_some_and(|e| e.is_only_in(topic)) {
                 let size = slot.event.take().map_or(0, |e| e.frame.len());
                 if i >= history {
                     freed += size;

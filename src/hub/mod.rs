@@ -5,9 +5,12 @@
 //! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
 //! every subscriber queue holds a reference-counted pointer to it.
 //!
+//! With `broker: disk` (the `disk` submodule), a writer thread stores each batch in a
+//! directory before appending it to the log, and the log is read back from there at start.
 //! With `broker: redis` (the `redis` submodule), publishing writes to a Redis stream
 //! instead, and the log is this instance's mirror of that stream, filled by one reader
-//! task; everything downstream of the log (dispatchers, replay, the seam) is the same.
+//! task. Either way, everything downstream of the log (dispatchers, replay, the seam) is
+//! the same.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -22,6 +25,7 @@
 //! # }
 //! ```
 
+mod disk;
 mod log;
 mod redis;
 mod registry;
@@ -32,6 +36,7 @@ pub use log::Backlog;
 pub use subscriber::{End, Filter, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
+use self::disk::DiskBroker;
 use self::redis::RedisBroker;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -61,6 +66,13 @@ pub enum BrokerSettings {
     /// In this process only.
     #[default]
     Memory,
+    /// In this process, the history also written to a directory and read back at start.
+    Disk {
+        /// The directory holding the segment files.
+        dir: std::path::PathBuf,
+        /// Flush at least this often; `None` flushes before answering each publish.
+        sync: Option<Duration>,
+    },
     /// One Redis stream shared by every instance.
     Redis {
         /// `redis://` or `rediss://` URL; password and database index come from it.
@@ -74,6 +86,11 @@ impl std::fmt::Debug for BrokerSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Memory => f.write_str("Memory"),
+            Self::Disk { dir, sync } => f
+                .debug_struct("Disk")
+                .field("dir", dir)
+                .field("sync", sync)
+                .finish(),
             // The URL may carry a password: show only where it points.
             Self::Redis { url, stream } => {
                 let shown = match url.split_once("://") {
@@ -144,6 +161,13 @@ pub struct Event {
     pub close: bool,
     /// The complete SSE frame, written as is to every subscriber.
     pub frame: Bytes,
+}
+
+impl Event {
+    /// Whether it was published to `topic` alone: deleting `topic` deletes it.
+    pub(crate) fn is_only_in(&self, topic: &str) -> bool {
+        self.topics.len() == 1 && &*self.topics[0] == topic
+    }
 }
 
 /// An event to publish, already validated (topics are exact, the type is valid and not
@@ -245,10 +269,13 @@ pub struct HubStats {
 enum Broker {
     /// The log is the history.
     Memory,
+    /// The log is the history, also written to disk.
+    Disk(DiskBroker),
     /// The log mirrors a Redis stream.
     Redis(RedisBroker),
-    /// `broker: redis` with a URL the client refused: every publish fails with this.
-    Unusable(String),
+    /// A broker that could not start (a URL the Redis client refused, a directory that
+    /// cannot be read): every publish fails with this.
+    Unusable(&'static str, String),
 }
 
 /// The stream timings a reload may change: read by every stream at each heartbeat reset
@@ -313,7 +340,7 @@ impl Hub {
         let registry = Arc::new(Registry::new(settings.shards));
         let readers = registry.shards();
         let log = Arc::new(match settings.broker {
-            BrokerSettings::Memory => MemoryLog::new(bounds, readers),
+            BrokerSettings::Memory | BrokerSettings::Disk { .. } => MemoryLog::new(bounds, readers),
             BrokerSettings::Redis { .. } => MemoryLog::mirror(bounds, readers),
         });
         let head = Arc::new(watch::channel(0).0);
@@ -321,6 +348,27 @@ impl Hub {
         tokio::spawn(trim_history(Arc::clone(&log), max_age));
         let broker = match &settings.broker {
             BrokerSettings::Memory => Broker::Memory,
+            BrokerSettings::Disk { dir, sync } => {
+                // A file-size limit (RLIMIT_FSIZE) must fail the write, not kill the
+                // process: with a handler installed, the write returns EFBIG instead.
+                #[cfg(unix)]
+                if let Err(e) = tokio::signal::unix::signal(
+                    tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ),
+                ) {
+                    tracing::warn!(error = %e, "cannot handle SIGXFSZ");
+                }
+                let local = self::disk::Local {
+                    log: Arc::clone(&log),
+                    head: Arc::clone(&head),
+                };
+                match DiskBroker::start(dir, *sync, max_events, max_age, local) {
+                    Ok(b) => Broker::Disk(b),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the disk broker cannot start");
+                        Broker::Unusable("disk", e.to_string())
+                    }
+                }
+            }
             BrokerSettings::Redis { url, stream } => {
                 let local = self::redis::Local {
                     log: Arc::clone(&log),
@@ -331,7 +379,7 @@ impl Hub {
                     Ok(b) => Broker::Redis(b),
                     Err(e) => {
                         tracing::error!(error = %e, "the redis broker cannot start");
-                        Broker::Unusable(e.to_string())
+                        Broker::Unusable("redis", e.to_string())
                     }
                 }
             }
@@ -364,13 +412,19 @@ impl Hub {
                     .send_modify(|seq| *seq = seq.wrapping_add(1));
                 ids
             }
+            Broker::Disk(disk) => {
+                // Refused before anything is written: a batch the dispatchers cannot take
+                // must not reach the disk either.
+                self.inner.log.room()?;
+                disk.publish(batch).await?
+            }
             Broker::Redis(redis) => {
                 // Every instance's reader waits for its own dispatchers; this one's backlog
                 // is the signal a publisher here can act on.
                 self.inner.log.room()?;
                 redis.publish(&batch).await?
             }
-            Broker::Unusable(e) => return Err(HubError::Unavailable(e.clone())),
+            Broker::Unusable(_, e) => return Err(HubError::Unavailable(e.clone())),
         };
         self.inner.metrics.published(n);
         Ok(ids)
@@ -429,8 +483,10 @@ impl Hub {
     /// (queued while Redis is unreachable). Returns the streams ended on this instance.
     pub fn delete_topic(&self, topic: &str) -> usize {
         self.inner.log.delete_topic(topic);
-        if let Broker::Redis(redis) = &self.inner.broker {
-            redis.delete_topic(topic);
+        match &self.inner.broker {
+            Broker::Redis(redis) => redis.delete_topic(topic),
+            Broker::Disk(disk) => disk.delete_topic(topic),
+            Broker::Memory | Broker::Unusable(..) => {}
         }
         self.inner
             .registry
@@ -491,13 +547,14 @@ impl Hub {
         }
     }
 
-    /// Whether the broker can take publishes: always for the memory broker; for Redis,
-    /// while this instance's reader is connected.
+    /// Whether the broker can take publishes: always for the memory broker; for disk, while
+    /// its last write succeeded; for Redis, while this instance's reader is connected.
     pub fn broker_up(&self) -> bool {
         match &self.inner.broker {
             Broker::Memory => true,
+            Broker::Disk(disk) => disk.is_up(),
             Broker::Redis(redis) => redis.is_up(),
-            Broker::Unusable(_) => false,
+            Broker::Unusable(..) => false,
         }
     }
 
@@ -505,7 +562,9 @@ impl Hub {
     pub fn broker_kind(&self) -> &'static str {
         match self.inner.broker {
             Broker::Memory => "memory",
-            Broker::Redis(_) | Broker::Unusable(_) => "redis",
+            Broker::Disk(_) => "disk",
+            Broker::Redis(_) => "redis",
+            Broker::Unusable(kind, _) => kind,
         }
     }
 

@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod deploy;
 mod derive;
+mod disk;
 mod dispatch;
 mod faults;
 mod heads;

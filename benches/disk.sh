@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The disk broker (docs/disk-broker.md) against the memory broker:
+#   - publish throughput, no subscriber: 64 connections publishing single events, and
+#     4 connections publishing batches of 100, 5 s each, for memory, disk with
+#     sync: always, and disk with sync: 100ms;
+#   - start-up with a full history of 100,000 events of 1 KiB: the loader's own time
+#     (its `history loaded from disk` log line) and the process's RSS afterwards.
+# One run each, each on a fresh server and a fresh directory (under $DIR, printed).
+#
+#   benches/disk.sh
+#
+# LOADGEN_BIN / SSEGATE_BIN pick prebuilt binaries (default: target/release/ssegate, and
+# the loadgen bench built on demand). QUIET_WAIT=S (default 30): wait up to S s for the
+# machine to be idle before each run; the busy share is printed either way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/lib.sh
+QUIET_WAIT="${QUIET_WAIT:-30}"
+SSEGATE_BIN="${SSEGATE_BIN:-target/release/ssegate}"
+LOADGEN_BIN="${LOADGEN_BIN:-$(bench_exe loadgen)}"
+DIR="$(mktemp -d /tmp/ssegate-disk.XXXXXX)"
+export RUN="$DIR/run" LISTEN=127.0.0.1:18080 ADMIN=127.0.0.1:18081 SSEGATE_BIN
+trap 'benches/run-ssegate.sh stop' EXIT
+echo "results in $DIR"
+
+# publish LABEL PUBLISHERS BATCH [ENV=VALUE...]: events/s accepted by a fresh server.
+publish() {
+    local label=$1 publishers=$2 batch=$3; shift 3
+    BUSY=0
+    wait_quiet "$QUIET_WAIT" 10
+    local pid rate
+    pid=$(env "$@" benches/run-ssegate.sh start)
+    rate=$("$LOADGEN_BIN" --json run --streams 0 --rate 0 --duration 5 --batch "$batch" \
+        --publishers "$publishers" --topics 100 --pid "$pid" 2>>"$DIR/stderr.log" |
+        tee -a "$DIR/report.txt" | sed -n 's/^JSON //p' | jq -r '.publish_per_s | floor')
+    benches/run-ssegate.sh stop
+    echo "| $label | $publishers × $batch | $rate | $BUSY |"
+}
+
+echo
+echo "| broker | connections × events per request | events/s accepted | machine busy before (%) |"
+echo "|---|---|---|---|"
+for shape in "64 1" "4 100"; do
+    # shellcheck disable=SC2086
+    publish memory $shape
+    rm -rf "$DIR/always" "$DIR/100ms"
+    # shellcheck disable=SC2086
+    publish "disk, sync: always" $shape DISK_DIR="$DIR/always" DISK_SYNC=always
+    # shellcheck disable=SC2086
+    publish "disk, sync: 100ms" $shape DISK_DIR="$DIR/100ms" DISK_SYNC=100ms
+done
+
+# Start-up: fill a history of 100,000 events of 1 KiB, stop, start again.
+rm -rf "$DIR/startup"
+export DISK_DIR="$DIR/startup" HISTORY_MAX_EVENTS=100000
+pid=$(benches/run-ssegate.sh start)
+"$LOADGEN_BIN" run --streams 0 --burst 100000 --batch 100 --size 1024 --publishers 4 \
+    --topics 100 --pid "$pid" >>"$DIR/report.txt" 2>>"$DIR/stderr.log"
+benches/run-ssegate.sh stop
+BUSY=0
+wait_quiet "$QUIET_WAIT" 10
+start=$(date +%s%N)
+pid=$(RUST_LOG="warn,ssegate=info" benches/run-ssegate.sh start)
+# The listeners are bound before the history is read: wait for the `listening` line.
+for _ in $(seq 1 1000); do grep -q listening "$RUN/ssegate.log" && break; sleep 0.01; done
+took_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+loaded=$(grep -o 'history loaded from disk.*' "$RUN/ssegate.log" || echo "no 'history loaded' line")
+rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
+echo
+echo "start-up with $(du -sh "$DISK_DIR" | cut -f1) of history: $loaded; process start to \`listening\` ${took_ms} ms; RSS ${rss} KiB; machine busy before ${BUSY}%"

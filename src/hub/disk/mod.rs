@@ -1,0 +1,519 @@
+//! The disk broker: the embedded history, also written to a directory so that a restart
+//! loses nothing.
+//!
+//! - **Publish** hands the batch to one writer thread. The thread takes every batch waiting
+//!   at that moment, gives them their ids, writes them with one `write`, flushes once
+//!   (`sync: always`) and only then appends them to the in-memory log and answers each
+//!   publisher: concurrent publishes share one flush (group commit), and no subscriber
+//!   ever sees an event that is not stored. With `sync: <duration>` the flush happens at
+//!   least that often instead.
+//! - **Start-up** reads the segment files back into the log (the same log the memory
+//!   broker uses; dispatchers, replay and the seam are unchanged), so a client resuming
+//!   from before the restart gets everything after its id, and new ids follow the last one
+//!   on disk even if the clock went back.
+//! - **A failed write** (full or read-only disk) answers the waiting publishers with
+//!   [`HubError::Unavailable`] and marks the broker down; the partial write is cut off and
+//!   the next write starts a new segment. A probe retries every [`PROBE`] until a new
+//!   segment can be created, or the next publish succeeds.
+//! - **Space**: a segment is deleted whole once every event in it has left the history.
+//! - **`DELETE /topics/…`** writes a record that hides the topic's earlier events when the
+//!   history is read back (written in the background, like any publish after it).
+//!
+//! The writer is an OS thread rather than a task because `write` and `fsync` block;
+//! nothing here runs per subscriber.
+
+mod segment;
+
+use super::log::{MemoryLog, encode, next_id, now_ms};
+use super::{Event, HubError, NewEvent};
+use crate::sse::EventId;
+use segment::Record;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+/// How often a broker that is down tries to write again without waiting for a publish.
+const PROBE: Duration = Duration::from_secs(1);
+
+/// Largest segment file before a new one is started.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// At most this many events are written in one group (bounds one write's buffer).
+const GROUP_EVENTS: usize = 65_536;
+
+/// Why the disk broker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    /// The directory cannot be created or listed.
+    #[error("cannot use {dir}: {source}")]
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// What the broker shares with the rest of the hub.
+pub(crate) struct Local {
+    pub log: Arc<MemoryLog>,
+    pub head: Arc<watch::Sender<u64>>,
+}
+
+/// Work for the writer.
+enum Job {
+    /// A publish waiting to be stored and answered.
+    Publish {
+        batch: Vec<NewEvent>,
+        done: oneshot::Sender<Result<Vec<EventId>, HubError>>,
+    },
+    /// A deleted topic, so that its history does not come back at the next start.
+    Delete(Box<str>),
+}
+
+impl Job {
+    fn records(&self) -> usize {
+        match self {
+            Job::Publish { batch, .. } => batch.len(),
+            Job::Delete(_) => 1,
+        }
+    }
+}
+
+/// The handle the hub keeps: publishes go to the writer thread.
+pub(crate) struct DiskBroker {
+    tx: mpsc::Sender<Job>,
+    up: Arc<AtomicBool>,
+}
+
+impl DiskBroker {
+    /// Reads the history in `dir` back into the log, then starts the writer thread.
+    /// `sync` is `None` for `always`. An unreadable directory is an error; an unwritable
+    /// one is not (the broker starts down and keeps trying).
+    pub fn start(
+        dir: &Path,
+        sync: Option<Duration>,
+        max_events: usize,
+        max_age: Duration,
+        local: Local,
+    ) -> Result<Self, Error> {
+        let dir_error = |source| Error::Dir {
+            dir: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_error)?;
+        let started = Instant::now();
+        let numbers = segment::list(dir).map_err(dir_error)?;
+        // Numbers are never reused, even those of files removed while reading.
+        let next_number = numbers.last().map_or(1, |n| n + 1);
+        let history = read_history(dir, numbers);
+        let loaded = history.events.len();
+        let last = history.last;
+        if let Some(first) = history.first {
+            // Resuming from before the oldest event on disk may have missed trimmed ones.
+            local.log.load(history.events, first, last);
+        }
+        let segments = history.segments;
+        let up = Arc::new(AtomicBool::new(true));
+        let mut writer = Writer {
+            dir: dir.to_owned(),
+            sync,
+            max_events: max_events.max(1) as u64,
+            max_age,
+            segment_events: (max_events as u64 / 4).clamp(64, 1 << 20),
+            total: segments.iter().map(|s| s.events).sum(),
+            segments,
+            current: None,
+            next_number,
+            last_id: local.log.last_id().max(last),
+            dirty: false,
+            last_sync: Instant::now(),
+            up: Arc::clone(&up),
+            local,
+        };
+        writer.remove_old(now_ms());
+        writer.try_open();
+        tracing::info!(
+            dir = %dir.display(),
+            events = loaded,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "history loaded from disk"
+        );
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("ssegate-disk".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(dir_error)?;
+        Ok(Self { tx, up })
+    }
+
+    /// Stores a batch; answers once it is written (and flushed, with `sync: always`).
+    pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || HubError::Unavailable("the disk writer stopped".into());
+        self.tx
+            .send(Job::Publish { batch, done })
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Records that `topic` was deleted (in the background: the log already dropped it).
+    pub fn delete_topic(&self, topic: &str) {
+        let _ = self.tx.send(Job::Delete(topic.into()));
+    }
+
+    /// Whether the last write (or probe) succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// What the segment files hold, read in order.
+struct History {
+    segments: VecDeque<Segment>,
+    /// The events, without those of topics deleted after them.
+    events: Vec<Arc<Event>>,
+    /// The first and last ids on disk, deleted topics included.
+    first: Option<EventId>,
+    last: EventId,
+}
+
+/// Reads segments `numbers` of `dir`; a record cut short ends its segment with a warning,
+/// and files with no record are removed.
+fn read_history(dir: &Path, numbers: Vec<u64>) -> History {
+    let mut h = History {
+        segments: VecDeque::new(),
+        events: Vec::new(),
+        first: None,
+        last: EventId::default(),
+    };
+    for number in numbers {
+        let path = segment::path(dir, number);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a history segment; skipped");
+                continue;
+            }
+        };
+        let scan = segment::scan(&bytes);
+        if let Some((offset, why)) = scan.torn {
+            tracing::warn!(path = %path.display(), offset, why, "history segment cut short (by a crash during a write that was not acknowledged, or damaged); the rest of it is dropped");
+        }
+        if scan.records.is_empty() {
+            // Opened ahead by a run that then wrote nothing (or nothing readable).
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an empty history segment");
+            }
+            continue;
+        }
+        let mut seg = Segment {
+            number,
+            events: 0,
+            last_ms: 0,
+        };
+        for record in scan.records {
+            match record {
+                Record::Event(e) => {
+                    seg.events += 1;
+                    seg.last_ms = e.id.ms;
+                    h.first = h.first.or(Some(e.id));
+                    h.last = h.last.max(e.id);
+                    h.events.push(e);
+                }
+                Record::Delete(topic) => h.events.retain(|e| !e.is_only_in(&topic)),
+            }
+        }
+        h.segments.push_back(seg);
+    }
+    h
+}
+
+/// A segment file the writer knows about.
+struct Segment {
+    number: u64,
+    events: u64,
+    /// The newest event's millisecond (0 when empty).
+    last_ms: u64,
+}
+
+/// The open segment being appended to.
+struct Current {
+    file: File,
+    len: u64,
+}
+
+struct Writer {
+    dir: PathBuf,
+    sync: Option<Duration>,
+    max_events: u64,
+    max_age: Duration,
+    /// Events per segment before a new one is started.
+    segment_events: u64,
+    /// Events in all segments.
+    total: u64,
+    /// Every segment on disk, oldest first; the last one is `current` when that is open.
+    segments: VecDeque<Segment>,
+    current: Option<Current>,
+    next_number: u64,
+    last_id: EventId,
+    /// Written since the last flush (`sync: <duration>` only).
+    dirty: bool,
+    last_sync: Instant,
+    up: Arc<AtomicBool>,
+    local: Local,
+}
+
+impl Writer {
+    fn run(mut self, rx: &mpsc::Receiver<Job>) {
+        loop {
+            let wait = match self.sync {
+                _ if !self.up.load(Ordering::Relaxed) => PROBE,
+                Some(every) if self.dirty => every.saturating_sub(self.last_sync.elapsed()),
+                _ => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut group = vec![first];
+                    let mut n = group[0].records();
+                    while n < GROUP_EVENTS {
+                        let Ok(more) = rx.try_recv() else { break };
+                        n += more.records();
+                        group.push(more);
+                    }
+                    self.commit(group);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.current.is_none() {
+                        self.try_open();
+                    }
+                    self.flush_due();
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if let Some(cur) = &self.current
+                        && self.dirty
+                    {
+                        let _ = cur.file.sync_data();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes a group of publishes, then appends them to the log and answers them.
+    fn commit(&mut self, group: Vec<Job>) {
+        let now = now_ms();
+        let mut buf = Vec::new();
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            let (batch, done) = match job {
+                Job::Publish { batch, done } => (batch, done),
+                Job::Delete(topic) => {
+                    segment::encode_delete(&topic, &mut buf);
+                    continue;
+                }
+            };
+            let mut ids = Vec::with_capacity(batch.len());
+            for ev in batch {
+                let event = encode(next_id(self.last_id, now), ev);
+                self.last_id = event.id;
+                segment::encode(&event, &mut buf);
+                ids.push(event.id);
+                events.push(event);
+            }
+            answers.push((done, ids));
+        }
+        match self.write(&buf, events.len() as u64, now) {
+            Ok(()) => {
+                self.local.log.append_remote(events);
+                self.local
+                    .head
+                    .send_modify(|seq| *seq = seq.wrapping_add(1));
+                for (done, ids) in answers {
+                    let _ = done.send(Ok(ids));
+                }
+                self.remove_old(now);
+            }
+            Err(e) => {
+                for (done, _) in answers {
+                    let _ = done.send(Err(HubError::Unavailable(format!(
+                        "cannot write to disk: {e}"
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Appends `buf` (holding `n` records) to the current segment, starting one if needed.
+    fn write(&mut self, buf: &[u8], n: u64, now: u64) -> std::io::Result<()> {
+        let full = self
+            .segments
+            .back()
+            .is_some_and(|s| s.events >= self.segment_events)
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.len >= SEGMENT_BYTES);
+        if full {
+            self.current = None;
+        }
+        let result = self.open().and_then(|()| self.append(buf));
+        match &result {
+            Ok(()) => {
+                if let Some(seg) = self.segments.back_mut() {
+                    seg.events += n;
+                    seg.last_ms = seg.last_ms.max(now);
+                }
+                self.total += n;
+                self.set_up(true, None);
+            }
+            Err(e) => {
+                // Cut the partial write off so the file stays readable to its end; either
+                // way the next write starts a new segment (after a failed flush, what the
+                // file holds is unknown).
+                if let Some(cur) = self.current.take() {
+                    let _ = cur.file.set_len(cur.len);
+                }
+                self.set_up(false, Some(e));
+            }
+        }
+        result
+    }
+
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let Some(cur) = self.current.as_mut() else {
+            return Err(std::io::Error::other("no open segment"));
+        };
+        (&cur.file).write_all(buf)?;
+        match self.sync {
+            None => cur.file.sync_data()?,
+            Some(_) => {
+                if !self.dirty {
+                    self.dirty = true;
+                    self.last_sync = Instant::now();
+                }
+            }
+        }
+        cur.len += buf.len() as u64;
+        self.flush_due();
+        Ok(())
+    }
+
+    /// With `sync: <duration>`, flushes once the duration has passed since the first
+    /// unflushed write. A failed flush is reported as the broker going down.
+    fn flush_due(&mut self) {
+        let Some(every) = self.sync else { return };
+        if !self.dirty || self.last_sync.elapsed() < every {
+            return;
+        }
+        let result = match &self.current {
+            Some(cur) => cur.file.sync_data(),
+            None => Ok(()),
+        };
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        if let Err(e) = result {
+            self.current = None;
+            self.set_up(false, Some(&e));
+        }
+    }
+
+    /// Opens a new segment if none is open: created, magic written and flushed, and the
+    /// directory entry flushed too, so a segment that holds answered events survives.
+    fn open(&mut self) -> std::io::Result<()> {
+        if self.current.is_some() {
+            return Ok(());
+        }
+        let number = self.next_number;
+        let path = segment::path(&self.dir, number);
+        // The number is used up even if creating fails: never append after a failed file.
+        self.next_number += 1;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        let ready = (&file)
+            .write_all(segment::MAGIC)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| File::open(&self.dir)?.sync_all());
+        if let Err(e) = ready {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        self.segments.push_back(Segment {
+            number,
+            events: 0,
+            last_ms: 0,
+        });
+        self.current = Some(Current {
+            file,
+            len: segment::MAGIC.len() as u64,
+        });
+        Ok(())
+    }
+
+    /// Opens a segment ahead of the next publish: the start-up check and the probe while
+    /// down.
+    fn try_open(&mut self) {
+        match self.open() {
+            Ok(()) => self.set_up(true, None),
+            Err(e) => self.set_up(false, Some(&e)),
+        }
+    }
+
+    fn set_up(&self, up: bool, error: Option<&std::io::Error>) {
+        let was = self.up.swap(up, Ordering::Relaxed);
+        let dir = self.dir.display();
+        match (was, up, error) {
+            (true, false, Some(e)) => {
+                tracing::error!(%dir, error = %e, "cannot write the history to disk; publishes fail until it can");
+            }
+            (false, false, Some(e)) => {
+                tracing::debug!(%dir, error = %e, "the history directory is still not writable");
+            }
+            (false, true, _) => tracing::info!(%dir, "the history directory is writable again"),
+            _ => {}
+        }
+    }
+
+    /// Deletes the oldest segments whose events have all left the history (by count:
+    /// the later segments hold `max_events` already; by age: the newest is older than
+    /// `max_age`), and empty ones; never the one being written.
+    fn remove_old(&mut self, now: u64) {
+        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = now.saturating_sub(max_age);
+        let open = usize::from(self.current.is_some());
+        while self.segments.len() > open {
+            let Some(oldest) = self.segments.front() else {
+                break;
+            };
+            let gone = oldest.events == 0
+                || self.total - oldest.events >= self.max_events
+                || oldest.last_ms < cutoff;
+            if !gone {
+                break;
+            }
+            let path = segment::path(&self.dir, oldest.number);
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old history segment");
+                break;
+            }
+            self.total -= oldest.events;
+            self.segments.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

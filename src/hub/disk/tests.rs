@@ -1,0 +1,205 @@
+#![allow(clippy::unwrap_used)]
+//! The disk broker against a real temporary directory: restart, torn tail, clock set
+//! back, group commit, bounded directory.
+
+use super::segment::{self, MAGIC};
+use super::{DiskBroker, Local};
+use crate::hub::log::{Bounds, MemoryLog, encode, now_ms};
+use crate::hub::{NewEvent, Resume};
+use crate::sse::EventId;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A broker on `dir` with its own log, as `Hub::start` builds it.
+fn start(dir: &Path, max_events: usize) -> (DiskBroker, Arc<MemoryLog>) {
+    // No dispatchers here: events leave memory as soon as they leave the history.
+    let bounds = Bounds {
+        max_events,
+        max_bytes: usize::MAX,
+        max_age: HOUR,
+    };
+    let log = Arc::new(MemoryLog::new(bounds, 0));
+    let local = Local {
+        log: Arc::clone(&log),
+        head: Arc::new(watch::channel(0).0),
+    };
+    (
+        DiskBroker::start(dir, None, max_events, HOUR, local).unwrap(),
+        log,
+    )
+}
+
+fn batch(n: usize, topic: &str) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent::new(topic, &format!("event {i}")))
+        .collect()
+}
+
+/// Every id in the history after `after`, and whether the replay reports a gap.
+fn history_after(log: &MemoryLog, after: EventId) -> (Vec<EventId>, bool) {
+    let r = log.replay(&Resume::After(after), |_| true);
+    (r.events.iter().map(|e| e.id).collect(), r.gap.is_some())
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    segment::list(dir)
+        .unwrap()
+        .into_iter()
+        .map(|n| segment::path(dir, n))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restart_keeps_the_history_and_a_resume_from_before_it_has_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let mut published = Vec::new();
+    for n in [1, 5, 2] {
+        published.extend(broker.publish(batch(n, "job/1")).await.unwrap());
+    }
+    assert!(broker.is_up());
+    drop(broker);
+
+    let (broker, log) = start(dir.path(), 1000);
+    let (ids, gap) = history_after(&log, published[0]);
+    assert_eq!((ids.as_slice(), gap), (&published[1..], false));
+    let r = log.replay(&Resume::After(published[0]), |_| true);
+    assert_eq!(&*r.events[0].topics[0], "job/1");
+    assert_eq!(
+        r.events[0].frame,
+        encode(published[1], NewEvent::new("job/1", "event 0")).frame
+    );
+    let next = broker.publish(batch(1, "job/1")).await.unwrap();
+    assert!(next[0] > published[published.len() - 1]);
+}
+
+#[tokio::test]
+async fn concurrent_publishes_are_all_stored_once_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 10_000);
+    let broker = Arc::new(broker);
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let broker = Arc::clone(&broker);
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..20 {
+                    ids.extend(broker.publish(batch(1 + i % 3, "t")).await.unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for t in tasks {
+        let ids = t.await.unwrap();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "one publisher's ids increase"
+        );
+        acked.extend(ids);
+    }
+    acked.sort();
+    drop(broker);
+    let (_broker, log) = start(dir.path(), 10_000);
+    assert_eq!(history_after(&log, EventId::default()).0, acked);
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_dropped_and_the_rest_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let ids = broker.publish(batch(5, "a")).await.unwrap();
+    drop(broker);
+    let files = segments(dir.path());
+    let last = files.last().unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+
+    let (broker, log) = start(dir.path(), 1000);
+    assert_eq!(history_after(&log, ids[0]), (ids[1..4].to_vec(), false));
+    let next = broker.publish(batch(1, "a")).await.unwrap();
+    assert!(next[0] > ids[3]);
+}
+
+#[tokio::test]
+async fn ids_stay_above_the_last_one_on_disk_when_the_clock_went_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // A history written while the clock was a day ahead.
+    let ahead = EventId::new(now_ms() + 86_400_000, 7);
+    let mut file = MAGIC.to_vec();
+    segment::encode(
+        &encode(ahead, NewEvent::new("a", "from the future")),
+        &mut file,
+    );
+    std::fs::write(segment::path(dir.path(), 1), file).unwrap();
+
+    let (broker, log) = start(dir.path(), 1000);
+    let ids = broker.publish(batch(2, "a")).await.unwrap();
+    assert_eq!(ids, [ahead.next(), ahead.next().next()]);
+    assert_eq!(history_after(&log, ahead), (ids, false));
+}
+
+#[tokio::test]
+async fn the_directory_stays_bounded_with_a_small_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, log) = start(dir.path(), 100);
+    let data = "x".repeat(200);
+    let mut most = 0;
+    for _ in 0..300 {
+        let events = (0..10).map(|_| NewEvent::new("t", &data)).collect();
+        broker.publish(events).await.unwrap();
+        let bytes: u64 = segments(dir.path())
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        most = most.max(bytes);
+    }
+    // 3,000 events of ~250 bytes written; 100 kept, in segments of 64: at most 3 segments
+    // of history plus the one being written.
+    assert!(most < 4 * 64 * 300, "{most} bytes on disk");
+    assert_eq!(log.stats().events, 100);
+    drop(broker);
+    let (_broker, log) = start(dir.path(), 100);
+    assert_eq!(log.stats().events, 100);
+}
+
+#[tokio::test]
+async fn a_deleted_topic_stays_deleted_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let a1 = broker.publish(batch(2, "a")).await.unwrap();
+    let b = broker.publish(batch(1, "b")).await.unwrap();
+    broker.delete_topic("a");
+    // Queued after the deletion: published to the topic anew, it stays.
+    let a2 = broker.publish(batch(1, "a")).await.unwrap();
+    drop(broker);
+
+    let (_broker, log) = start(dir.path(), 1000);
+    assert_eq!(history_after(&log, a1[0]), ([b, a2].concat(), false));
+}
+
+#[tokio::test]
+async fn restarts_without_publishes_leave_no_files_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, _) = start(dir.path(), 1000);
+    let ids = broker.publish(batch(1, "a")).await.unwrap();
+    drop(broker);
+    for _ in 0..3 {
+        let (broker, log) = start(dir.path(), 1000);
+        let stats = log.stats();
+        assert_eq!((stats.events, stats.oldest), (1, Some(ids[0])));
+        drop(broker);
+    }
+    // The segment with the event, and the one opened ahead by the last start.
+    assert_eq!(segments(dir.path()).len(), 2);
+}
