@@ -25,25 +25,9 @@ pub(super) fn derive(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<DeriveRule> {
         let f = w.fields(Some(node), &path, RULE);
         let m = w.section(&f, "match", MATCH);
         let p = w.section(&f, "publish", PUBLISH);
-        let name = match w.read(&f, "name", super::values::non_empty) {
-            Got::Value(n) => n,
-            Got::Absent => {
-                w.refuse(
-                    &f,
-                    "name",
-                    Bad::new("every rule needs a name (for logs and metrics)"),
-                );
-                continue;
-            }
-            Got::Invalid => continue,
+        let Some(name) = rule_name(w, &f, rules.iter().map(|r| r.name.as_str())) else {
+            continue;
         };
-        if rules.iter().any(|r| r.name == name) {
-            w.refuse(
-                &f,
-                "name",
-                Bad::new(format!("another rule is named {name:?}")),
-            );
-        }
         let methods = w
             .list(&m, "methods", method)
             .or_else(|| DEFAULT_METHODS.iter().map(|s| (*s).to_owned()).collect());
@@ -95,25 +79,9 @@ pub(super) fn watch(w: &mut Walker<'_>, top: &Fields<'_>) -> Vec<WatchRule> {
     let mut rules: Vec<WatchRule> = Vec::new();
     for (path, node) in w.items(top, "watch") {
         let f = w.fields(Some(node), &path, WATCH);
-        let name = match w.read(&f, "name", super::values::non_empty) {
-            Got::Value(n) => n,
-            Got::Absent => {
-                w.refuse(
-                    &f,
-                    "name",
-                    Bad::new("every rule needs a name (for logs and metrics)"),
-                );
-                continue;
-            }
-            Got::Invalid => continue,
+        let Some(name) = rule_name(w, &f, rules.iter().map(|r| r.name.as_str())) else {
+            continue;
         };
-        if rules.iter().any(|r| r.name == name) {
-            w.refuse(
-                &f,
-                "name",
-                Bad::new(format!("another rule is named {name:?}")),
-            );
-        }
         let topic = match w.read(&f, "topic", topic_template) {
             Got::Value(t) if t.iter().any(|p| matches!(p, TopicPart::ResponseHeader(_))) => {
                 w.refuse(
@@ -256,6 +224,31 @@ fn url_template(s: &str) -> Result<Vec<TopicPart>, Bad> {
         return Err(Bad::not_a(s, "an app path").hint("only characters a URL may contain"));
     }
     Ok(parts)
+}
+
+/// A rule's `name`: required (logs and metrics name the rule), and unique in its list.
+fn rule_name<'a>(
+    w: &mut Walker<'_>,
+    f: &Fields<'_>,
+    mut taken: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    let name = match w.read(f, "name", super::values::non_empty) {
+        Got::Value(n) => n,
+        Got::Absent => {
+            let bad = Bad::new("every rule needs a name (for logs and metrics)");
+            w.refuse(f, "name", bad);
+            return None;
+        }
+        Got::Invalid => return None,
+    };
+    if taken.any(|t| t == name) {
+        w.refuse(
+            f,
+            "name",
+            Bad::new(format!("another rule is named {name:?}")),
+        );
+    }
+    Some(name)
 }
 
 fn method(s: &str) -> Result<String, Bad> {
