@@ -3,6 +3,7 @@
 
 use crate::admin::Admin;
 use crate::config::{self, Config};
+use crate::dashboard::Dashboard;
 use crate::hub::{Hub, HubSettings, SlowConsumer};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct Running {
     public: Arc<Public>,
     admin: Arc<Admin>,
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
+    dashboard: Arc<Dashboard>,
     config: Mutex<Config>,
     shutdown: Shutdown,
     grace: std::time::Duration,
@@ -72,6 +75,11 @@ impl Running {
     pub fn reload(&self, new: Config) -> Result<Vec<&'static str>, String> {
         self.public.reload(&new)?;
         self.limits.update(&new.limits);
+        self.metrics.tenants().configure(
+            new.tenants.topic.as_ref(),
+            new.limits.max_connections_per_tenant,
+        );
+        self.dashboard.reload(new.limits.max_connections);
         self.admin.reload(&new);
         self.hub.set_timing(new.events.heartbeat, new.events.retry);
         let mut config = self
@@ -148,12 +156,16 @@ pub struct Reload {
     pub log_level: Box<dyn Fn(&str) + Send + Sync>,
 }
 
-/// Forgets idle rate-limiter keys every minute, so their memory stays bounded.
-async fn housekeeping(limits: Arc<Limits>, shutdown: Shutdown) {
+/// Forgets idle rate-limiter keys and idle tenants every minute, so their memory stays
+/// bounded.
+async fn housekeeping(limits: Arc<Limits>, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = tick.tick() => limits.housekeeping(),
+            _ = tick.tick() => {
+                limits.housekeeping();
+                metrics.tenants().housekeeping();
+            }
             () = shutdown.triggered() => return,
         }
     }
@@ -261,6 +273,10 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         })
         .map_err(|e| format!("admin_listen {admin_addr}: {e}"))?;
     let metrics = Arc::new(Metrics::default());
+    metrics.tenants().configure(
+        config.tenants.topic.as_ref(),
+        config.limits.max_connections_per_tenant,
+    );
     let hub = Hub::start(hub_settings(&config), Arc::clone(&metrics));
     let shutdown = Shutdown::new();
     let grace = config.shutdown.grace;
@@ -273,13 +289,24 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         Arc::clone(&metrics),
         shutdown.clone(),
     )?);
+    let dashboard = Dashboard::start(
+        hub.clone(),
+        Arc::clone(&metrics),
+        config.limits.max_connections,
+        shutdown.clone(),
+    );
     let admin = Arc::new(Admin::new(
         &config,
         hub.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
+        Arc::clone(&dashboard),
     ));
-    tokio::spawn(housekeeping(Arc::clone(&limits), shutdown.clone()));
+    tokio::spawn(housekeeping(
+        Arc::clone(&limits),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     let finish = shutdown.clone();
     let public_server = server::serve_with(
         proxy_listener,
@@ -311,6 +338,8 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         public,
         admin,
         limits,
+        metrics,
+        dashboard,
         shutdown,
         grace,
         config: Mutex::new(config),

@@ -4,12 +4,14 @@
 //! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come
 //! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded.
 
+use crate::tenants::Tenants;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a stream was refused (`ssegate_connections_rejected_total{reason}`).
@@ -19,6 +21,8 @@ pub enum Rejection {
     MaxConnections,
     /// `limits.max_connections_per_ip`.
     MaxConnectionsPerIp,
+    /// `limits.max_connections_per_tenant`.
+    MaxConnectionsPerTenant,
     /// `limits.connect_rate_per_ip`.
     ConnectRate,
     /// No or an invalid token.
@@ -34,9 +38,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
+        Self::MaxConnectionsPerTenant,
         Self::ConnectRate,
         Self::Unauthorized,
         Self::Forbidden,
@@ -50,6 +55,7 @@ impl Rejection {
         match self {
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::MaxConnectionsPerTenant => "max_connections_per_tenant",
             Self::ConnectRate => "connect_rate",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
@@ -86,6 +92,22 @@ pub struct Metrics {
     upstream_duration: Histogram,
     rate_limited: [Counter; 2],
     broker_up: Gauge,
+    tenants: Arc<Tenants>,
+}
+
+/// The counters the dashboard samples each second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// `ssegate_events_published_total`.
+    pub published: u64,
+    /// `ssegate_events_delivered_total`.
+    pub delivered: u64,
+    /// `ssegate_slow_consumer_disconnects_total`.
+    pub slow_consumer_disconnects: u64,
+    /// `ssegate_events_dropped_total{reason="overflow"}`.
+    pub dropped: u64,
+    /// `ssegate_connections_rejected_total`, by reason.
+    pub rejected: [(&'static str, u64); Rejection::ALL.len()],
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -190,8 +212,12 @@ impl Default for Metrics {
             broker_up.clone(),
         );
 
+        let tenants = Arc::new(Tenants::default());
+        registry.register_collector(Box::new(Arc::clone(&tenants)));
+
         Self {
             registry,
+            tenants,
             connections,
             rejected,
             published,
@@ -258,6 +284,27 @@ impl Metrics {
         self.proxy_requests[class].inc();
         if let Some(d) = upstream {
             self.upstream_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The per-tenant counts (and cap), shown in `/metrics` as `ssegate_tenant_*`.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.tenants
+    }
+
+    /// Open event streams (`ssegate_connections`).
+    pub fn connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    /// The counters as they are now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            published: self.published.get(),
+            delivered: self.delivered.get(),
+            slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
+            dropped: self.dropped_overflow.get(),
+            rejected: std::array::from_fn(|i| (Rejection::ALL[i].as_str(), self.rejected[i].get())),
         }
     }
 

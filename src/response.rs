@@ -19,6 +19,14 @@ pub enum Body {
     Incoming(Incoming),
     /// An event stream.
     Stream(Box<EventBody>),
+    /// Frames from another source (the dashboard's feed), written as they come.
+    Frames(Box<dyn FrameSource>),
+}
+
+/// A source of body frames that are written as they come; `Ready(None)` ends the body.
+pub trait FrameSource: Send {
+    /// The next frame.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
 }
 
 impl Body {
@@ -53,6 +61,7 @@ impl hyper::body::Body for Body {
                 .subscription
                 .poll_chunk(cx)
                 .map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Self::Frames(s) => s.poll_frame(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -61,7 +70,7 @@ impl hyper::body::Body for Body {
             Self::Empty => true,
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
-            Self::Stream(_) => false,
+            Self::Stream(_) | Self::Frames(_) => false,
         }
     }
 
@@ -70,7 +79,7 @@ impl hyper::body::Body for Body {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
-            Self::Stream(_) => SizeHint::default(),
+            Self::Stream(_) | Self::Frames(_) => SizeHint::default(),
         }
     }
 }

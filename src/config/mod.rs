@@ -30,6 +30,7 @@ use std::fmt;
 use std::path::Path;
 
 mod schema;
+mod tenants;
 mod types;
 mod values;
 mod walk;
@@ -38,6 +39,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use tenants::{TenantTopic, Tenants};
 pub use types::*;
 
 /// Reads and validates the file at `path`, expanding `${VAR}` from the process environment.

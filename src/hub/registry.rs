@@ -271,6 +271,8 @@ impl Registry {
                     cursor = next;
                     for ev in batch.drain(..) {
                         let queued = shard.lock().fan_out(&ev, metrics);
+                        // Per tenant: once per event and shard, not per subscriber.
+                        metrics.tenants().delivered(&ev.topics, queued);
                         since_yield += queued;
                         if since_yield >= YIELD_EVERY {
                             since_yield = 0;

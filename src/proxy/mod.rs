@@ -1,9 +1,9 @@
 //! The public listener: event streams are terminated here, `/_ssegate/` is ssegate's own,
 //! and everything else is forwarded to the app.
 //!
-//! A stream request goes: parse (400) → caps and connect rate (503/429) → auth (401/403, or
-//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one log line
-//! and one metric increment.
+//! A stream request goes: parse (400) → caps, connect rate and the tenant cap (503/429) →
+//! auth (401/403, or the app's own answer in `upstream` mode) → hub subscription. Every
+//! refusal is one log line and one metric increment.
 
 mod client_ip;
 mod cors;
@@ -206,6 +206,12 @@ impl Public {
             };
             (e, why)
         })?;
+        // Dropped with `slot` if a later step refuses: a refusal holds no place anywhere.
+        let tenant_slot = self
+            .metrics
+            .tenants()
+            .open(&sub_req.filter.selectors)
+            .map_err(|e| (e, Rejection::MaxConnectionsPerTenant))?;
         let grant = if policy.auth.is_upstream() {
             self.ask_app(policy, parts, peer, &sub_req.filter.selectors)
                 .await?
@@ -226,7 +232,11 @@ impl Public {
 
         let subscription = self.hub.subscribe(sub_req);
         self.metrics.connections_add(1);
-        let guard = (ConnectionGauge(Arc::clone(&self.metrics)), slot);
+        let guard = (
+            ConnectionGauge(Arc::clone(&self.metrics)),
+            slot,
+            tenant_slot,
+        );
         let mut resp = Response::new(Body::Stream(Box::new(EventBody {
             subscription,
             guard: Box::new(guard),

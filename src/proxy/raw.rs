@@ -103,7 +103,8 @@ pub(super) async fn respond(
             tokio::spawn(conn);
             return;
         }
-        Body::Empty => Bytes::new(),
+        // Only the internal listener's dashboard streams `Frames`, never through here.
+        Body::Empty | Body::Frames(_) => Bytes::new(),
         Body::Full(b) => b.unwrap_or_default(),
         Body::Incoming(b) => match Limited::new(b, MAX_REFUSAL_BODY).collect().await {
             Ok(b) => b.to_bytes(),
