@@ -15,3 +15,4 @@ mod publish;
 mod redis;
 mod relay;
 mod stream;
+mod tenants;
