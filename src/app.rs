@@ -26,7 +26,6 @@ pub struct Running {
     admin: Arc<Admin>,
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
-    dashboard: Arc<Dashboard>,
     config: Mutex<Config>,
     shutdown: Shutdown,
     grace: std::time::Duration,
@@ -79,7 +78,7 @@ impl Running {
             new.tenants.topic.as_ref(),
             new.limits.max_connections_per_tenant,
         );
-        self.dashboard.reload(new.limits.max_connections);
+        self.metrics.set_max_connections(new.limits.max_connections);
         self.admin.reload(&new);
         self.hub.set_timing(new.events.heartbeat, new.events.retry);
         let mut config = self
@@ -277,6 +276,7 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         config.tenants.topic.as_ref(),
         config.limits.max_connections_per_tenant,
     );
+    metrics.set_max_connections(config.limits.max_connections);
     let hub = Hub::start(hub_settings(&config), Arc::clone(&metrics));
     let shutdown = Shutdown::new();
     let grace = config.shutdown.grace;
@@ -289,12 +289,7 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         Arc::clone(&metrics),
         shutdown.clone(),
     )?);
-    let dashboard = Dashboard::start(
-        hub.clone(),
-        Arc::clone(&metrics),
-        config.limits.max_connections,
-        shutdown.clone(),
-    );
+    let dashboard = Dashboard::start(hub.clone(), Arc::clone(&metrics), shutdown.clone());
     let admin = Arc::new(Admin::new(
         &config,
         hub.clone(),
@@ -339,7 +334,6 @@ pub async fn start_with(config: Config, options: server::Options) -> Result<Runn
         admin,
         limits,
         metrics,
-        dashboard,
         shutdown,
         grace,
         config: Mutex::new(config),

@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -38,7 +37,6 @@ const TOPICS_SHOWN: usize = 10;
 /// The dashboard's shared state: the latest snapshot, and what it needs to build one.
 pub struct Dashboard {
     snapshots: watch::Sender<Bytes>,
-    max_connections: AtomicUsize,
     shutdown: Shutdown,
 }
 
@@ -51,25 +49,13 @@ struct Sample {
 
 impl Dashboard {
     /// Starts the once-a-second snapshot task on the current runtime.
-    pub fn start(
-        hub: Hub,
-        metrics: Arc<Metrics>,
-        max_connections: usize,
-        shutdown: Shutdown,
-    ) -> Arc<Self> {
+    pub fn start(hub: Hub, metrics: Arc<Metrics>, shutdown: Shutdown) -> Arc<Self> {
         let dashboard = Arc::new(Self {
             snapshots: watch::channel(Bytes::new()).0,
-            max_connections: AtomicUsize::new(max_connections),
             shutdown,
         });
         tokio::spawn(Arc::clone(&dashboard).run(hub, metrics));
         dashboard
-    }
-
-    /// Applies a reloaded `limits.max_connections` (shown as the streams' ceiling).
-    pub fn reload(&self, max_connections: usize) {
-        self.max_connections
-            .store(max_connections, Ordering::Relaxed);
     }
 
     async fn run(self: Arc<Self>, hub: Hub, metrics: Arc<Metrics>) {
@@ -100,7 +86,6 @@ impl Dashboard {
                 &history,
                 sample,
                 prev,
-                self.max_connections.load(Ordering::Relaxed),
                 started.elapsed(),
                 self.shutdown.is_triggered(),
             );
@@ -204,7 +189,6 @@ fn snapshot(
     history: &VecDeque<Sample>,
     now: Sample,
     prev: Sample,
-    max_connections: usize,
     uptime: Duration,
     shutting_down: bool,
 ) -> serde_json::Value {
@@ -231,7 +215,7 @@ fn snapshot(
             .map_or(0, |d| d.as_millis() as u64),
         "uptime_seconds": uptime.as_secs(),
         "connections": now.connections,
-        "max_connections": max_connections,
+        "max_connections": metrics.max_connections(),
         "rates": {
             "published": rate(now.totals.published, prev.totals.published),
             "delivered": rate(now.totals.delivered, prev.totals.delivered),

@@ -82,6 +82,7 @@ type Labels = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     registry: Registry,
     connections: Gauge,
+    max_connections: Gauge,
     rejected: [Counter; Rejection::ALL.len()],
     published: Counter,
     delivered: Counter,
@@ -126,6 +127,13 @@ impl Default for Metrics {
             "ssegate_connections",
             "Open event streams",
             connections.clone(),
+        );
+
+        let max_connections = Gauge::default();
+        registry.register(
+            "ssegate_max_connections",
+            "The configured limits.max_connections (for alerts on ssegate_connections near it)",
+            max_connections.clone(),
         );
 
         let rejected_family = Family::<Labels, Counter>::default();
@@ -219,6 +227,7 @@ impl Default for Metrics {
             registry,
             tenants,
             connections,
+            max_connections,
             rejected,
             published,
             delivered,
@@ -295,6 +304,17 @@ impl Metrics {
     /// Open event streams (`ssegate_connections`).
     pub fn connections(&self) -> i64 {
         self.connections.get()
+    }
+
+    /// The configured `limits.max_connections` (at start and on reload).
+    pub fn set_max_connections(&self, n: usize) {
+        self.max_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The configured `limits.max_connections`.
+    pub fn max_connections(&self) -> i64 {
+        self.max_connections.get()
     }
 
     /// The counters as they are now.

@@ -516,3 +516,61 @@ async fn demo_page_renders_live_events_and_resumes() {
     };
     assert!(status.success(), "ssegate demo exited with {status}");
 }
+
+/// The internal listener's dashboard in Chromium: it renders from its SSE feed, its numbers
+/// move when a stream opens and events are published, and the tenants table sorts by the
+/// clicked header. Screenshot in `target/tmp/browser/dashboard.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_and_its_numbers_move() {
+    let _one = BROWSER.lock().await;
+    let shots = shots_dir();
+    let up = page_upstream().await;
+    let mut config = test_config(&up.uri);
+    config.tenants.topic = Some(ssegate::config::TenantTopic::parse("tenant/{tenant}/*").unwrap());
+    let gw = sidecar(config).await;
+
+    let out = node(
+        "dashboard.mjs",
+        &[
+            format!("http://{}", gw.admin),
+            format!("http://{}", gw.proxy),
+            shots.display().to_string(),
+        ],
+    )
+    .await;
+
+    assert_eq!(out["before"]["streams"], "0", "{out}");
+    assert_eq!(out["before"]["published"], "0 in all", "{out}");
+    assert_eq!(out["before"]["broker"], "broker memory: up", "{out}");
+    assert_eq!(out["after"]["streams"], "1", "{out}");
+    assert_eq!(out["after"]["published"], "2 in all", "{out}");
+    assert_eq!(out["after"]["delivered"], "1 in all", "{out}");
+    assert_eq!(out["after"]["live"], "live", "{out}");
+    assert_eq!(out["after"]["chart_paths"], 3, "{out}");
+    assert_eq!(
+        strings(&out["after"]["topics"]),
+        ["tenant/acme/questions"],
+        "{out}"
+    );
+    let first_column = |rows: &Value| -> Vec<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // By streams (the default): acme has one, zeta none. By name, then reversed.
+    assert_eq!(first_column(&out["by_streams"]), ["acme", "zeta"], "{out}");
+    assert_eq!(out["by_streams"][0][1], "1", "{out}");
+    assert_eq!(first_column(&out["by_name"]), ["acme", "zeta"], "{out}");
+    assert_eq!(
+        first_column(&out["by_name_desc"]),
+        ["zeta", "acme"],
+        "{out}"
+    );
+    let len = std::fs::metadata(shots.join("dashboard.png")).map_or(0, |m| m.len());
+    assert!(
+        len > 10_000,
+        "dashboard.png is missing or blank ({len} bytes)"
+    );
+}

@@ -8,6 +8,7 @@ mod access;
 mod cli;
 mod deploy;
 mod faults;
+mod grafana;
 mod hostile;
 mod ops;
 mod proxy;
