@@ -182,7 +182,6 @@ fn rate(now: u64, before: u64) -> u64 {
     now.saturating_sub(before)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn snapshot(
     hub: &Hub,
     metrics: &Metrics,

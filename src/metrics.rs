@@ -2,7 +2,8 @@
 //!
 //! Every labelled series is created up front and its handle kept, so an increment on the hot
 //! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come
-//! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded.
+//! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded; the
+//! one exception, `tenant`, is rendered by [`crate::tenants`] for at most 101 values.
 
 use crate::tenants::Tenants;
 use prometheus_client::encoding::text::encode;

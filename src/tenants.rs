@@ -9,7 +9,7 @@
 //! Costs: opening and closing a stream take one lock here (as the per-IP cap does).
 //! Counting events is one read-locked map lookup per published event, and per event and
 //! dispatcher shard for deliveries (the number the shard queued, added once), never per
-//! subscriber; with no `tenants.topic` both return before any lookup.
+//! subscriber; with no `tenants.topic` all of these return after one atomic load.
 //!
 //! `/metrics` shows the 100 tenants with the most open streams by name and sums the rest
 //! under `tenant="other"`, so the number of series stays bounded however many tenants
@@ -23,7 +23,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::time::Instant;
 
@@ -65,6 +65,8 @@ struct State {
 #[derive(Default)]
 pub struct Tenants {
     state: RwLock<State>,
+    /// Whether `tenants.topic` is set: without it, counting returns before any lock.
+    enabled: AtomicBool,
 }
 
 impl std::fmt::Debug for Tenants {
@@ -111,16 +113,20 @@ impl Tenants {
             s.topic = topic.cloned().map(Arc::new);
         }
         s.cap = cap;
+        self.enabled.store(s.topic.is_some(), Ordering::Relaxed);
     }
 
     /// Whether `tenants.topic` is set.
     pub fn enabled(&self) -> bool {
-        self.read().topic.is_some()
+        self.enabled.load(Ordering::Relaxed)
     }
 
     /// Takes a place for a stream following `selectors` in each of its tenants, or refuses
     /// it (429) if one of them is at `max_connections_per_tenant`; then it takes none.
     pub fn open(&self, selectors: &[Selector]) -> Result<TenantSlot, LimitError> {
+        if !self.enabled() {
+            return Ok(TenantSlot::default());
+        }
         let mut s = self.write();
         let Some(topic) = s.topic.clone() else {
             return Ok(TenantSlot::default());
@@ -174,6 +180,9 @@ impl Tenants {
 
     /// Calls `each` once per distinct tenant of `topics`.
     fn for_each_tenant(&self, topics: &[Box<str>], mut each: impl FnMut(&Entry)) {
+        if !self.enabled() {
+            return;
+        }
         let s = self.read();
         let Some(pattern) = &s.topic else {
             return;

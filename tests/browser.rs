@@ -574,3 +574,36 @@ async fn dashboard_renders_and_its_numbers_move() {
         "dashboard.png is missing or blank ({len} bytes)"
     );
 }
+
+/// The dashboard keeps working when the broker is Redis and Redis is unreachable, and
+/// shows the broker as down. Screenshot in `target/tmp/browser/dashboard-broker-down.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_an_unreachable_redis_as_down() {
+    let _one = BROWSER.lock().await;
+    let shots = shots_dir();
+    let up = page_upstream().await;
+    // A port nothing listens on: bound, then released.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = test_config(&up.uri);
+    config.broker.kind = ssegate::config::BrokerKind::Redis;
+    config.broker.redis.url = format!("redis://{closed}");
+    let gw = sidecar(config).await;
+
+    let out = node(
+        "dashboard-down.mjs",
+        &[format!("http://{}", gw.admin), shots.display().to_string()],
+    )
+    .await;
+    assert_eq!(out["broker"], "broker redis: DOWN", "{out}");
+    assert_eq!(out["broker_class"], "pill bad", "{out}");
+    assert_eq!(out["streams"], "0", "{out}");
+    let len = std::fs::metadata(shots.join("dashboard-broker-down.png")).map_or(0, |m| m.len());
+    assert!(
+        len > 10_000,
+        "the screenshot is missing or blank ({len} bytes)"
+    );
+}

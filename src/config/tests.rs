@@ -394,7 +394,7 @@ fn docs_table_and_example_cover_the_same_keys() {
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split('`').next())
         .collect();
-    assert_eq!(keys.len(), 37, "{keys:?}");
+    assert_eq!(keys.len(), 39, "{keys:?}");
     let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ssegate.yaml"));
     let tree = yaml::parse(example).unwrap().unwrap();
     for key in keys {

@@ -249,4 +249,34 @@ async fn the_dashboard_page_is_self_contained_and_its_feed_moves() {
     }
     let resp = send(gw.admin, request("POST", "/dashboard", &[], Bytes::new())).await;
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // A viewer does not hold up a shutdown: its stream ends.
+    // (A snapshot already on its way may still arrive first.)
+    gw.running.as_ref().unwrap().shutdown();
+    let mut late = 0;
+    while let Some(ev) = feed.next().await {
+        assert_eq!(ev.event.as_deref(), Some("snapshot"));
+        late += 1;
+        assert!(late < 2, "the feed goes on after the shutdown");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_feed_shows_an_unreachable_redis_as_down() {
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (gw, _up) = sidecar_with(|c| {
+        c.broker.kind = ssegate::config::BrokerKind::Redis;
+        c.broker.redis.url = format!("redis://{closed}");
+    })
+    .await;
+    let mut feed = SseClient::open(gw.admin, "/dashboard/events").await;
+    let s: serde_json::Value = serde_json::from_str(&feed.event().await.data).unwrap();
+    assert_eq!(s["broker"]["kind"], "redis");
+    assert_eq!(s["broker"]["up"], false);
+    let resp = send(gw.admin, request("GET", "/dashboard", &[], Bytes::new())).await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
