@@ -1,8 +1,9 @@
 //! The internal listener: the publish webhook, topic deletion and revocation, and the
-//! operator endpoints (`/healthz`, `/readyz`, `/metrics`, `/stats`). It must only be
-//! reachable from the app's side (loopback by default).
+//! operator endpoints (`/healthz`, `/readyz`, `/metrics`, `/stats`, `/dashboard`). It must
+//! only be reachable from the app's side (loopback by default).
 
 use crate::config::Config;
+use crate::dashboard::Dashboard;
 use crate::hub::{Hub, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishError};
@@ -42,17 +43,25 @@ pub struct Admin {
     shutdown: Shutdown,
     policy: RwLock<Arc<PublishPolicy>>,
     started: Instant,
+    dashboard: Arc<Dashboard>,
 }
 
 impl Admin {
-    /// The handler for `config`, publishing to `hub`.
-    pub fn new(config: &Config, hub: Hub, metrics: Arc<Metrics>, shutdown: Shutdown) -> Self {
+    /// The handler for `config`, publishing to `hub`, serving `dashboard`.
+    pub fn new(
+        config: &Config,
+        hub: Hub,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+        dashboard: Arc<Dashboard>,
+    ) -> Self {
         Self {
             hub,
             metrics,
             shutdown,
             policy: RwLock::new(Arc::new(PublishPolicy::new(config))),
             started: Instant::now(),
+            dashboard,
         }
     }
 
@@ -143,10 +152,26 @@ impl Admin {
             .take(100)
             .map(|(t, n)| serde_json::json!({ "topic": t, "subscribers": n }))
             .collect();
+        let tenants: Vec<_> = self
+            .metrics
+            .tenants()
+            .snapshot()
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "tenant": t.tenant,
+                    "streams": t.streams,
+                    "events_published": t.published,
+                    "events_delivered": t.delivered,
+                    "oldest_stream_age_seconds": t.oldest_stream_secs,
+                })
+            })
+            .collect();
         let body = serde_json::json!({
             "connections": stats.subscribers,
             "topics": stats.topics.len(),
             "top_topics": top,
+            "tenants": tenants,
             "history": {
                 "events": stats.history_len,
                 "bytes": stats.history_bytes,
@@ -243,6 +268,9 @@ impl Handler for Admin {
                 resp
             }
             "/stats" => self.stats(),
+            "/dashboard" | "/dashboard/" if method == Method::GET => Dashboard::page(),
+            "/dashboard/events" if method == Method::GET => self.dashboard.events(),
+            "/dashboard" | "/dashboard/" | "/dashboard/events" => method_not_allowed("GET"),
             "/publish" if method == Method::POST => match self.publish(req).await {
                 Ok(resp) => resp,
                 Err(e) => {

@@ -4,6 +4,7 @@
 use crate::activation::Inherited;
 use crate::admin::Admin;
 use crate::config::{self, Config};
+use crate::dashboard::Dashboard;
 use crate::hub::{Hub, HubSettings, SlowConsumer};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ pub struct Running {
     public: Arc<Public>,
     admin: Arc<Admin>,
     limits: Arc<Limits>,
+    metrics: Arc<Metrics>,
     config: Mutex<Config>,
     shutdown: Shutdown,
     grace: std::time::Duration,
@@ -82,6 +84,11 @@ impl Running {
     pub fn reload(&self, new: Config) -> Result<Vec<&'static str>, crate::auth::KeyError> {
         self.public.reload(&new)?;
         self.limits.update(&new.limits);
+        self.metrics.tenants().configure(
+            new.tenants.topic.as_ref(),
+            new.limits.max_connections_per_tenant,
+        );
+        self.metrics.set_max_connections(new.limits.max_connections);
         self.admin.reload(&new);
         self.hub.set_timing(new.events.heartbeat, new.events.retry);
         let mut config = self
@@ -158,12 +165,16 @@ pub struct Reload {
     pub log_level: Box<dyn Fn(&str) + Send + Sync>,
 }
 
-/// Forgets idle rate-limiter keys every minute, so their memory stays bounded.
-async fn housekeeping(limits: Arc<Limits>, shutdown: Shutdown) {
+/// Forgets idle rate-limiter keys and idle tenants every minute, so their memory stays
+/// bounded.
+async fn housekeeping(limits: Arc<Limits>, metrics: Arc<Metrics>, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = tick.tick() => limits.housekeeping(),
+            _ = tick.tick() => {
+                limits.housekeeping();
+                metrics.tenants().housekeeping();
+            }
             () = shutdown.triggered() => return,
         }
     }
@@ -343,6 +354,11 @@ pub async fn start_on(
         })
         .map_err(address(&format!("admin_listen {admin_addr}")))?;
     let metrics = Arc::new(Metrics::default());
+    metrics.tenants().configure(
+        config.tenants.topic.as_ref(),
+        config.limits.max_connections_per_tenant,
+    );
+    metrics.set_max_connections(config.limits.max_connections);
     let hub = Hub::start(hub_settings(&config), Arc::clone(&metrics));
     let shutdown = Shutdown::new();
     let grace = config.shutdown.grace;
@@ -355,13 +371,19 @@ pub async fn start_on(
         Arc::clone(&metrics),
         shutdown.clone(),
     )?);
+    let dashboard = Dashboard::start(hub.clone(), Arc::clone(&metrics), shutdown.clone());
     let admin = Arc::new(Admin::new(
         &config,
         hub.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
+        Arc::clone(&dashboard),
     ));
-    tokio::spawn(housekeeping(Arc::clone(&limits), shutdown.clone()));
+    tokio::spawn(housekeeping(
+        Arc::clone(&limits),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
     let finish = shutdown.clone();
     let public_server = server::serve_with(
         proxy_listener,
@@ -393,6 +415,7 @@ pub async fn start_on(
         public,
         admin,
         limits,
+        metrics,
         shutdown,
         grace,
         config: Mutex::new(config),

@@ -33,6 +33,14 @@ pub enum LimitError {
     /// `max_connections_per_ip` streams are open from this address.
     #[error("{0} streams are already open from your address (the limit)")]
     TooManyFromIp(usize),
+    /// `max_connections_per_tenant` streams are open for one of the stream's tenants.
+    #[error("tenant {tenant:?} already has {limit} streams open (the limit); retry later")]
+    TooManyForTenant {
+        /// The tenant at its cap.
+        tenant: String,
+        /// The cap.
+        limit: usize,
+    },
     /// More than `connect_rate_per_ip` new streams.
     #[error("too many new streams from your address (limit {rate}); retry in {retry_after} s")]
     ConnectRate {
@@ -65,13 +73,16 @@ impl ApiError for LimitError {
         match self {
             Self::TooManyConnections(_) => "too_many_connections",
             Self::TooManyFromIp(_) => "too_many_connections_per_ip",
+            Self::TooManyForTenant { .. } => "too_many_connections_per_tenant",
             Self::ConnectRate { .. } => "connect_rate_limited",
             Self::RequestRate { .. } => "rate_limited",
         }
     }
     fn retry_after(&self) -> Option<u64> {
         Some(match self {
-            Self::TooManyConnections(_) | Self::TooManyFromIp(_) => CAP_RETRY_AFTER,
+            Self::TooManyConnections(_)
+            | Self::TooManyFromIp(_)
+            | Self::TooManyForTenant { .. } => CAP_RETRY_AFTER,
             Self::ConnectRate { retry_after, .. } | Self::RequestRate { retry_after, .. } => {
                 *retry_after
             }
@@ -85,6 +96,7 @@ impl LimitError {
         match self {
             Self::TooManyConnections(_) => "max_connections",
             Self::TooManyFromIp(_) => "max_connections_per_ip",
+            Self::TooManyForTenant { .. } => "max_connections_per_tenant",
             Self::ConnectRate { .. } => "connect_rate",
             Self::RequestRate { .. } => "requests",
         }

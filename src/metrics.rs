@@ -2,15 +2,18 @@
 //!
 //! Every labelled series is created up front and its handle kept, so an increment on the hot
 //! path is one relaxed atomic add: no lock, no map lookup, no allocation. Label values come
-//! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded.
+//! from fixed sets (no per-topic or per-IP labels), so the number of series is bounded; the
+//! one exception, `tenant`, is rendered by [`crate::tenants`] for at most 101 values.
 
 use crate::publish::PublishError;
+use crate::tenants::Tenants;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a stream was refused (`ssegate_connections_rejected_total{reason}`).
@@ -20,6 +23,8 @@ pub enum Rejection {
     MaxConnections,
     /// `limits.max_connections_per_ip`.
     MaxConnectionsPerIp,
+    /// `limits.max_connections_per_tenant`.
+    MaxConnectionsPerTenant,
     /// `limits.connect_rate_per_ip`.
     ConnectRate,
     /// No or an invalid token.
@@ -35,9 +40,10 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::MaxConnections,
         Self::MaxConnectionsPerIp,
+        Self::MaxConnectionsPerTenant,
         Self::ConnectRate,
         Self::Unauthorized,
         Self::Forbidden,
@@ -51,6 +57,7 @@ impl Rejection {
         match self {
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::MaxConnectionsPerTenant => "max_connections_per_tenant",
             Self::ConnectRate => "connect_rate",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
@@ -77,6 +84,7 @@ type Labels = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     registry: Registry,
     connections: Gauge,
+    max_connections: Gauge,
     rejected: [Counter; Rejection::ALL.len()],
     published: Counter,
     delivered: Counter,
@@ -92,6 +100,22 @@ pub struct Metrics {
     watched: Family<Vec<(&'static str, String)>, Counter>,
     upstream_connections: Gauge,
     requests_rejected: [Counter; REQUEST_REJECTIONS.len()],
+    tenants: Arc<Tenants>,
+}
+
+/// The counters the dashboard samples each second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// `ssegate_events_published_total`.
+    pub published: u64,
+    /// `ssegate_events_delivered_total`.
+    pub delivered: u64,
+    /// `ssegate_slow_consumer_disconnects_total`.
+    pub slow_consumer_disconnects: u64,
+    /// `ssegate_events_dropped_total{reason="overflow"}`.
+    pub dropped: u64,
+    /// `ssegate_connections_rejected_total`, by reason.
+    pub rejected: [(&'static str, u64); Rejection::ALL.len()],
 }
 
 /// Why ssegate refused a proxied request itself (`ssegate_requests_rejected_total{reason}`).
@@ -113,6 +137,13 @@ impl Default for Metrics {
             "ssegate_connections",
             "Open event streams",
             connections.clone(),
+        );
+
+        let max_connections = Gauge::default();
+        registry.register(
+            "ssegate_max_connections",
+            "The configured limits.max_connections (for alerts on ssegate_connections near it)",
+            max_connections.clone(),
         );
 
         let rejected_family = Family::<Labels, Counter>::default();
@@ -239,11 +270,16 @@ impl Default for Metrics {
             requests_rejected_family,
         );
 
+        let tenants = Arc::new(Tenants::default());
+        registry.register_collector(Box::new(Arc::clone(&tenants)));
+
         Self {
             registry,
+            tenants,
             derived,
             watched,
             connections,
+            max_connections,
             rejected,
             published,
             delivered,
@@ -353,6 +389,38 @@ impl Metrics {
         self.proxy_requests[class].inc();
         if let Some(d) = upstream {
             self.upstream_duration.observe(d.as_secs_f64());
+        }
+    }
+
+    /// The per-tenant counts (and cap), shown in `/metrics` as `ssegate_tenant_*`.
+    pub fn tenants(&self) -> &Arc<Tenants> {
+        &self.tenants
+    }
+
+    /// Open event streams (`ssegate_connections`).
+    pub fn connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    /// The configured `limits.max_connections` (at start and on reload).
+    pub fn set_max_connections(&self, n: usize) {
+        self.max_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// The configured `limits.max_connections`.
+    pub fn max_connections(&self) -> i64 {
+        self.max_connections.get()
+    }
+
+    /// The counters as they are now.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            published: self.published.get(),
+            delivered: self.delivered.get(),
+            slow_consumer_disconnects: self.slow_consumer_disconnects.get(),
+            dropped: self.dropped_overflow.get(),
+            rejected: std::array::from_fn(|i| (Rejection::ALL[i].as_str(), self.rejected[i].get())),
         }
     }
 

@@ -24,6 +24,14 @@ pub enum Body {
     Guarded(Box<GuardedBody>),
     /// Another body, watched by a [`Tap`] that sees its data and is dropped with it.
     Tapped(Box<Body>, Box<dyn Tap>),
+    /// Frames from another source (the dashboard's feed), written as they come.
+    Frames(Box<dyn FrameSource>),
+}
+
+/// A source of body frames that are written as they come; `Ready(None)` ends the body.
+pub trait FrameSource: Send {
+    /// The next frame.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>>;
 }
 
 /// A body and what it holds until it is dropped.
@@ -87,6 +95,7 @@ impl hyper::body::Body for Body {
                 polled
             }
             Self::Guarded(g) => Pin::new(&mut g.body).poll_frame(cx),
+            Self::Frames(s) => s.poll_frame(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -95,7 +104,7 @@ impl hyper::body::Body for Body {
             Self::Empty => true,
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
-            Self::Stream(_) => false,
+            Self::Stream(_) | Self::Frames(_) => false,
             Self::Tapped(b, _) => b.is_end_stream(),
             Self::Guarded(g) => g.body.is_end_stream(),
         }
@@ -106,7 +115,7 @@ impl hyper::body::Body for Body {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
-            Self::Stream(_) => SizeHint::default(),
+            Self::Stream(_) | Self::Frames(_) => SizeHint::default(),
             Self::Tapped(b, _) => b.size_hint(),
             Self::Guarded(g) => g.body.size_hint(),
         }

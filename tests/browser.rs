@@ -624,3 +624,94 @@ async fn htmx_updates_a_second_page_through_a_derive_rule() {
     );
     assert_eq!(items.lock().unwrap().len(), 2);
 }
+
+/// The internal listener's dashboard in Chromium: it renders from its SSE feed, its numbers
+/// move when a stream opens and events are published, and the tenants table sorts by the
+/// clicked header. Screenshot in `target/tmp/browser/dashboard.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_and_its_numbers_move() {
+    let _one = BROWSER.lock().await;
+    let shots = shots_dir();
+    let up = page_upstream().await;
+    let mut config = test_config(&up.uri);
+    config.tenants.topic = Some(ssegate::config::TenantTopic::parse("tenant/{tenant}/*").unwrap());
+    let gw = sidecar(config).await;
+
+    let out = node(
+        "dashboard.mjs",
+        &[
+            format!("http://{}", gw.admin),
+            format!("http://{}", gw.proxy),
+            shots.display().to_string(),
+        ],
+    )
+    .await;
+
+    assert_eq!(out["before"]["streams"], "0", "{out}");
+    assert_eq!(out["before"]["published"], "0 in all", "{out}");
+    assert_eq!(out["before"]["broker"], "broker memory: up", "{out}");
+    assert_eq!(out["after"]["streams"], "1", "{out}");
+    assert_eq!(out["after"]["published"], "2 in all", "{out}");
+    assert_eq!(out["after"]["delivered"], "1 in all", "{out}");
+    assert_eq!(out["after"]["live"], "live", "{out}");
+    assert_eq!(out["after"]["chart_paths"], 3, "{out}");
+    assert_eq!(
+        strings(&out["after"]["topics"]),
+        ["tenant/acme/questions"],
+        "{out}"
+    );
+    let first_column = |rows: &Value| -> Vec<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r[0].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // By streams (the default): acme has one, zeta none. By name, then reversed.
+    assert_eq!(first_column(&out["by_streams"]), ["acme", "zeta"], "{out}");
+    assert_eq!(out["by_streams"][0][1], "1", "{out}");
+    assert_eq!(first_column(&out["by_name"]), ["acme", "zeta"], "{out}");
+    assert_eq!(
+        first_column(&out["by_name_desc"]),
+        ["zeta", "acme"],
+        "{out}"
+    );
+    let len = std::fs::metadata(shots.join("dashboard.png")).map_or(0, |m| m.len());
+    assert!(
+        len > 10_000,
+        "dashboard.png is missing or blank ({len} bytes)"
+    );
+}
+
+/// The dashboard keeps working when the broker is Redis and Redis is unreachable, and
+/// shows the broker as down. Screenshot in `target/tmp/browser/dashboard-broker-down.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_an_unreachable_redis_as_down() {
+    let _one = BROWSER.lock().await;
+    let shots = shots_dir();
+    let up = page_upstream().await;
+    // A port nothing listens on: bound, then released.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = test_config(&up.uri);
+    config.broker.kind = ssegate::config::BrokerKind::Redis;
+    config.broker.redis.url = format!("redis://{closed}");
+    let gw = sidecar(config).await;
+
+    let out = node(
+        "dashboard-down.mjs",
+        &[format!("http://{}", gw.admin), shots.display().to_string()],
+    )
+    .await;
+    assert_eq!(out["broker"], "broker redis: DOWN", "{out}");
+    assert_eq!(out["broker_class"], "pill bad", "{out}");
+    assert_eq!(out["streams"], "0", "{out}");
+    let len = std::fs::metadata(shots.join("dashboard-broker-down.png")).map_or(0, |m| m.len());
+    assert!(
+        len > 10_000,
+        "the screenshot is missing or blank ({len} bytes)"
+    );
+}

@@ -31,6 +31,7 @@ use std::path::Path;
 
 mod app_events;
 mod schema;
+mod tenants;
 mod types;
 mod values;
 mod walk;
@@ -39,6 +40,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use tenants::{TenantTopic, Tenants};
 pub use types::*;
 
 /// Reads and validates the file at `path`, expanding `${VAR}` from the process environment.

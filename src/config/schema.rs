@@ -19,6 +19,7 @@ const TOP: &[&str] = &[
     "auth",
     "limits",
     "broker",
+    "tenants",
     "shutdown",
     "log",
     "derive",
@@ -46,6 +47,7 @@ const JWT: &[&str] = &[
 const LIMITS: &[&str] = &[
     "max_connections",
     "max_connections_per_ip",
+    "max_connections_per_tenant",
     "connect_rate_per_ip",
     "requests_per_ip",
     "concurrent_requests_per_ip",
@@ -137,6 +139,12 @@ pub(crate) fn config(w: &mut Walker<'_>, root: Option<&Node>) -> Config {
         auth: auth(w, &top, d.auth),
         limits: limits(w, &top, &d.limits),
         broker: broker(w, &top, d.broker),
+        tenants: {
+            let f = w.section(&top, "tenants", &["topic"]);
+            super::Tenants {
+                topic: w.get(&f, "topic", None, super::tenants::tenant_topic),
+            }
+        },
         shutdown: Shutdown {
             grace: w.get(&shutdown, "grace", d.shutdown.grace, v::duration),
         },
@@ -310,6 +318,12 @@ fn limits(w: &mut Walker<'_>, top: &Fields<'_>, d: &Limits) -> Limits {
             "max_connections_per_ip",
             d.max_connections_per_ip,
             v::count(1),
+        ),
+        max_connections_per_tenant: w.get(
+            &f,
+            "max_connections_per_tenant",
+            d.max_connections_per_tenant,
+            v::optional_count(1),
         ),
         connect_rate_per_ip: w.get(&f, "connect_rate_per_ip", d.connect_rate_per_ip, v::rate),
         requests_per_ip: w.get(&f, "requests_per_ip", d.requests_per_ip, v::optional_rate),

@@ -244,8 +244,8 @@ lisen: 0.0.0.0:1
     assert_eq!(
         e[0].to_string(),
         "limits.max_conection: unknown key (line 3, column 3); expected one of: \
-         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip, \
-         concurrent_requests_per_ip, max_upstream_connections"
+         max_connections, max_connections_per_ip, max_connections_per_tenant, connect_rate_per_ip, \
+         requests_per_ip, concurrent_requests_per_ip, max_upstream_connections"
     );
     assert!(e.iter().all(|e| e.message == "unknown key"));
 }
@@ -424,7 +424,7 @@ fn docs_table_and_example_cover_the_same_keys() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // A floor, not a count: the table parses (every key is checked against the example below).
-    assert!(keys.len() >= 43, "{keys:?}");
+    assert!(keys.len() >= 45, "{keys:?}");
     let example = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config/ssegate.yaml"));
     let tree = yaml::parse(example).unwrap().unwrap();
     for key in keys {
@@ -546,4 +546,35 @@ fn disk_broker_settings_are_checked() {
         one_err(&format!("{UP}broker: {{ disk: {{ sync: 0s }} }}\n")).path,
         "broker.disk.sync"
     );
+}
+
+#[test]
+fn tenants_topic_and_the_tenant_cap_are_read_and_checked() {
+    let c = ok(&format!(
+        "{UP}tenants: {{ topic: \"tenant/{{tenant}}/*\" }}\nlimits: {{ max_connections_per_tenant: 2 }}\n"
+    ));
+    let topic = c.tenants.topic.unwrap();
+    assert_eq!(topic.tenant_of("tenant/acme/q"), Some("acme"));
+    assert_eq!(c.limits.max_connections_per_tenant, Some(2));
+    let d = ok(UP);
+    assert_eq!(
+        (d.tenants.topic, d.limits.max_connections_per_tenant),
+        (None, None)
+    );
+
+    let e = errs(&format!(
+        "{UP}tenants:\n  topic: \"tenant/{{org}}/*\"\nlimits:\n  max_connections_per_tenant: 0\n"
+    ));
+    let got: Vec<_> = e
+        .iter()
+        .map(|e| (e.path.as_str(), e.line, e.column))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("tenants.topic", Some(3), Some(10)),
+            ("limits.max_connections_per_tenant", Some(5), Some(31)),
+        ]
+    );
+    assert!(e[0].message.contains("no {tenant} placeholder"), "{}", e[0]);
 }

@@ -33,6 +33,8 @@ pub struct Config {
     pub limits: Limits,
     /// Where events are stored and fanned out.
     pub broker: Broker,
+    /// Which topics belong to which tenant.
+    pub tenants: super::Tenants,
     /// Graceful shutdown.
     pub shutdown: Shutdown,
     /// Logging.
@@ -59,6 +61,7 @@ impl Config {
             auth: Auth::defaults(),
             limits: Limits::defaults(),
             broker: Broker::defaults(),
+            tenants: super::Tenants::default(),
             shutdown: Shutdown::defaults(),
             log: Log::defaults(),
             derive: Vec::new(),
@@ -323,6 +326,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Streams per client IP (then 429). Default 20.
     pub max_connections_per_ip: usize,
+    /// Streams per tenant (then 429); `None`, the default, is unlimited.
+    pub max_connections_per_tenant: Option<usize>,
     /// New streams per client IP (then 429). Default 60/min.
     pub connect_rate_per_ip: Rate,
     /// Proxied requests per client IP (then 429); `None` is off, the default.
@@ -339,6 +344,7 @@ impl Limits {
         Limits {
             max_connections: 10_000,
             max_connections_per_ip: 20,
+            max_connections_per_tenant: None,
             connect_rate_per_ip: Rate {
                 count: NonZeroU32::MIN.saturating_add(59),
                 per: Duration::from_secs(60),

@@ -148,6 +148,15 @@ pub fn count(min: usize) -> impl Fn(&str) -> Result<usize, Bad> {
     }
 }
 
+/// A whole number of at least `min`, or empty (null) for none.
+pub fn optional_count(min: usize) -> impl Fn(&str) -> Result<Option<usize>, Bad> {
+    let count = count(min);
+    move |s| match s.trim() {
+        "" => Ok(None),
+        t => count(t).map(Some),
+    }
+}
+
 /// `COUNT/PERIOD`: the period is a unit (`s`, `sec`, `min`, `h`, `hour`, `day`, …) or a
 /// duration (`30s`, `500ms`).
 pub fn rate(s: &str) -> Result<Rate, Bad> {

@@ -404,6 +404,13 @@ impl Hub {
     /// whole history behind; a batch larger than the history is taken whole otherwise.
     pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let n = batch.len() as u64;
+        let tenants = self.inner.metrics.tenants();
+        // The topics, kept only to count per tenant once the batch is stored.
+        let topics: Vec<Vec<Box<str>>> = if tenants.enabled() {
+            batch.iter().map(|e| e.topics.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let ids = match &self.inner.broker {
             Broker::Memory => {
                 let ids = self.inner.log.append(batch)?;
@@ -427,6 +434,9 @@ impl Hub {
             Broker::Unusable(_, e) => return Err(HubError::Unavailable(e.clone())),
         };
         self.inner.metrics.published(n);
+        for t in &topics {
+            tenants.published(t);
+        }
         Ok(ids)
     }
 

@@ -264,9 +264,12 @@ impl Registry {
                 continue;
             }
             for ev in batch.drain(..) {
+                let queued = shard.lock().fan_out(&ev, metrics);
+                // Per tenant: once per event and shard, not per subscriber.
+                metrics.tenants().delivered(&ev.topics, queued);
                 // Reading counts too: a flood of events nobody here follows must not
                 // keep this worker thread from the connections either.
-                since_yield += 1 + shard.lock().fan_out(&ev, metrics);
+                since_yield += 1 + queued;
                 if since_yield >= YIELD_EVERY {
                     since_yield = 0;
                     tokio::task::yield_now().await;

@@ -1,10 +1,10 @@
 //! The public listener: event streams are terminated here, `/_ssegate/` is ssegate's own,
 //! and everything else is forwarded to the app.
 //!
-//! A stream request goes: parse (400) → caps and connect rate (503/429) → auth (401/403, or
-//! the app's own answer in `upstream` mode) → hub subscription. Every refusal is one metric
-//! increment, and a log line unless its (reason, address) logged one in the last 10 s
-//! ([`crate::logbound`]).
+//! A stream request goes: parse (400) → caps, connect rate and the tenant cap (503/429) →
+//! auth (401/403, or the app's own answer in `upstream` mode) → hub subscription. Every
+//! refusal is one metric increment, and a log line unless its (reason, address) logged one
+//! in the last 10 s ([`crate::logbound`]).
 
 mod client_ip;
 mod cors;
@@ -249,6 +249,12 @@ impl Public {
             };
             (e, why)
         })?;
+        // Dropped with `slot` if a later step refuses: a refusal holds no place anywhere.
+        let tenant_slot = self
+            .metrics
+            .tenants()
+            .open(&sub_req.filter.selectors)
+            .map_err(|e| (e, Rejection::MaxConnectionsPerTenant))?;
         let grant = if policy.auth.is_upstream() {
             self.ask_app(policy, parts, peer, &sub_req.filter.selectors)
                 .await?
@@ -284,7 +290,12 @@ impl Public {
         self.metrics.connections_add(1);
         // After the subscription: a first poll's event reaches this stream.
         let following = self.watcher.follow(watched.iter().map(|t| &**t));
-        let guard = (ConnectionGauge(Arc::clone(&self.metrics)), slot, following);
+        let guard = (
+            ConnectionGauge(Arc::clone(&self.metrics)),
+            slot,
+            tenant_slot,
+            following,
+        );
         let mut resp = Response::new(Body::Stream(Box::new(EventBody {
             subscription,
             guard: Box::new(guard),

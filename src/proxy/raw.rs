@@ -105,8 +105,9 @@ pub(super) async fn respond(
             tokio::spawn(conn);
             return;
         }
-        // Only proxied responses are guarded or tapped, never a stream request's.
-        Body::Empty | Body::Guarded(_) | Body::Tapped(..) => Bytes::new(),
+        // Only proxied responses are guarded or tapped, and only the internal listener's
+        // dashboard streams `Frames`: never a stream request's refusal.
+        Body::Empty | Body::Guarded(_) | Body::Tapped(..) | Body::Frames(_) => Bytes::new(),
         Body::Full(b) => b.unwrap_or_default(),
         Body::Incoming(b) => match Limited::new(b, MAX_REFUSAL_BODY).collect().await {
             Ok(b) => b.to_bytes(),

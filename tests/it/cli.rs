@@ -106,7 +106,7 @@ async fn check_accepts_the_shipped_configs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_every_error_with_its_key_and_place() {
     let dir = tempfile::tempdir().unwrap();
-    // No `upstream` at all, and four bad values.
+    // No `upstream` at all, and five bad values.
     let config = write_config(
         dir.path(),
         "\
@@ -117,6 +117,8 @@ trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]
 limits:
   connect_rate_per_ip: 10/fortnight
   max_conection: 5
+tenants:
+  topic: \"t/*\"
 ",
     );
     let out = run(ssegate(&["check", "--config", path_str(&config)])).await;
@@ -134,8 +136,10 @@ limits:
         "trusted_proxies[1]: \"10.0.0.0/33\" is not an IP network (line 4, column 31)",
         "limits.connect_rate_per_ip: \"10/fortnight\" is not a rate (line 6, column 24)",
         "limits.max_conection: unknown key (line 7, column 3); expected one of: \
-         max_connections, max_connections_per_ip, connect_rate_per_ip, requests_per_ip, \
-         concurrent_requests_per_ip, max_upstream_connections",
+         max_connections, max_connections_per_ip, max_connections_per_tenant, \
+         connect_rate_per_ip, requests_per_ip, concurrent_requests_per_ip, \
+         max_upstream_connections",
+        "tenants.topic: \"t/*\" has no {tenant} placeholder (line 9, column 10)",
     ];
     assert_eq!(lines.len(), 1 + expected.len(), "{err}");
     for (line, want) in lines[1..].iter().zip(expected) {
