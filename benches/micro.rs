@@ -8,7 +8,7 @@
 //! is the subscribers taking their queued events as one chunk each (what a stream's writer
 //! does before its `write`), without any socket.
 // Benchmarks measure wall-clock time, which a paused tokio clock must never stand in for.
-#![allow(clippy::disallowed_types)]
+#![allow(clippy::disallowed_types, unreachable_pub)]
 #![allow(missing_docs)]
 #![allow(clippy::expect_used)]
 

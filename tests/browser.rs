@@ -9,7 +9,12 @@
 //! tests fail, naming the package (CI installs it). `node_modules` is installed on first
 //! use with `npm ci --prefix tests/browser`. Screenshots are left in
 //! `target/tmp/browser/`.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 #[path = "it/support.rs"]
 #[allow(dead_code, unused_imports)]

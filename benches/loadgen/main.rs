@@ -11,7 +11,7 @@
 //! `benches/README.md` has the scenarios, the commands and the latest numbers. A plain
 //! `cargo bench` (no arguments) does nothing: load tests never run by accident in CI.
 // Benchmarks measure wall-clock time, which a paused tokio clock must never stand in for.
-#![allow(clippy::disallowed_types)]
+#![allow(clippy::disallowed_types, unreachable_pub)]
 // The report's `json!` literal has more keys than the default macro recursion allows.
 #![recursion_limit = "256"]
 

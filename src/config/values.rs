@@ -24,7 +24,7 @@ const UPSTREAM_HINT: &str = "the upstream is http://host[:port], like http://127
 const TOPIC_PUNCT: &str = "/_-.:@";
 
 /// Text that is not blank; trimmed.
-pub fn non_empty(s: &str) -> Result<String, Bad> {
+pub(super) fn non_empty(s: &str) -> Result<String, Bad> {
     match s.trim() {
         "" => Err(Bad::new("must not be empty")),
         t => Ok(t.to_owned()),
@@ -32,12 +32,14 @@ pub fn non_empty(s: &str) -> Result<String, Bad> {
 }
 
 /// Empty text means "not set".
-pub fn optional(s: &str) -> Result<Option<String>, Bad> {
+pub(super) fn optional(s: &str) -> Result<Option<String>, Bad> {
     Ok(Some(s.to_owned()).filter(|s| !s.is_empty()))
 }
 
 /// One of a fixed set of names, written exactly.
-pub fn one_of<T: Copy>(options: &'static [(&'static str, T)]) -> impl Fn(&str) -> Result<T, Bad> {
+pub(super) fn one_of<T: Copy>(
+    options: &'static [(&'static str, T)],
+) -> impl Fn(&str) -> Result<T, Bad> {
     move |s| {
         let t = s.trim();
         match options.iter().find(|(name, _)| *name == t) {
@@ -52,7 +54,7 @@ pub fn one_of<T: Copy>(options: &'static [(&'static str, T)]) -> impl Fn(&str) -
 }
 
 /// `IP:PORT`; port 0 asks the OS for a free port.
-pub fn socket_addr(s: &str) -> Result<SocketAddr, Bad> {
+pub(super) fn socket_addr(s: &str) -> Result<SocketAddr, Bad> {
     let t = s.trim();
     t.parse().map_err(|_| {
         Bad::not_a(t, "a socket address")
@@ -61,7 +63,7 @@ pub fn socket_addr(s: &str) -> Result<SocketAddr, Bad> {
 }
 
 /// `http://host[:port]` with an empty or `/` path and no query.
-pub fn upstream(s: &str) -> Result<Uri, Bad> {
+pub(super) fn upstream(s: &str) -> Result<Uri, Bad> {
     let t = s.trim();
     let uri: Uri = t
         .parse()
@@ -104,13 +106,13 @@ pub fn upstream(s: &str) -> Result<Uri, Bad> {
 }
 
 /// A humantime duration, zero allowed.
-pub fn duration(s: &str) -> Result<Duration, Bad> {
+pub(super) fn duration(s: &str) -> Result<Duration, Bad> {
     let t = s.trim();
     humantime::parse_duration(t).map_err(|_| Bad::not_a(t, "a duration").hint(DURATION_HINT))
 }
 
 /// A humantime duration above zero.
-pub fn positive_duration(s: &str) -> Result<Duration, Bad> {
+pub(super) fn positive_duration(s: &str) -> Result<Duration, Bad> {
     let d = duration(s)?;
     if d.is_zero() {
         return Err(Bad::new(format!("{:?} must be more than zero", s.trim())));
@@ -119,7 +121,7 @@ pub fn positive_duration(s: &str) -> Result<Duration, Bad> {
 }
 
 /// A byte size above zero: a plain number of bytes, or with a unit (`64KiB`, `1MiB`).
-pub fn size(s: &str) -> Result<usize, Bad> {
+pub(super) fn size(s: &str) -> Result<usize, Bad> {
     let t = s.trim();
     let bytes = bytesize::ByteSize::from_str(t)
         .map_err(|_| Bad::not_a(t, "a size").hint(SIZE_HINT))?
@@ -132,7 +134,7 @@ pub fn size(s: &str) -> Result<usize, Bad> {
 }
 
 /// A whole number of at least `min`.
-pub fn count(min: usize) -> impl Fn(&str) -> Result<usize, Bad> {
+pub(super) fn count(min: usize) -> impl Fn(&str) -> Result<usize, Bad> {
     move |s| {
         let t = s.trim();
         let n: usize = t
@@ -149,7 +151,7 @@ pub fn count(min: usize) -> impl Fn(&str) -> Result<usize, Bad> {
 }
 
 /// A whole number of at least `min`, or empty (null) for none.
-pub fn optional_count(min: usize) -> impl Fn(&str) -> Result<Option<usize>, Bad> {
+pub(super) fn optional_count(min: usize) -> impl Fn(&str) -> Result<Option<usize>, Bad> {
     let count = count(min);
     move |s| match s.trim() {
         "" => Ok(None),
@@ -159,7 +161,7 @@ pub fn optional_count(min: usize) -> impl Fn(&str) -> Result<Option<usize>, Bad>
 
 /// `COUNT/PERIOD`: the period is a unit (`s`, `sec`, `min`, `h`, `hour`, `day`, …) or a
 /// duration (`30s`, `500ms`).
-pub fn rate(s: &str) -> Result<Rate, Bad> {
+pub(super) fn rate(s: &str) -> Result<Rate, Bad> {
     let t = s.trim();
     let bad = || Bad::not_a(t, "a rate").hint(RATE_HINT);
     let (count, per) = t.split_once('/').ok_or_else(bad)?;
@@ -180,7 +182,7 @@ pub fn rate(s: &str) -> Result<Rate, Bad> {
 }
 
 /// A rate, or nothing for empty text or `off`.
-pub fn optional_rate(s: &str) -> Result<Option<Rate>, Bad> {
+pub(super) fn optional_rate(s: &str) -> Result<Option<Rate>, Bad> {
     match s.trim() {
         "" | "off" => Ok(None),
         t => rate(t).map(Some),
@@ -188,7 +190,7 @@ pub fn optional_rate(s: &str) -> Result<Option<Rate>, Bad> {
 }
 
 /// A CIDR network (host bits are cleared), or a bare IP meaning /32 or /128.
-pub fn cidr(s: &str) -> Result<IpNet, Bad> {
+pub(super) fn cidr(s: &str) -> Result<IpNet, Bad> {
     let t = s.trim();
     if let Ok(net) = t.parse::<IpNet>() {
         return Ok(net.trunc());
@@ -200,7 +202,7 @@ pub fn cidr(s: &str) -> Result<IpNet, Bad> {
 }
 
 /// The SSE path prefix: `/a/b`, no trailing `/`, no empty or dot segments, not `/_ssegate`.
-pub fn events_path(s: &str) -> Result<String, Bad> {
+pub(super) fn events_path(s: &str) -> Result<String, Bad> {
     let t = s.trim();
     let bad_char = t.chars().find(|c| !is_path_char(*c));
     let why = if !t.starts_with('/') {
@@ -229,7 +231,7 @@ fn is_path_char(c: char) -> bool {
 }
 
 /// A path (and optional query) on the upstream, starting with `/`.
-pub fn request_path(s: &str) -> Result<String, Bad> {
+pub(super) fn request_path(s: &str) -> Result<String, Bad> {
     let t = s.trim();
     if !t.starts_with('/') {
         return Err(Bad::not_a(t, "a valid path").hint("it must start with /"));
@@ -240,7 +242,7 @@ pub fn request_path(s: &str) -> Result<String, Bad> {
 }
 
 /// `*`, or an origin `scheme://host[:port]` (no path), lowercased as browsers send it.
-pub fn origin(s: &str) -> Result<String, Bad> {
+pub(super) fn origin(s: &str) -> Result<String, Bad> {
     let t = s.trim();
     if t == "*" {
         return Ok(t.to_owned());
@@ -272,7 +274,7 @@ pub fn origin(s: &str) -> Result<String, Bad> {
 }
 
 /// `redis://…` or `rediss://…`.
-pub fn redis_url(s: &str) -> Result<String, Bad> {
+pub(super) fn redis_url(s: &str) -> Result<String, Bad> {
     let t = s.trim();
     let rest = t
         .strip_prefix("redis://")
@@ -285,12 +287,12 @@ pub fn redis_url(s: &str) -> Result<String, Bad> {
 }
 
 /// A directory path, not empty.
-pub fn dir(s: &str) -> Result<PathBuf, Bad> {
+pub(super) fn dir(s: &str) -> Result<PathBuf, Bad> {
     non_empty(s).map(PathBuf::from)
 }
 
 /// `always`, or a duration above zero (flush at least that often).
-pub fn disk_sync(s: &str) -> Result<DiskSync, Bad> {
+pub(super) fn disk_sync(s: &str) -> Result<DiskSync, Bad> {
     let t = s.trim();
     if t == "always" {
         return Ok(DiskSync::Always);
@@ -301,12 +303,12 @@ pub fn disk_sync(s: &str) -> Result<DiskSync, Bad> {
 }
 
 /// A file path; empty means none.
-pub fn optional_path(s: &str) -> Result<Option<PathBuf>, Bad> {
+pub(super) fn optional_path(s: &str) -> Result<Option<PathBuf>, Bad> {
     Ok(Some(s.trim()).filter(|s| !s.is_empty()).map(PathBuf::from))
 }
 
 /// A cookie name (an HTTP token); empty means none.
-pub fn cookie_name(s: &str) -> Result<Option<String>, Bad> {
+pub(super) fn cookie_name(s: &str) -> Result<Option<String>, Bad> {
     let t = s.trim();
     if t.is_empty() {
         return Ok(None);
@@ -321,7 +323,7 @@ pub fn cookie_name(s: &str) -> Result<Option<String>, Bad> {
 }
 
 /// A topic pattern with `{claim}` placeholders, like `user/{sub}/*`.
-pub fn topic_template(s: &str) -> Result<String, Bad> {
+pub(super) fn topic_template(s: &str) -> Result<String, Bad> {
     let t = s.trim();
     let bad = |why: &str| {
         Bad::not_a(t, "a topic template").hint(format!(

@@ -15,7 +15,7 @@ pub(crate) struct Bad {
 }
 
 impl Bad {
-    pub fn new(message: impl Into<String>) -> Bad {
+    pub(super) fn new(message: impl Into<String>) -> Bad {
         Bad {
             message: message.into(),
             hint: None,
@@ -23,11 +23,11 @@ impl Bad {
     }
 
     /// `"<text>" is not <what>`, the usual shape.
-    pub fn not_a(text: &str, what: &str) -> Bad {
+    pub(super) fn not_a(text: &str, what: &str) -> Bad {
         Bad::new(format!("{text:?} is not {what}"))
     }
 
-    pub fn hint(mut self, hint: impl Into<String>) -> Bad {
+    pub(super) fn hint(mut self, hint: impl Into<String>) -> Bad {
         self.hint = Some(hint.into());
         self
     }
@@ -45,7 +45,7 @@ pub(crate) enum Got<T> {
 
 impl<T> Got<T> {
     /// The value, or `default` when absent; `None` when invalid (so cross-field checks skip it).
-    pub fn known(self, default: T) -> Option<T> {
+    pub(super) fn known(self, default: T) -> Option<T> {
         match self {
             Got::Value(v) => Some(v),
             Got::Absent => Some(default),
@@ -53,14 +53,14 @@ impl<T> Got<T> {
         }
     }
 
-    pub fn or_else(self, default: impl FnOnce() -> T) -> T {
+    pub(super) fn or_else(self, default: impl FnOnce() -> T) -> T {
         match self {
             Got::Value(v) => v,
             Got::Absent | Got::Invalid => default(),
         }
     }
 
-    pub fn or(self, default: T) -> T {
+    pub(super) fn or(self, default: T) -> T {
         match self {
             Got::Value(v) => v,
             Got::Absent | Got::Invalid => default,
@@ -76,7 +76,7 @@ pub(crate) struct Fields<'n> {
 
 impl<'n> Fields<'n> {
     /// The value written for `key`, unless absent or null.
-    pub fn get(&self, key: &str) -> Option<&'n Node> {
+    pub(super) fn get(&self, key: &str) -> Option<&'n Node> {
         self.entries
             .iter()
             .find(|(k, _)| *k == key)
@@ -85,7 +85,7 @@ impl<'n> Fields<'n> {
     }
 
     /// The node written for `key`, even null: where to point at for a cross-field error.
-    pub fn node(&self, key: &str) -> Option<&'n Node> {
+    pub(super) fn node(&self, key: &str) -> Option<&'n Node> {
         self.entries
             .iter()
             .find(|(k, _)| *k == key)
@@ -93,7 +93,7 @@ impl<'n> Fields<'n> {
     }
 
     /// The dotted path of `key` in this mapping.
-    pub fn path_of(&self, key: &str) -> String {
+    pub(super) fn path_of(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_owned()
         } else {
@@ -109,7 +109,7 @@ pub(crate) struct Walker<'e> {
 }
 
 impl<'e> Walker<'e> {
-    pub fn new(env: &'e dyn Fn(&str) -> Option<String>) -> Self {
+    pub(super) fn new(env: &'e dyn Fn(&str) -> Option<String>) -> Self {
         Walker {
             env,
             errors: Vec::new(),
@@ -117,12 +117,12 @@ impl<'e> Walker<'e> {
     }
 
     /// A non-empty environment variable: the default of a secret the file leaves out.
-    pub fn env_default(&self, name: &str) -> Option<String> {
+    pub(super) fn env_default(&self, name: &str) -> Option<String> {
         (self.env)(name).filter(|v| !v.is_empty())
     }
 
     /// Records an error at `node` (or with no location).
-    pub fn report(&mut self, path: String, node: Option<&Node>, bad: Bad) {
+    pub(super) fn report(&mut self, path: String, node: Option<&Node>, bad: Bad) {
         self.errors.push(ConfigError {
             path,
             message: bad.message,
@@ -133,7 +133,7 @@ impl<'e> Walker<'e> {
     }
 
     /// Opens a mapping: reports unknown, duplicate and non-text keys, and a non-mapping value.
-    pub fn fields<'n>(
+    pub(super) fn fields<'n>(
         &mut self,
         node: Option<&'n Node>,
         path: &str,
@@ -177,7 +177,12 @@ impl<'e> Walker<'e> {
     }
 
     /// Opens the mapping under `key` of `parent`.
-    pub fn section<'n>(&mut self, parent: &Fields<'n>, key: &str, allowed: &[&str]) -> Fields<'n> {
+    pub(super) fn section<'n>(
+        &mut self,
+        parent: &Fields<'n>,
+        key: &str,
+        allowed: &[&str],
+    ) -> Fields<'n> {
         self.fields(parent.node(key), &parent.path_of(key), allowed)
     }
 
@@ -201,7 +206,7 @@ impl<'e> Walker<'e> {
     }
 
     /// Reads one scalar with `parse`.
-    pub fn read<T>(
+    pub(super) fn read<T>(
         &mut self,
         f: &Fields<'_>,
         key: &str,
@@ -224,7 +229,7 @@ impl<'e> Walker<'e> {
     }
 
     /// Reads one scalar with `parse`; the default when absent or invalid.
-    pub fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         f: &Fields<'_>,
         key: &str,
@@ -236,7 +241,7 @@ impl<'e> Walker<'e> {
 
     /// Reads a list: a YAML sequence, or one string of comma-separated items (which is what
     /// `${VAR}` can supply). Every bad item is reported.
-    pub fn list<T>(
+    pub(super) fn list<T>(
         &mut self,
         f: &Fields<'_>,
         key: &str,
@@ -288,7 +293,7 @@ impl<'e> Walker<'e> {
 
     /// The items of the sequence under `key`, each with its path (`key[i]`); reports a value
     /// that is not a sequence.
-    pub fn items<'n>(&mut self, f: &Fields<'n>, key: &str) -> Vec<(String, &'n Node)> {
+    pub(super) fn items<'n>(&mut self, f: &Fields<'n>, key: &str) -> Vec<(String, &'n Node)> {
         let Some(node) = f.get(key) else {
             return Vec::new();
         };
@@ -308,7 +313,7 @@ impl<'e> Walker<'e> {
     }
 
     /// Records a cross-field error at the value of `key` (or the mapping's path when absent).
-    pub fn refuse(&mut self, f: &Fields<'_>, key: &str, bad: Bad) {
+    pub(super) fn refuse(&mut self, f: &Fields<'_>, key: &str, bad: Bad) {
         self.report(f.path_of(key), f.node(key), bad);
     }
 }

@@ -30,7 +30,7 @@ pub(crate) enum Value {
 
 impl Node {
     /// How this node is described in "expected X, found Y" messages.
-    pub fn kind(&self) -> &'static str {
+    pub(super) fn kind(&self) -> &'static str {
         match self.value {
             Value::Scalar(_) => "a single value",
             Value::Map(_) => "a mapping",

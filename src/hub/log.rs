@@ -162,7 +162,7 @@ pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
 impl MemoryLog {
     /// The memory broker's log, read by `readers` dispatchers. Ids before this process
     /// started are unknown: resuming from one is a gap.
-    pub fn new(bounds: Bounds, readers: usize) -> Self {
+    pub(crate) fn new(bounds: Bounds, readers: usize) -> Self {
         let now = now_ms();
         // No event will get this id (the first is later), and resuming from it misses
         // nothing: a stream opened before any event can be told it as its starting point.
@@ -174,7 +174,7 @@ impl MemoryLog {
     /// The local mirror of a Redis stream: every resume is a gap until [`Self::load`] has
     /// brought in the stream's history. Ids come from Redis's clock, not this machine's:
     /// nothing is assumed about them until then.
-    pub fn mirror(bounds: Bounds, readers: usize) -> Self {
+    pub(crate) fn mirror(bounds: Bounds, readers: usize) -> Self {
         let horizon = EventId::new(u64::MAX, u64::MAX);
         Self::with(bounds, readers, now_ms(), EventId::default(), horizon)
     }
@@ -211,7 +211,7 @@ impl MemoryLog {
     }
 
     /// When the log was created, in Unix milliseconds by this machine's clock.
-    pub fn created_ms(&self) -> u64 {
+    pub(crate) fn created_ms(&self) -> u64 {
         self.created_ms
     }
 
@@ -227,7 +227,7 @@ impl MemoryLog {
     /// the dispatchers are a whole history behind. A batch is taken whole as long as they
     /// are not, even one larger than the history: its oldest events then go to the live
     /// streams without staying in the history.
-    pub fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, Backlog> {
+    pub(crate) fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, Backlog> {
         let now = now_ms();
         let mut st = self.lock();
         self.check_room(&st)?;
@@ -244,7 +244,7 @@ impl MemoryLog {
     }
 
     /// The id of the newest event appended or loaded (or the log's start).
-    pub fn last_id(&self) -> EventId {
+    pub(crate) fn last_id(&self) -> EventId {
         self.lock().last_id
     }
 
@@ -264,7 +264,7 @@ impl MemoryLog {
     /// Events not newer than the last one appended are skipped, so a re-read is harmless.
     /// Returns how many were appended. The reader bounds what waits for the dispatchers by
     /// calling [`Self::wait_for_room`] before each read.
-    pub fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) -> usize {
+    pub(crate) fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) -> usize {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
         let mut n = 0;
@@ -283,7 +283,7 @@ impl MemoryLog {
     /// appended. Resumes from before `horizon` are gaps from now on. Loaded events after
     /// `live_after` (this log's creation, in Redis's clock) are dispatched to the streams
     /// opened meanwhile; older ones only serve replays.
-    pub fn load(&self, events: Vec<Arc<Event>>, horizon: EventId, live_after: EventId) {
+    pub(crate) fn load(&self, events: Vec<Arc<Event>>, horizon: EventId, live_after: EventId) {
         let mut st = self.lock();
         for event in events {
             if st.ring.back().is_none_or(|s| s.id < event.id) {
@@ -308,7 +308,7 @@ impl MemoryLog {
 
     /// Records that events after what this log holds may be lost (Redis lost its history,
     /// or trimmed it before this instance read it): a resume from before `horizon` is a gap.
-    pub fn mark_hole(&self, horizon: EventId) {
+    pub(crate) fn mark_hole(&self, horizon: EventId) {
         let mut st = self.lock();
         st.horizon = st.horizon.max(horizon);
     }
@@ -374,13 +374,13 @@ impl MemoryLog {
     }
 
     /// Whether an append would be taken now (the Redis broker asks before publishing).
-    pub fn room(&self) -> Result<(), Backlog> {
+    pub(crate) fn room(&self) -> Result<(), Backlog> {
         self.check_room(&self.lock())
     }
 
     /// Waits until the dispatchers are less than a history behind. Returns whether it had
     /// to wait.
-    pub async fn wait_for_room(&self) -> bool {
+    pub(crate) async fn wait_for_room(&self) -> bool {
         let mut waited = false;
         loop {
             let notified = self.room.notified();
@@ -402,7 +402,7 @@ impl MemoryLog {
 
     /// Copies up to `max` events for dispatcher `reader` into `out` and moves its cursor
     /// past them. Returns false when it has read everything.
-    pub fn read(&self, reader: usize, max: usize, out: &mut Vec<Arc<Event>>) -> bool {
+    pub(crate) fn read(&self, reader: usize, max: usize, out: &mut Vec<Arc<Event>>) -> bool {
         let mut st = self.lock();
         let Some(&from) = st.cursors.get(reader) else {
             return false;
@@ -433,7 +433,7 @@ impl MemoryLog {
     }
 
     /// The events a new subscriber missed, in order, as one snapshot.
-    pub fn replay(&self, resume: &Resume, wanted: impl Fn(&Event) -> bool) -> Replay {
+    pub(crate) fn replay(&self, resume: &Resume, wanted: impl Fn(&Event) -> bool) -> Replay {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
         let head = st.last_id;
@@ -480,7 +480,7 @@ impl MemoryLog {
     /// Drops the events of `topic` (those published to it alone; events that were also
     /// published to other topics stay for those), from the history and from what the
     /// dispatchers have yet to read.
-    pub fn delete_topic(&self, topic: &str) {
+    pub(crate) fn delete_topic(&self, topic: &str) {
         let mut st = self.lock();
         let history = st.index(st.history_seq);
         let mut freed = 0;
@@ -498,7 +498,7 @@ impl MemoryLog {
     /// Drops events older than `max_age` (otherwise trimmed only on append and replay, so
     /// an idle server would keep them) and gives back ring capacity the log no longer
     /// needs.
-    pub fn trim_expired(&self) {
+    pub(crate) fn trim_expired(&self) {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
         let (len, cap) = (st.ring.len(), st.ring.capacity());
@@ -509,7 +509,7 @@ impl MemoryLog {
 
     /// Number of events held in the history, their encoded size, the oldest id, and the
     /// number of events waiting for the dispatchers.
-    pub fn stats(&self) -> LogStats {
+    pub(crate) fn stats(&self) -> LogStats {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
         let events = st.history().filter(|s| s.event.is_some()).count();

@@ -146,7 +146,7 @@ const READ_BATCH: usize = 64;
 
 impl Registry {
     /// An empty registry of `shards` shards (at least one), each read by one dispatcher.
-    pub fn new(shards: usize) -> Self {
+    pub(crate) fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards.max(1))
                 .map(|_| Shard {
@@ -161,16 +161,16 @@ impl Registry {
         &self.shards[usize::try_from(id % n).unwrap_or(0)]
     }
 
-    pub fn insert(&self, sub: &Arc<Subscriber>) {
+    pub(crate) fn insert(&self, sub: &Arc<Subscriber>) {
         self.shard(sub.id).lock().insert(sub);
     }
 
-    pub fn remove(&self, sub: &Subscriber) {
+    pub(crate) fn remove(&self, sub: &Subscriber) {
         self.shard(sub.id).lock().remove(sub);
     }
 
     /// Ends every stream that `pick` selects.
-    pub fn end_where(&self, pick: impl Fn(&Subscriber) -> bool, end: &End) -> usize {
+    pub(crate) fn end_where(&self, pick: impl Fn(&Subscriber) -> bool, end: &End) -> usize {
         let mut n = 0;
         for shard in &*self.shards {
             let subs: Vec<_> = shard
@@ -189,7 +189,7 @@ impl Registry {
     }
 
     /// Ends the streams following `topic` exactly.
-    pub fn end_topic(&self, topic: &str, end: &End) -> usize {
+    pub(crate) fn end_topic(&self, topic: &str, end: &End) -> usize {
         let mut n = 0;
         for shard in &*self.shards {
             let subs: Vec<_> = shard
@@ -207,7 +207,7 @@ impl Registry {
     }
 
     /// Subscribers and followed topics (exact and patterns) of this instance.
-    pub fn counts(&self) -> (usize, HashMap<Box<str>, usize>) {
+    pub(crate) fn counts(&self) -> (usize, HashMap<Box<str>, usize>) {
         let mut subs = 0;
         let mut topics: HashMap<Box<str>, usize> = HashMap::new();
         for shard in &*self.shards {
@@ -225,12 +225,12 @@ impl Registry {
     }
 
     /// How many shards (and dispatchers, and log readers) there are.
-    pub fn shards(&self) -> usize {
+    pub(crate) fn shards(&self) -> usize {
         self.shards.len()
     }
 
     /// Spawns one dispatcher per shard; shard `i` reads the log as its reader `i`.
-    pub fn spawn_dispatchers(
+    pub(crate) fn spawn_dispatchers(
         self: &Arc<Self>,
         log: &Arc<MemoryLog>,
         head: &watch::Sender<u64>,

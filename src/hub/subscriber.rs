@@ -136,7 +136,7 @@ pub(crate) struct Subscriber {
 }
 
 impl Subscriber {
-    pub fn new(
+    pub(crate) fn new(
         id: u64,
         filter: Filter,
         subject: Option<Box<str>>,
@@ -167,7 +167,7 @@ impl Subscriber {
 
     /// Queues an event (once, even when it reaches this subscriber by several topics) and
     /// applies the slow-consumer policy. Returns whether the event was queued.
-    pub fn enqueue(&self, ev: &Arc<Event>, metrics: &Metrics) -> bool {
+    pub(crate) fn enqueue(&self, ev: &Arc<Event>, metrics: &Metrics) -> bool {
         let mut q = self.lock();
         if q.end.is_some() || ev.id <= q.last_enqueued {
             return false;
@@ -221,7 +221,7 @@ impl Subscriber {
     }
 
     /// Ends the stream after what is already queued.
-    pub fn end(&self, end: End) {
+    pub(crate) fn end(&self, end: End) {
         let mut q = self.lock();
         if q.end.is_none() {
             q.end = Some(end);

@@ -1,6 +1,11 @@
 //! Integration tests: real sockets on 127.0.0.1 port 0, ssegate started in-process (or
 //! the real binary, in `cli`), upstream apps built in the test.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 mod support;
 

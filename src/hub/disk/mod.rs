@@ -96,7 +96,7 @@ impl DiskBroker {
     /// Reads the history in `dir` back into the log, then starts the writer thread.
     /// `sync` is `None` for `always`. An unreadable directory is an error; an unwritable
     /// one is not (the broker starts down and keeps trying).
-    pub fn start(
+    pub(super) fn start(
         dir: &Path,
         sync: Option<Duration>,
         max_events: usize,
@@ -154,7 +154,7 @@ impl DiskBroker {
     }
 
     /// Stores a batch; answers once it is written (and flushed, with `sync: always`).
-    pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
+    pub(super) async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let (done, answer) = oneshot::channel();
         let gone = || HubError::Unavailable("the disk writer stopped".into());
         self.tx
@@ -164,12 +164,12 @@ impl DiskBroker {
     }
 
     /// Records that `topic` was deleted (in the background: the log already dropped it).
-    pub fn delete_topic(&self, topic: &str) {
+    pub(super) fn delete_topic(&self, topic: &str) {
         let _ = self.tx.send(Job::Delete(topic.into()));
     }
 
     /// Whether the last write (or probe) succeeded.
-    pub fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 }

@@ -129,7 +129,7 @@ pub(crate) enum StartError {
 impl RedisBroker {
     /// Connects in the background: the hub serves at once, publishes answer 503 and
     /// `broker_up` is false until Redis answers. Fails only on a URL the client refuses.
-    pub fn start(
+    pub(super) fn start(
         url: &str,
         key: &str,
         max_events: usize,
@@ -170,12 +170,12 @@ impl RedisBroker {
     }
 
     /// Whether the reader is connected (and the publisher answered when it connected).
-    pub fn is_up(&self) -> bool {
+    pub(super) fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
     }
 
     /// Writes a batch to the stream in one transaction and returns the ids Redis gave.
-    pub async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<EventId>, HubError> {
+    pub(super) async fn publish(&self, batch: &[NewEvent]) -> Result<Vec<EventId>, HubError> {
         let s = &self.shared;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -199,7 +199,7 @@ impl RedisBroker {
 
     /// Claims `name` (a short key of this stream's) for `ttl` unless another instance holds
     /// it; the holder renews its claim. Unreachable Redis: not claimed.
-    pub async fn claim(&self, name: &str, ttl: Duration) -> bool {
+    pub(super) async fn claim(&self, name: &str, ttl: Duration) -> bool {
         let s = &self.shared;
         let key = format!("{}:{name}", s.key);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -231,7 +231,7 @@ impl RedisBroker {
     }
 
     /// The value stored under `name` by any instance; `None` when unset or unreachable.
-    pub async fn load(&self, name: &str) -> Option<String> {
+    pub(super) async fn load(&self, name: &str) -> Option<String> {
         let s = &self.shared;
         let mut conn = s.publisher.clone();
         let get = redis::cmd("GET")
@@ -247,7 +247,7 @@ impl RedisBroker {
     }
 
     /// Stores `value` under `name` for `ttl`, for every instance to read.
-    pub async fn store(&self, name: &str, value: &str, ttl: Duration) {
+    pub(super) async fn store(&self, name: &str, value: &str, ttl: Duration) {
         let s = &self.shared;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut conn = s.publisher.clone();
@@ -265,7 +265,7 @@ impl RedisBroker {
 
     /// Sends a control action to the other instances (this one has already applied it).
     /// While Redis is unreachable it waits in a queue, written once Redis is back.
-    pub fn send_control(&self, action: Control) {
+    pub(super) fn send_control(&self, action: Control) {
         if self.control.try_send(action).is_err() {
             tracing::warn!(
                 queued = CONTROL_QUEUE,
@@ -275,12 +275,12 @@ impl RedisBroker {
     }
 
     /// A topic was deleted here.
-    pub fn delete_topic(&self, topic: &str) {
+    pub(super) fn delete_topic(&self, topic: &str) {
         self.send_control(Control::DeleteTopic(topic.into()));
     }
 
     /// A subject was revoked here.
-    pub fn revoke(&self, subject: &str) {
+    pub(super) fn revoke(&self, subject: &str) {
         self.send_control(Control::Revoke(subject.into()));
     }
 }

@@ -49,7 +49,7 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             attempt: 0,
             rng: random_u64() | 1,
@@ -60,7 +60,7 @@ impl Backoff {
         self.attempt = 0;
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let step = BACKOFF_MIN
             .saturating_mul(1 << self.attempt.min(16))
             .min(BACKOFF_MAX);
@@ -88,7 +88,7 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    pub fn new(shared: Arc<Shared>, local: Local) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, local: Local) -> Self {
         Self {
             shared,
             local,
@@ -99,7 +99,7 @@ impl Reader {
     }
 
     /// Reads until `stop` fires (the hub was dropped), reconnecting whenever Redis fails.
-    pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    pub(super) async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         let mut failures = 0u32;
         loop {
             let error = tokio::select! {
