@@ -9,11 +9,17 @@
 //! descriptors, waiting connections are answered 503 and closed instead of hanging in the
 //! accept backlog, and serving resumes as soon as descriptors are free.
 
+mod accept;
+mod sockets;
 mod stalled;
+
+use accept::Acceptor;
+use sockets::Rewind;
+pub(crate) use sockets::SendTimeout;
 
 use crate::response::Body;
 use crate::shutdown::Shutdown;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -22,14 +28,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Something that answers requests on a listener.
@@ -305,264 +307,6 @@ pub async fn serve_with<H: Handler>(
         while late.join_next().await.is_some() {}
     })
     .await;
-}
-
-/// Accepts connections, and keeps accepting through running out of file descriptors.
-///
-/// When `accept` fails with EMFILE/ENFILE the connection stays in the kernel's backlog, and
-/// its client would wait, unanswered, until a descriptor is freed. Instead, a spare
-/// descriptor held for the purpose is given up to take each waiting connection, answer it
-/// 503 and close it, and is then taken back; the connections already open keep working.
-struct Acceptor {
-    listener: TcpListener,
-    spare: Option<std::fs::File>,
-    /// Connections refused since accepting started failing (`None` while it works).
-    refused: Option<u64>,
-}
-
-/// What a connection refused for lack of file descriptors is told before it is closed.
-const NO_DESCRIPTORS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
-    connection: close\r\ncontent-length: 0\r\n\r\n";
-
-impl Acceptor {
-    fn new(listener: TcpListener) -> Self {
-        Self {
-            listener,
-            spare: spare_descriptor(),
-            refused: None,
-        }
-    }
-
-    /// The next connection. Accept errors back off briefly instead of spinning, and are
-    /// logged once per episode rather than once per attempt.
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    if let Some(refused) = self.refused.take() {
-                        tracing::info!(refused, "accepting connections again");
-                    }
-                    let _ = stream.set_nodelay(true);
-                    return (stream, peer);
-                }
-                Err(e) if is_per_connection(&e) => {}
-                Err(e) => {
-                    if self.refused.is_none() {
-                        tracing::warn!(error = %e, "accept failed; refusing new connections until it works again");
-                    }
-                    let shed = if is_out_of_descriptors(&e) {
-                        self.shed()
-                    } else {
-                        0
-                    };
-                    *self.refused.get_or_insert(0) += shed;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    /// Refuses the connections waiting in the backlog with the spare descriptor; returns
-    /// how many.
-    fn shed(&mut self) -> u64 {
-        if self.spare.take().is_none() {
-            // Taken by someone else when it was last freed: try to get it back for next time.
-            self.spare = spare_descriptor();
-            return 0;
-        }
-        let mut refused = 0;
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        while refused < 1024 {
-            let Poll::Ready(Ok((stream, _))) = self.listener.poll_accept(&mut cx) else {
-                break;
-            };
-            refused += 1;
-            // Plain non-blocking calls: tokio's `try_*` would not even try on a socket the
-            // reactor has not reported ready yet.
-            let Ok(mut stream) = stream.into_std() else {
-                continue;
-            };
-            // Read what the client sent so far, so that closing sends FIN rather than RST
-            // and the 503 arrives.
-            let mut buf = [0u8; 4096];
-            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            let _ = stream.write(NO_DESCRIPTORS);
-        }
-        self.spare = spare_descriptor();
-        refused
-    }
-}
-
-/// A descriptor to give up when the process has none left.
-fn spare_descriptor() -> Option<std::fs::File> {
-    std::fs::File::open("/dev/null").ok()
-}
-
-/// EMFILE (the process's limit) or ENFILE (the system's): 24 and 23 on Linux and the BSDs.
-fn is_out_of_descriptors(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24))
-}
-
-/// Errors that concern only the connection being accepted (it was reset while waiting).
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-    )
-}
-
-/// A socket whose writes fail once the peer has accepted no bytes for `timeout` while a
-/// write was pending: a client that stopped reading cannot hold the connection, its
-/// buffers and its descriptor forever (a stream it opened has already been ended by the
-/// slow-consumer policy by then, but the bytes queued for it would never drain).
-pub(crate) struct SendTimeout {
-    io: TcpStream,
-    timeout: Duration,
-    /// Running while writes make no progress.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl SendTimeout {
-    pub(crate) fn new(io: TcpStream, timeout: Duration) -> Self {
-        Self {
-            io,
-            timeout,
-            stalled: None,
-        }
-    }
-
-    /// The socket, given back.
-    pub(crate) fn into_inner(self) -> TcpStream {
-        self.io
-    }
-
-    /// Passes a write's outcome through, timing how long writes have made no progress.
-    fn watch(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
-        if poll.is_ready() {
-            self.stalled = None;
-            return poll;
-        }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the peer accepted no data for {timeout:?}"),
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncRead for SendTimeout {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SendTimeout {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, poll)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// A connection whose first bytes were already read (by [`Handler::take_over`]): they are
-/// read again from here before anything from the socket.
-struct Rewind {
-    read: Bytes,
-    io: SendTimeout,
-}
-
-impl Rewind {
-    fn new(read: Bytes, io: SendTimeout) -> Self {
-        Self { read, io }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.read.is_empty() {
-            return Pin::new(&mut self.io).poll_read(cx, buf);
-        }
-        let n = self.read.len().min(buf.remaining());
-        buf.put_slice(&self.read[..n]);
-        self.read.advance(n);
-        if self.read.is_empty() {
-            // Not kept for the connection's life.
-            self.read = Bytes::new();
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
 }
 
 /// The service for one connection; `first_request` is set when a request head arrives.
