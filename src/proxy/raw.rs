@@ -81,7 +81,7 @@ pub(super) async fn respond(
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
-            let mut pending = vec![Bytes::from(head)];
+            let mut pending = vec![Bytes::from(head), Bytes::new()];
             let mut cx = Context::from_waker(Waker::noop());
             let ended = matches!(
                 events
@@ -149,19 +149,67 @@ const MAX_IOV: usize = 256;
 /// then one vectored write.
 const MAX_FRAMES: usize = MAX_IOV - 2;
 
-/// Frames the event frames `pending[from..]` as one HTTP/1.1 chunk (size line before, CRLF
-/// after), and appends the last chunk if the stream `ends`. The frames themselves stay the
-/// shared `Bytes` of every other subscriber; only the size line is this stream's own.
-fn frame_chunk(pending: &mut Vec<Bytes>, from: usize, ends: bool) {
-    let len: usize = pending[from..].iter().map(Bytes::len).sum();
+/// Frames the event frames after `pending[at]` as one HTTP/1.1 chunk: `pending[at]` (an
+/// empty slot the caller left for it) becomes the size line, a CRLF follows the frames, and
+/// the last chunk follows if the stream `ends`. No frames: the slot is removed (an empty
+/// chunk would end the body). The frames themselves stay the shared `Bytes` of every other
+/// subscriber; a size line under 4 KiB is a static one, so the common write allocates
+/// nothing for its framing.
+fn frame_chunk(pending: &mut Vec<Bytes>, at: usize, ends: bool) {
+    let len: usize = pending[at + 1..].iter().map(Bytes::len).sum();
     if len > 0 {
-        let mut line = [0u8; 18];
-        let n = hex_line(len, &mut line);
-        pending.insert(from, Bytes::copy_from_slice(&line[..n]));
+        pending[at] = size_line(len);
         pending.push(Bytes::from_static(b"\r\n"));
+    } else {
+        pending.remove(at);
     }
     if ends {
         pending.push(Bytes::from_static(b"0\r\n\r\n"));
+    }
+}
+
+/// Chunks smaller than this get a static size line.
+const STATIC_LINES: usize = 4096;
+
+/// `"0\r\n"` … `"fff\r\n"`, each padded to 5 bytes; [`size_line`] takes the used part.
+static SIZE_LINES: [[u8; 5]; STATIC_LINES] = {
+    let mut lines = [[0u8; 5]; STATIC_LINES];
+    let mut n = 0;
+    while n < STATIC_LINES {
+        let digits = digits(n);
+        let mut i = 0;
+        while i < digits {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            lines[n][i] = b"0123456789abcdef"[nibble];
+            i += 1;
+        }
+        lines[n][digits] = b'\r';
+        lines[n][digits + 1] = b'\n';
+        n += 1;
+    }
+    lines
+};
+
+/// How many hex digits `n` (under [`STATIC_LINES`]) takes.
+const fn digits(n: usize) -> usize {
+    if n < 0x10 {
+        1
+    } else if n < 0x100 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The chunk size line for `len` bytes.
+fn size_line(len: usize) -> Bytes {
+    match SIZE_LINES.get(len) {
+        Some(line) => Bytes::from_static(&line[..digits(len) + 2]),
+        None => {
+            let mut line = [0u8; 18];
+            let n = hex_line(len, &mut line);
+            Bytes::copy_from_slice(&line[..n])
+        }
     }
 }
 
@@ -287,6 +335,9 @@ impl Future for Stream {
                 let _ = Pin::new(&mut this.io).poll_shutdown(cx);
                 return Poll::Ready(());
             }
+            // Slot 0 waits for the chunk's size line: set once the frames are known, with
+            // nothing to shift.
+            this.pending.push(Bytes::new());
             match this
                 .events
                 .subscription
@@ -297,7 +348,10 @@ impl Future for Stream {
                     this.ended = true;
                     frame_chunk(&mut this.pending, 0, true);
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    frame_chunk(&mut this.pending, 0, false);
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -324,13 +378,27 @@ mod tests {
     }
 
     #[test]
+    fn static_size_lines_match_the_computed_ones() {
+        let mut out = [0u8; 18];
+        for len in (0..STATIC_LINES).chain([STATIC_LINES, 1 << 20]) {
+            let n = hex_line(len, &mut out);
+            assert_eq!(&size_line(len)[..], &out[..n], "{len}");
+        }
+    }
+
+    #[test]
     fn frames_become_one_chunk_and_an_end_adds_the_last_chunk() {
         let head = Bytes::from_static(b"HEAD");
-        let mut pending = vec![head, Bytes::from_static(b"ab"), Bytes::from_static(b"cde")];
+        let mut pending = vec![
+            head,
+            Bytes::new(),
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cde"),
+        ];
         frame_chunk(&mut pending, 1, true);
         let wire: Vec<u8> = pending.iter().flat_map(|b| b.iter().copied()).collect();
         assert_eq!(wire, b"HEAD5\r\nabcde\r\n0\r\n\r\n");
-        let mut empty = vec![];
+        let mut empty = vec![Bytes::new()];
         frame_chunk(&mut empty, 0, false);
         assert!(
             empty.is_empty(),
