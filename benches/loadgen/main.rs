@@ -15,6 +15,7 @@
 // The report's `json!` literal has more keys than the default macro recursion allows.
 #![recursion_limit = "256"]
 
+mod h2;
 mod http;
 mod jobs;
 mod run;
