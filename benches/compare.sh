@@ -23,7 +23,9 @@
 # The floor has one topic for all streams: it runs S2 only with S2_TOPICS=1, and idle as
 # 1 topic with one event (the same one event per stream).
 # Systems: ssegate, floor (one send() per delivery: the floor of S1, S2, idle),
-#   floor-coalesce (one send() per subscriber per pass: the floor of S3), nchan, pushpin.
+#   floor-coalesce (one send() per subscriber per pass: the floor of S3), nchan, pushpin,
+#   ssegate-h2 (ssegate with every stream an HTTP/2 stream, prior-knowledge h2c, H2_CONNS
+#   connections; default 0: one per 100 streams, the most ssegate allows on one).
 # Environment (defaults): SYSTEMS="ssegate floor floor-coalesce nchan pushpin"
 #   SCENARIOS="S1 S2 S3 idle" RUNS=3
 #   DURATION=10 SRC_IPS=16 CONNECT_CONCURRENCY=128 (Pushpin: PUSHPIN_CONNECT_CONCURRENCY=32,
@@ -35,7 +37,7 @@
 #   ports of their configs: 29080/29081, 29999/29561)
 #   PEERS=<repo>/../shared/peers  DIR=$(mktemp -d /tmp/ssegate-compare.XXXXXX)
 #   FLOOR_BIN ($PEERS/floor/target/release/floor, built there with cargo if missing)
-#   FLOOR_LISTEN=127.0.0.1:29180 FLOOR_PUB=127.0.0.1:29181
+#   FLOOR_LISTEN=127.0.0.1:29180 FLOOR_PUB=127.0.0.1:29181  H2_CONNS=0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
@@ -68,6 +70,7 @@ case " $SYSTEMS " in
     ;;
 esac
 FLOOR_LISTEN="${FLOOR_LISTEN:-127.0.0.1:29180}" FLOOR_PUB="${FLOOR_PUB:-127.0.0.1:29181}"
+H2_CONNS="${H2_CONNS:-0}"
 LG="${LG:-$(bench_exe loadgen)}"
 [ -x "$LG" ] || { echo "no loadgen executable (LG=$LG)" >&2; exit 1; }
 # One loadgen process holds every stream of a run: 19,000 streams + publishers + a few
@@ -112,10 +115,11 @@ FLOOR_PID=""
 start() {
     RUNNING=$1 # before starting: a start that fails halfway is cleaned up too
     case $1 in
-    ssegate)
+    ssegate | ssegate-h2)
         PIDS=$(benches/run-ssegate.sh start) ||
             { echo "ssegate did not start ($SSEGATE_BIN; log in $RUN)" >&2; exit 1; }
         TARGET_ARGS=(--target ssegate --sub-addr "$LISTEN" --pub-addr "$ADMIN" --connect-concurrency "$CC")
+        [ "$1" = ssegate ] || TARGET_ARGS+=(--h2 --h2-conns "$H2_CONNS")
         ;;
     nchan)
         "$PEERS/run-nchan.sh" start 1 >> "$DIR/peers.log" 2>&1 ||
@@ -134,13 +138,13 @@ start() {
         PIDS=$FLOOR_PID
         TARGET_ARGS=(--target floor --sub-addr "$FLOOR_LISTEN" --pub-addr "$FLOOR_PUB" --connect-concurrency "$CC")
         ;;
-    *) echo "unknown system $1 (ssegate, floor, floor-coalesce, nchan, pushpin)" >&2; RUNNING=""; exit 2 ;;
+    *) echo "unknown system $1 (ssegate, ssegate-h2, floor, floor-coalesce, nchan, pushpin)" >&2; RUNNING=""; exit 2 ;;
     esac
 }
 
 stop() {
     case $RUNNING in
-    ssegate) benches/run-ssegate.sh stop ;;
+    ssegate | ssegate-h2) benches/run-ssegate.sh stop ;;
     nchan) "$PEERS/run-nchan.sh" stop >> "$DIR/peers.log" 2>&1 ;;
     pushpin) "$PEERS/run-pushpin.sh" stop >> "$DIR/peers.log" 2>&1 ;;
     floor | floor-coalesce)
@@ -250,6 +254,9 @@ ratio() {
     echo "Connects in flight: $CC (Pushpin $PUSHPIN_CC); source addresses: $SRC_IPS. Idle: $IDLE_STREAMS streams; its deliveries/s and latency are of one event per stream."
     echo
     echo "The floor: one send() per delivery (floor), one per subscriber per pass (floor-coalesce); one topic, no ids."
+    case " $SYSTEMS " in *" ssegate-h2 "*)
+        echo "ssegate-h2: every stream an HTTP/2 stream (h2c), $H2_CONNS connections (0: one per 100 streams)." ;;
+    esac
     echo
     echo "| system | scenario | deliveries/s | delivered % | p50 ms | p99 ms | lost / dup (max) | server CPU µs/delivery | KB/stream | connect s | first publish → last delivery s | busy % before (each run) | load1 before |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -285,6 +292,10 @@ ratio() {
         ratio ssegate nchan "$sc" "p99 ms" .latency.p99_ms
     done
     ratio ssegate nchan idle "KB/stream" .kb_per_stream
+    for sc in S1 S2 S3; do
+        ratio ssegate-h2 ssegate "$sc" "server CPU µs/delivery" .cpu_us_per_delivery
+    done
+    ratio ssegate-h2 ssegate idle "KB/stream" .kb_per_stream
     echo
     echo "Connect failures (sum over runs): $(jq -s -r 'group_by(.system + " " + .scenario) | map("\(.[0].system) \(.[0].scenario): \(map(.connect_failed) | add)") | join(", ")' "$OUT")"
 } | tee "$DIR/table.md"
