@@ -202,3 +202,33 @@ pub fn close_request(topic: &str, host: &str, out: &mut Vec<u8>) {
     let _ = write_head(out, "/publish", host, "application/json", body.len());
     out.extend_from_slice(body.as_bytes());
 }
+
+/// Checks the floor's publish request and the payload's round trip (`loadgen selftest`).
+pub fn selftest() -> Result<(), String> {
+    let events = [Outgoing {
+        topic: "lg-0",
+        seq: 42,
+        sent_us: 1234,
+    }];
+    let mut req = Vec::new();
+    publish_request(Kind::Floor, None, "h:1", &events, 20, &mut req);
+    let text = String::from_utf8_lossy(&req);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("floor publish request has no head: {text:?}"));
+    };
+    if !head.starts_with("POST / HTTP/1.1\r\n")
+        || !head.contains("Content-Type: text/plain\r\n")
+        || !head.ends_with(&format!("Content-Length: {}", body.len()))
+        || body.len() != 20
+        || parse_payload(body.as_bytes()) != Some((42, 1234))
+    {
+        return Err(format!("floor publish request: {text:?}"));
+    }
+    if Kind::Floor.batches() || Kind::Floor.has_topics() || !Kind::Ssegate.has_topics() {
+        return Err("the floor takes one event per request on one topic".to_owned());
+    }
+    if sub_path(Kind::Floor.default_sub_path(), "lg-0") != "/lg-0" {
+        return Err("the floor's subscribe path is /{topic}".to_owned());
+    }
+    Ok(())
+}
