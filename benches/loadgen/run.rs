@@ -111,7 +111,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5000)]
     pub slow_read_ms: u64,
     /// Receive buffer (`SO_RCVBUF`, bytes) of the slow streams' sockets (0: the OS default),
-    /// so that a pause backs up into the server sooner.
+    /// so that a pause backs up into the server sooner (HTTP/1.1 only: HTTP/2 streams share
+    /// their connection's socket, and a paused one is held back by its flow-control window).
     #[arg(long, default_value_t = 0)]
     pub slow_rcvbuf: u32,
     /// Seed of the choices above (which streams are slow, reconnect intervals).
@@ -421,7 +422,7 @@ async fn stream_task(
         open_stream(&cfg, sub, idx, src, &path, None, slow).await
     };
     let mut source = match opened {
-        Ok(c) => c,
+        Ok(c) => Some(c),
         Err(e) => {
             sh.connect_failed.fetch_add(1, Relaxed);
             sh.error(format!("stream {idx}: {e}"));
@@ -449,11 +450,11 @@ async fn stream_task(
         timers.rng = mix(timers.rng);
         timers.pause_at = Some(Instant::now() + cfg.slow_read.mul_f64(unit(timers.rng)));
     }
-    loop {
+    while let Some(open) = source.as_mut() {
         let end = read_stream(
             &sh,
             &cfg,
-            &mut source,
+            open,
             &mut parser,
             &mut seen,
             &mut res,
@@ -478,13 +479,18 @@ async fn stream_task(
         }
         // Resume where the stream stopped, as a browser would (the old connection is
         // closed when replaced). A few attempts before giving up on the stream.
+        if matches!(source, Some(Source::H2(_))) {
+            // An HTTP/2 stream holds one of its connection's slots (ssegate allows 100 at
+            // once): give it back first, or a full connection waits for it forever.
+            source = None;
+        }
         parser.reset_connection();
         let last_id = parser.last_id().to_vec();
         let mut reopened = false;
         for attempt in 0..5u64 {
             match open_stream(&cfg, sub, idx, src, &path, Some(&last_id), slow).await {
                 Ok(s) => {
-                    source = s;
+                    source = Some(s);
                     res.reconnects += 1;
                     reopened = true;
                     break;
@@ -830,22 +836,39 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
 
     // 1. Connect every stream (over HTTP/2: the connections first).
     let rss_before = server.sample();
+    // The connect time includes the HTTP/2 connections' handshakes.
+    let connect_start = now_us();
     let h2_conns = if args.h2 {
         let per_sub = args.streams.div_ceil(args.sub_addr.len());
         let m = match args.h2_conns {
             0 => per_sub.div_ceil(H2_STREAMS_PER_CONN).max(1),
             m => m,
         };
+        if per_sub.div_ceil(m) > H2_STREAMS_PER_CONN {
+            eprintln!(
+                "loadgen: {} streams per HTTP/2 connection: ssegate allows {H2_STREAMS_PER_CONN} at once, the rest wait for a slot",
+                per_sub.div_ceil(m)
+            );
+        }
+        // All at once (a few hundred at most), as the streams' connects would be.
+        let opening: Vec<Vec<_>> = args
+            .sub_addr
+            .iter()
+            .map(|&addr| {
+                (0..m)
+                    .map(|j| tokio::spawn(h2::connect(addr, src_ip(args.src_ips, addr, j))))
+                    .collect()
+            })
+            .collect();
         let mut all = Vec::with_capacity(args.sub_addr.len());
-        for &addr in &args.sub_addr {
+        for (addr, tasks) in args.sub_addr.iter().zip(opening) {
             let mut conns = Vec::with_capacity(m);
-            for j in 0..m {
-                let src = src_ip(args.src_ips, addr, j);
-                conns.push(
-                    h2::connect(addr, src)
-                        .await
-                        .map_err(|e| format!("h2 connection to {addr}: {e}"))?,
-                );
+            for t in tasks {
+                let opened = t
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                conns.push(opened.map_err(|e| format!("h2 connection to {addr}: {e}"))?);
             }
             all.push(conns);
         }
@@ -874,7 +897,6 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     });
     let h2_conns = cfg.h2.iter().map(Vec::len).sum::<usize>();
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let connect_start = now_us();
     let mut tasks = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
         tasks.push(tokio::spawn(stream_task(
