@@ -1,5 +1,6 @@
 //! ssegate's load generator: SSE fan-out, publish throughput and job-topic memory, over
-//! raw TCP with a strict SSE reader, against ssegate, Nchan or Pushpin.
+//! raw TCP (or HTTP/2 streams, `--h2`) with a strict SSE reader, against ssegate, Nchan,
+//! Pushpin or the floor.
 //!
 //! ```text
 //! cargo bench --bench loadgen -- run --streams 1000 --rate 50 --duration 10 --pid $PID
@@ -15,6 +16,7 @@
 // The report's `json!` literal has more keys than the default macro recursion allows.
 #![recursion_limit = "256"]
 
+mod h2;
 mod http;
 mod jobs;
 mod run;
@@ -25,7 +27,7 @@ mod target;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Load generator for ssegate (and Nchan, Pushpin).
+/// Load generator for ssegate (and Nchan, Pushpin, the floor).
 #[derive(Parser)]
 #[command(name = "loadgen")]
 struct Cli {
@@ -103,6 +105,7 @@ fn selftest() -> Result<(), String> {
     sse::selftest()?;
     stats::selftest()?;
     run::selftest()?;
+    target::selftest()?;
     println!("selftest: ok");
     Ok(())
 }

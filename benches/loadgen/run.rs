@@ -2,13 +2,16 @@
 //! seconds, or a burst of K as fast as the server accepts them; every delivery checked
 //! (sequence per topic: lost, duplicated) and timed (send stamp in the data).
 //!
-//! With `--streams 0` it measures the publish webhook alone.
+//! With `--streams 0` it measures the publish webhook alone. With `--h2` the streams are
+//! HTTP/2 streams multiplexed over a few h2c connections (ssegate only).
 
+use crate::h2;
 use crate::http::{self, BodyDecoder, Conn, Framing};
 use crate::sse;
 use crate::stats::{Histogram, Sample, Server, ms, now_us};
 use crate::target::{self, Kind, Outgoing};
 use clap::Args;
+use http_body_util::BodyExt as _;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -29,13 +32,14 @@ pub struct RunArgs {
     /// topic's streams are spread over all of them.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:18080")]
     pub sub_addr: Vec<SocketAddr>,
-    /// Where events are published (ssegate's admin listener; Nchan 29081; Pushpin 29561).
+    /// Where events are published (ssegate's admin listener; Nchan 29081; Pushpin 29561; the floor 29181).
     #[arg(long, default_value = "127.0.0.1:18081")]
     pub pub_addr: SocketAddr,
-    /// Subscribe path template; `{topic}` is replaced. Default `/events/{topic}`.
+    /// Subscribe path template; `{topic}` is replaced. Default `/events/{topic}` (the
+    /// floor: `/{topic}`).
     #[arg(long)]
     pub sub_path: Option<String>,
-    /// Publish path override (default per target: /publish, /pub/{topic}, /publish/).
+    /// Publish path override (default per target: /publish, /pub/{topic}, /publish/, /).
     #[arg(long)]
     pub pub_path: Option<String>,
     /// Streams to open.
@@ -107,16 +111,28 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5000)]
     pub slow_read_ms: u64,
     /// Receive buffer (`SO_RCVBUF`, bytes) of the slow streams' sockets (0: the OS default),
-    /// so that a pause backs up into the server sooner.
+    /// so that a pause backs up into the server sooner (HTTP/1.1 only: HTTP/2 streams share
+    /// their connection's socket, and a paused one is held back by its flow-control window).
     #[arg(long, default_value_t = 0)]
     pub slow_rcvbuf: u32,
     /// Seed of the choices above (which streams are slow, reconnect intervals).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Open the streams as HTTP/2 streams (prior-knowledge h2c) multiplexed over
+    /// `--h2-conns` connections per `--sub-addr` (ssegate only; publishing stays HTTP/1.1).
+    #[arg(long)]
+    pub h2: bool,
+    /// HTTP/2 connections per `--sub-addr` (0: one per 100 streams, the most concurrent
+    /// streams ssegate allows on one connection; more streams than that wait for a slot).
+    #[arg(long, default_value_t = 0)]
+    pub h2_conns: usize,
     /// A name for this run in the report.
     #[arg(long, default_value = "")]
     pub label: String,
 }
+
+/// The most concurrent streams ssegate allows on one HTTP/2 connection.
+const H2_STREAMS_PER_CONN: usize = 100;
 
 /// Everything the tasks update while the run goes on.
 struct Shared {
@@ -283,6 +299,14 @@ struct StreamCfg {
     slow_read: Duration,
     slow_rcvbuf: Option<u32>,
     seed: u64,
+    /// Per `subs` entry, the HTTP/2 connections its streams share (empty: HTTP/1.1).
+    h2: Vec<Vec<h2::Sender>>,
+}
+
+/// An open stream's body: HTTP/1.1 bytes to decode, or an HTTP/2 stream's data frames.
+enum Source {
+    H1(Conn, BodyDecoder),
+    H2(hyper::body::Incoming),
 }
 
 /// splitmix64: a small deterministic generator for the per-stream choices.
@@ -306,15 +330,23 @@ fn src_ip(cfg_ips: u8, addr: SocketAddr, i: usize) -> Option<IpAddr> {
     })
 }
 
-/// Connects to `cfg.subs[sub]`, sends the GET, and checks the response is an event stream.
+/// Connects to `cfg.subs[sub]` (or takes stream `idx`'s HTTP/2 connection to it), sends
+/// the GET, and checks the response is an event stream.
 async fn open_stream(
     cfg: &StreamCfg,
     sub: usize,
+    idx: usize,
     src: Option<IpAddr>,
     path: &str,
     last_id: Option<&[u8]>,
     slow: bool,
-) -> io::Result<(Conn, BodyDecoder)> {
+) -> io::Result<Source> {
+    if let Some(conns) = cfg.h2.get(sub).filter(|c| !c.is_empty()) {
+        let sender = &conns[idx % conns.len()];
+        return h2::open(sender, &cfg.subs[sub].1, path, last_id)
+            .await
+            .map(Source::H2);
+    }
     let rcvbuf = if slow { cfg.slow_rcvbuf } else { None };
     let (addr, host) = &cfg.subs[sub];
     let tcp = http::connect_with(*addr, src, rcvbuf).await?;
@@ -339,7 +371,7 @@ async fn open_stream(
             String::from_utf8_lossy(&body[..body.len().min(200)])
         )));
     }
-    Ok((conn, BodyDecoder::new(head.framing)))
+    Ok(Source::H1(conn, BodyDecoder::new(head.framing)))
 }
 
 enum End {
@@ -387,10 +419,10 @@ async fn stream_task(
     let path = target::sub_path(&cfg.sub_path, &format!("{}{}", cfg.topic_prefix, topic));
     let opened = {
         let _permit = sem.acquire().await;
-        open_stream(&cfg, sub, src, &path, None, slow).await
+        open_stream(&cfg, sub, idx, src, &path, None, slow).await
     };
-    let (mut conn, mut dec) = match opened {
-        Ok(c) => c,
+    let mut source = match opened {
+        Ok(c) => Some(c),
         Err(e) => {
             sh.connect_failed.fetch_add(1, Relaxed);
             sh.error(format!("stream {idx}: {e}"));
@@ -418,12 +450,11 @@ async fn stream_task(
         timers.rng = mix(timers.rng);
         timers.pause_at = Some(Instant::now() + cfg.slow_read.mul_f64(unit(timers.rng)));
     }
-    loop {
+    while let Some(open) = source.as_mut() {
         let end = read_stream(
             &sh,
             &cfg,
-            &mut conn,
-            &mut dec,
+            open,
             &mut parser,
             &mut seen,
             &mut res,
@@ -448,14 +479,18 @@ async fn stream_task(
         }
         // Resume where the stream stopped, as a browser would (the old connection is
         // closed when replaced). A few attempts before giving up on the stream.
+        if matches!(source, Some(Source::H2(_))) {
+            // An HTTP/2 stream holds one of its connection's slots (ssegate allows 100 at
+            // once): give it back first, or a full connection waits for it forever.
+            source = None;
+        }
         parser.reset_connection();
         let last_id = parser.last_id().to_vec();
         let mut reopened = false;
         for attempt in 0..5u64 {
-            match open_stream(&cfg, sub, src, &path, Some(&last_id), slow).await {
-                Ok((c, d)) => {
-                    conn = c;
-                    dec = d;
+            match open_stream(&cfg, sub, idx, src, &path, Some(&last_id), slow).await {
+                Ok(s) => {
+                    source = Some(s);
                     res.reconnects += 1;
                     reopened = true;
                     break;
@@ -476,12 +511,78 @@ async fn stream_task(
     res
 }
 
+/// Feeds one piece of a stream's body to its SSE parser and checks every event it
+/// completes; returns the events received and how many of them were new.
+fn take_events(
+    sh: &Shared,
+    parser: &mut sse::Parser,
+    seen: &mut Seen,
+    res: &mut StreamResult,
+    now: u64,
+    body: &[u8],
+) -> (u64, u64) {
+    let topic = res.topic;
+    let last = sh.last_delivery.get(topic);
+    let (mut received, mut new) = (0u64, 0u64);
+    parser.feed(body, &mut |ev| match ev.event {
+        None | Some(b"message") => {
+            let Some((seq, sent)) = target::parse_payload(ev.data) else {
+                res.bad_payload += 1;
+                return;
+            };
+            received += 1;
+            match seen.insert(seq) {
+                Some(true) => {
+                    new += 1;
+                    match res.max_seq {
+                        Some(m) if seq < m => res.out_of_order += 1,
+                        Some(m) if seq > m + 1 && sh.accepted_any(topic, m + 1..seq) => {
+                            res.gaps += 1;
+                            sh.error(format!(
+                                "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
+                                res.slow, res.reconnects, res.ends
+                            ));
+                        }
+                        None if seq > 0 && sh.accepted_any(topic, 0..seq) => {
+                            res.gaps += 1;
+                        }
+                        _ => {}
+                    }
+                    res.max_seq = Some(res.max_seq.map_or(seq, |m| m.max(seq)));
+                    let lat = now.saturating_sub(sent);
+                    sh.latency.record(lat);
+                    if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
+                        slot.fetch_max(lat, Relaxed);
+                    }
+                }
+                Some(false) => res.dups += 1,
+                None => res.out_of_range += 1,
+            }
+        }
+        Some(t) => {
+            *res.control
+                .entry(String::from_utf8_lossy(t).into_owned())
+                .or_default() += 1;
+        }
+    });
+    (received, new)
+}
+
+/// Adds what [`take_events`] counted to the run's totals.
+fn count_events(sh: &Shared, res: &mut StreamResult, now: u64, (received, new): (u64, u64)) {
+    if received > 0 {
+        sh.received.fetch_add(received, Relaxed);
+        sh.deliveries.fetch_add(new, Relaxed);
+        sh.last_delivery_us.fetch_max(now, Relaxed);
+        res.distinct += new;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_stream<F>(
     sh: &Shared,
     cfg: &StreamCfg,
-    conn: &mut Conn,
-    dec: &mut BodyDecoder,
+    source: &mut Source,
     parser: &mut sse::Parser,
     seen: &mut Seen,
     res: &mut StreamResult,
@@ -491,70 +592,25 @@ async fn read_stream<F>(
 where
     F: std::future::Future,
 {
-    let topic = res.topic;
-    let last = sh.last_delivery.get(topic);
     loop {
-        // Bytes may already be buffered (after the head): decode before reading.
-        let now = now_us();
-        let mut new = 0u64;
-        let mut received = 0u64;
-        let decoded = dec.decode(conn.buffered(), &mut |body| {
-            parser.feed(body, &mut |ev| match ev.event {
-                None | Some(b"message") => {
-                    let Some((seq, sent)) = target::parse_payload(ev.data) else {
-                        res.bad_payload += 1;
-                        return;
-                    };
-                    received += 1;
-                    match seen.insert(seq) {
-                        Some(true) => {
-                            new += 1;
-                            match res.max_seq {
-                                Some(m) if seq < m => res.out_of_order += 1,
-                                Some(m) if seq > m + 1 && sh.accepted_any(topic, m + 1..seq) => {
-                                    res.gaps += 1;
-                                    sh.error(format!(
-                                        "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
-                                        res.slow, res.reconnects, res.ends
-                                    ));
-                                }
-                                None if seq > 0 && sh.accepted_any(topic, 0..seq) => {
-                                    res.gaps += 1;
-                                }
-                                _ => {}
-                            }
-                            res.max_seq = Some(res.max_seq.map_or(seq, |m| m.max(seq)));
-                            let lat = now.saturating_sub(sent);
-                            sh.latency.record(lat);
-                            if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
-                                slot.fetch_max(lat, Relaxed);
-                            }
-                        }
-                        Some(false) => res.dups += 1,
-                        None => res.out_of_range += 1,
+        if let Source::H1(conn, dec) = source {
+            // Bytes may already be buffered (after the head): decode before reading.
+            let now = now_us();
+            let mut counts = (0, 0);
+            let decoded = dec.decode(conn.buffered(), &mut |body| {
+                let (r, n) = take_events(sh, parser, seen, res, now, body);
+                counts = (counts.0 + r, counts.1 + n);
+            });
+            count_events(sh, res, now, counts);
+            match decoded {
+                Ok((used, done)) => {
+                    conn.consume(used);
+                    if done {
+                        return End::Ended;
                     }
                 }
-                Some(t) => {
-                    *res.control
-                        .entry(String::from_utf8_lossy(t).into_owned())
-                        .or_default() += 1;
-                }
-            });
-        });
-        if received > 0 {
-            sh.received.fetch_add(received, Relaxed);
-            sh.deliveries.fetch_add(new, Relaxed);
-            sh.last_delivery_us.fetch_max(now, Relaxed);
-            res.distinct += new;
-        }
-        match decoded {
-            Ok((used, done)) => {
-                conn.consume(used);
-                if done {
-                    return End::Ended;
-                }
+                Err(e) => return End::Failed(e),
             }
-            Err(e) => return End::Failed(e),
         }
         // A slow stream stops reading for a while (the server's buffers fill meanwhile).
         if let Some(at) = timers.pause_at
@@ -574,21 +630,45 @@ where
                 None => std::future::pending().await,
             }
         };
-        let read = tokio::select! {
-            biased;
-            _ = stop.as_mut() => return End::Stopped,
-            () = force => return End::Forced,
-            r = conn.fill() => r,
-        };
-        match read {
-            Ok(0) => {
-                return match dec.eof() {
-                    Ok(()) => End::Ended,
-                    Err(e) => End::Failed(e),
+        match source {
+            Source::H1(conn, dec) => {
+                let read = tokio::select! {
+                    biased;
+                    _ = stop.as_mut() => return End::Stopped,
+                    () = force => return End::Forced,
+                    r = conn.fill() => r,
                 };
+                match read {
+                    Ok(0) => {
+                        return match dec.eof() {
+                            Ok(()) => End::Ended,
+                            Err(e) => End::Failed(e),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => return End::Failed(e),
+                }
             }
-            Ok(_) => {}
-            Err(e) => return End::Failed(e),
+            Source::H2(body) => {
+                // `frame()` holds no state of its own: dropping it unfinished loses nothing.
+                let frame = tokio::select! {
+                    biased;
+                    _ = stop.as_mut() => return End::Stopped,
+                    () = force => return End::Forced,
+                    f = body.frame() => f,
+                };
+                match frame {
+                    None => return End::Ended,
+                    Some(Err(e)) => return End::Failed(io::Error::other(e)),
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            let now = now_us();
+                            let counts = take_events(sh, parser, seen, res, now, data);
+                            count_events(sh, res, now, counts);
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -710,6 +790,12 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     if !args.topic_prefix.chars().all(topic_ok) {
         return Err("--topic-prefix may only hold A-Z a-z 0-9 / _ - . : @".to_owned());
     }
+    if args.topics > 1 && !args.target.has_topics() {
+        return Err("this target sends every event to every stream: --topics must be 1".to_owned());
+    }
+    if args.h2 && args.target != Kind::Ssegate {
+        return Err("--h2 is for --target ssegate only".to_owned());
+    }
     let batch = if args.target.batches() { args.batch } else { 1 };
     let total = match args.burst {
         Some(k) => k,
@@ -748,8 +834,48 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         first_error: Mutex::new(None),
     });
 
-    // 1. Connect every stream.
+    // 1. Connect every stream (over HTTP/2: the connections first).
     let rss_before = server.sample();
+    // The connect time includes the HTTP/2 connections' handshakes.
+    let connect_start = now_us();
+    let h2_conns = if args.h2 {
+        let per_sub = args.streams.div_ceil(args.sub_addr.len());
+        let m = match args.h2_conns {
+            0 => per_sub.div_ceil(H2_STREAMS_PER_CONN).max(1),
+            m => m,
+        };
+        if per_sub.div_ceil(m) > H2_STREAMS_PER_CONN {
+            eprintln!(
+                "loadgen: {} streams per HTTP/2 connection: ssegate allows {H2_STREAMS_PER_CONN} at once, the rest wait for a slot",
+                per_sub.div_ceil(m)
+            );
+        }
+        // All at once (a few hundred at most), as the streams' connects would be.
+        let opening: Vec<Vec<_>> = args
+            .sub_addr
+            .iter()
+            .map(|&addr| {
+                (0..m)
+                    .map(|j| tokio::spawn(h2::connect(addr, src_ip(args.src_ips, addr, j))))
+                    .collect()
+            })
+            .collect();
+        let mut all = Vec::with_capacity(args.sub_addr.len());
+        for (addr, tasks) in args.sub_addr.iter().zip(opening) {
+            let mut conns = Vec::with_capacity(m);
+            for t in tasks {
+                let opened = t
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                conns.push(opened.map_err(|e| format!("h2 connection to {addr}: {e}"))?);
+            }
+            all.push(conns);
+        }
+        all
+    } else {
+        Vec::new()
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let cfg = Arc::new(StreamCfg {
         subs: args.sub_addr.iter().map(|a| (*a, a.to_string())).collect(),
@@ -767,9 +893,10 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         slow_read: Duration::from_millis(args.slow_read_ms.max(1)),
         slow_rcvbuf: (args.slow_rcvbuf > 0).then_some(args.slow_rcvbuf),
         seed: args.seed,
+        h2: h2_conns,
     });
+    let h2_conns = cfg.h2.iter().map(Vec::len).sum::<usize>();
     let sem = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let connect_start = now_us();
     let mut tasks = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
         tasks.push(tokio::spawn(stream_task(
@@ -879,6 +1006,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         publish_end,
         expected,
         batch,
+        h2_conns,
     };
     Ok(report.print())
 }
@@ -897,6 +1025,8 @@ struct Report<'a> {
     publish_end: u64,
     expected: u64,
     batch: usize,
+    /// HTTP/2 connections the streams share (0: HTTP/1.1, one connection per stream).
+    h2_conns: usize,
 }
 
 impl Report<'_> {
@@ -1023,13 +1153,17 @@ impl Report<'_> {
         } else {
             0.0
         };
+        let http = match self.h2_conns {
+            0 => "HTTP/1.1".to_owned(),
+            m => format!("HTTP/2 over {m} connections"),
+        };
         let mode = match a.burst {
             Some(k) => format!("burst of {k}"),
             None if a.rate > 0.0 => format!("{} ev/s for {} s", a.rate, a.duration),
             None => format!("as fast as accepted for {} s", a.duration),
         };
         println!(
-            "== loadgen run {}: target {:?}, {} streams over {} topics, {mode}, {} B, batch {}, {} publishers",
+            "== loadgen run {}: target {:?}, {} streams ({http}) over {} topics, {mode}, {} B, batch {}, {} publishers",
             a.label, a.target, a.streams, a.topics, a.size, self.batch, a.publishers
         );
         if a.streams > 0 {
@@ -1145,6 +1279,7 @@ impl Report<'_> {
             "label": a.label,
             "target": format!("{:?}", a.target).to_lowercase(),
             "streams": a.streams,
+            "h2_conns": self.h2_conns,
             "topics": a.topics,
             "mode": mode,
             "size": a.size,

@@ -1,5 +1,6 @@
 //! What differs between the servers under test: the subscribe path, and how events are
-//! published (ssegate's JSON webhook, Nchan's raw body per channel, Pushpin's GRIP items).
+//! published (ssegate's JSON webhook, Nchan's raw body per channel, Pushpin's GRIP items,
+//! the floor's raw body to its one topic).
 //!
 //! The event data is the same everywhere: `"<seq> <send µs> <padding>"`, plain text on one
 //! `data:` line, so every server's stream is read and checked the same way.
@@ -19,17 +20,30 @@ pub enum Kind {
     /// Pushpin with the GRIP backend of the peers directory: `GET /events/{channel}`;
     /// `POST /publish/` with `{"items":[…http-stream content…]}` (batches allowed).
     Pushpin,
+    /// The floor (the bare epoll server of the peers directory): `GET /{topic}`, though
+    /// every stream gets every event (one topic); `POST /` with the data as the body (one
+    /// event per request). No ids, no history: loss and order are read from the data's
+    /// sequence numbers, as for every target.
+    Floor,
 }
 
 impl Kind {
     /// The default subscribe path template (`{topic}` is replaced).
     pub fn default_sub_path(self) -> &'static str {
-        "/events/{topic}"
+        match self {
+            Self::Floor => "/{topic}",
+            _ => "/events/{topic}",
+        }
     }
 
     /// Whether one request can carry several events.
     pub fn batches(self) -> bool {
-        !matches!(self, Self::Nchan)
+        !matches!(self, Self::Nchan | Self::Floor)
+    }
+
+    /// Whether the server keeps topics apart (the floor sends every event to every stream).
+    pub fn has_topics(self) -> bool {
+        !matches!(self, Self::Floor)
     }
 }
 
@@ -130,6 +144,11 @@ pub fn publish_request(
             );
             payload(e.seq, e.sent_us, size, &mut body);
         }
+        Kind::Floor => {
+            let e = &events[0];
+            target = path.unwrap_or("/").to_owned();
+            payload(e.seq, e.sent_us, size, &mut body);
+        }
         Kind::Pushpin => {
             target = path.unwrap_or("/publish/").to_owned();
             body.push_str(r#"{"items":["#);
@@ -149,7 +168,7 @@ pub fn publish_request(
         }
     }
     let content_type = match kind {
-        Kind::Nchan => "text/plain",
+        Kind::Nchan | Kind::Floor => "text/plain",
         _ => "application/json",
     };
     out.clear();
@@ -182,4 +201,34 @@ pub fn close_request(topic: &str, host: &str, out: &mut Vec<u8>) {
     out.clear();
     let _ = write_head(out, "/publish", host, "application/json", body.len());
     out.extend_from_slice(body.as_bytes());
+}
+
+/// Checks the floor's publish request and the payload's round trip (`loadgen selftest`).
+pub fn selftest() -> Result<(), String> {
+    let events = [Outgoing {
+        topic: "lg-0",
+        seq: 42,
+        sent_us: 1234,
+    }];
+    let mut req = Vec::new();
+    publish_request(Kind::Floor, None, "h:1", &events, 20, &mut req);
+    let text = String::from_utf8_lossy(&req);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("floor publish request has no head: {text:?}"));
+    };
+    if !head.starts_with("POST / HTTP/1.1\r\n")
+        || !head.contains("Content-Type: text/plain\r\n")
+        || !head.ends_with(&format!("Content-Length: {}", body.len()))
+        || body.len() != 20
+        || parse_payload(body.as_bytes()) != Some((42, 1234))
+    {
+        return Err(format!("floor publish request: {text:?}"));
+    }
+    if Kind::Floor.batches() || Kind::Floor.has_topics() || !Kind::Ssegate.has_topics() {
+        return Err("the floor takes one event per request on one topic".to_owned());
+    }
+    if sub_path(Kind::Floor.default_sub_path(), "lg-0") != "/lg-0" {
+        return Err("the floor's subscribe path is /{topic}".to_owned());
+    }
+    Ok(())
 }
