@@ -476,7 +476,7 @@ impl Hub {
         }
         Subscription::new(
             sub,
-            Arc::clone(&inner.registry),
+            Arc::clone(&inner.registry) as Arc<dyn subscriber::Unregister>,
             Arc::clone(&inner.metrics),
             preamble,
             replay.events,

@@ -11,7 +11,7 @@
 
 use super::Event;
 use super::log::MemoryLog;
-use super::subscriber::{End, Subscriber};
+use super::subscriber::{End, Subscriber, Unregister};
 use super::topic::{Selector, covering_prefixes};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
@@ -168,7 +168,15 @@ impl Registry {
     pub(crate) fn remove(&self, sub: &Subscriber) {
         self.shard(sub.id).lock().remove(sub);
     }
+}
 
+impl Unregister for Registry {
+    fn unregister(&self, sub: &Subscriber) {
+        self.remove(sub);
+    }
+}
+
+impl Registry {
     /// Ends every stream that `pick` selects.
     pub(crate) fn end_where(&self, pick: impl Fn(&Subscriber) -> bool, end: &End) -> usize {
         let mut n = 0;

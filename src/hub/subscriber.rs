@@ -1,7 +1,6 @@
 //! One subscriber: its bounded queue (filled by the dispatchers) and its stream of frames
 //! (drained by the connection that serves it).
 
-use super::registry::Registry;
 use super::topic::Selector;
 use super::{Event, SlowConsumer, Timing};
 use crate::metrics::Metrics;
@@ -248,7 +247,7 @@ const MAX_FRAMES: usize = 256;
 /// (the client went away) removes the subscriber from the hub at once.
 pub struct Subscription {
     sub: Arc<Subscriber>,
-    registry: Arc<Registry>,
+    registry: Arc<dyn Unregister>,
     metrics: Arc<Metrics>,
     preamble: VecDeque<Bytes>,
     replay: std::vec::IntoIter<Arc<Event>>,
@@ -278,7 +277,7 @@ impl Subscription {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         sub: Arc<Subscriber>,
-        registry: Arc<Registry>,
+        registry: Arc<dyn Unregister>,
         metrics: Arc<Metrics>,
         preamble: VecDeque<Bytes>,
         replay: Vec<Arc<Event>>,
@@ -484,8 +483,16 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.registry.remove(&self.sub);
+        self.registry.unregister(&self.sub);
     }
+}
+
+/// Where a subscriber is registered, so that its [`Subscription`] removes it when dropped.
+/// Implemented by the registry, which knows subscribers; a subscription needs to know no
+/// more of the registry than this.
+pub(crate) trait Unregister: Send + Sync {
+    /// Removes `sub`: its stream has ended.
+    fn unregister(&self, sub: &Subscriber);
 }
 
 #[cfg(test)]

@@ -335,17 +335,10 @@ impl Public {
         } else {
             Vec::new()
         };
-        let kept = |name: &str| !named.iter().any(|n| n.eq_ignore_ascii_case(name));
-        let lines = |name: &'static str| {
-            req.headers
-                .iter()
-                .filter(move |h| h.name.eq_ignore_ascii_case(name) && kept(h.name))
-                .map(|h| h.value)
-        };
         let ip = if trusted && has.hops {
             let mut hops = HeaderMap::new();
             for name in ["x-forwarded-for", "forwarded"] {
-                for v in lines(name) {
+                for v in lines(req.headers, &named, name) {
                     if let Ok(v) = HeaderValue::from_bytes(v) {
                         hops.append(name, v);
                     }
@@ -362,59 +355,18 @@ impl Public {
                 return Next::Answer(plain, resp);
             }
         };
-
-        out.clear();
-        out.extend_from_slice(method.as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let keep_proto = trusted && has.proto && lines("x-forwarded-proto").next().is_some();
-        let keep_host = trusted && has.host && lines("x-forwarded-host").next().is_some();
-        for h in req.headers.iter() {
-            let name = h.name;
-            let replaced = [
-                "host",
-                "content-length",
-                "x-forwarded-for",
-                "forwarded",
-                "expect",
-            ]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
-                || (!keep_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
-                || (!keep_host && name.eq_ignore_ascii_case("x-forwarded-host"));
-            if replaced || is_hop_by_hop(name) || !kept(name) {
-                continue;
-            }
-            line(out, name.as_bytes(), h.value);
-        }
-        let hops = Hops::new(
-            peer.ip(),
-            std::str::from_utf8(host).ok(),
-            if has.hops {
-                join_lines(lines("x-forwarded-for"))
-            } else {
-                None
-            },
-            if has.hops {
-                join_lines(lines("forwarded"))
-            } else {
-                None
-            },
-        );
-        line(out, b"host", host);
-        line(out, b"x-forwarded-for", hops.x_forwarded_for.as_bytes());
-        if !keep_proto {
-            line(out, b"x-forwarded-proto", PROTO.as_bytes());
-        }
-        if !keep_host {
-            line(out, b"x-forwarded-host", host);
-        }
-        line(out, b"forwarded", hops.forwarded.as_bytes());
-        if let Some(n) = length {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        let request = Rewrite {
+            method,
+            target,
+            headers: req.headers,
+            named: &named,
+            host,
+            length,
+            has: &has,
+            trusted,
+            peer: peer.ip(),
+        };
+        rewrite(&request, out);
         let derived = policy.derive.matching(method, path);
         Next::Forward(Plain { derived, ..plain }, slot)
     }
@@ -479,6 +431,97 @@ impl Public {
             Relayed::Broken => false,
         }
     }
+}
+
+/// A plain request as parsed, with what its rewrite needs to know.
+struct Rewrite<'a, 'h> {
+    method: &'a str,
+    target: &'a str,
+    headers: &'a [httparse::Header<'h>],
+    /// Headers the `Connection` header names: hop-by-hop too.
+    named: &'a [&'h str],
+    host: &'h [u8],
+    length: Option<u64>,
+    has: &'a Has,
+    /// The peer is a trusted proxy: its forwarding headers are believed.
+    trusted: bool,
+    peer: std::net::IpAddr,
+}
+
+/// The values of the `name` lines of `headers` that are not hop-by-hop by `named`.
+fn lines<'a, 'h>(
+    headers: &'a [httparse::Header<'h>],
+    named: &'a [&str],
+    name: &'static str,
+) -> impl Iterator<Item = &'h [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| {
+            h.name.eq_ignore_ascii_case(name)
+                && !named.iter().any(|c| c.eq_ignore_ascii_case(h.name))
+        })
+        .map(|h| h.value)
+}
+
+/// Writes `r` as it goes to the app into `out`, all but the body: hop-by-hop headers (and
+/// those `Connection` names) dropped, `Host` kept, the forwarding headers built by [`Hops`]
+/// (those of a trusted peer kept), the length restated.
+fn rewrite(r: &Rewrite<'_, '_>, out: &mut Vec<u8>) {
+    let has = r.has;
+    let kept = |name: &str| !r.named.iter().any(|n| n.eq_ignore_ascii_case(name));
+    let lines = |name| lines(r.headers, r.named, name);
+    out.clear();
+    out.extend_from_slice(r.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(r.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let keep_proto = r.trusted && has.proto && lines("x-forwarded-proto").next().is_some();
+    let keep_host = r.trusted && has.host && lines("x-forwarded-host").next().is_some();
+    for h in r.headers {
+        let name = h.name;
+        let replaced = [
+            "host",
+            "content-length",
+            "x-forwarded-for",
+            "forwarded",
+            "expect",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+            || (!keep_proto && name.eq_ignore_ascii_case("x-forwarded-proto"))
+            || (!keep_host && name.eq_ignore_ascii_case("x-forwarded-host"));
+        if replaced || is_hop_by_hop(name) || !kept(name) {
+            continue;
+        }
+        line(out, name.as_bytes(), h.value);
+    }
+    let hops = Hops::new(
+        r.peer,
+        std::str::from_utf8(r.host).ok(),
+        if has.hops {
+            join_lines(lines("x-forwarded-for"))
+        } else {
+            None
+        },
+        if has.hops {
+            join_lines(lines("forwarded"))
+        } else {
+            None
+        },
+    );
+    line(out, b"host", r.host);
+    line(out, b"x-forwarded-for", hops.x_forwarded_for.as_bytes());
+    if !keep_proto {
+        line(out, b"x-forwarded-proto", PROTO.as_bytes());
+    }
+    if !keep_host {
+        line(out, b"x-forwarded-host", r.host);
+    }
+    line(out, b"forwarded", hops.forwarded.as_bytes());
+    if let Some(n) = r.length {
+        let _ = write!(out, "content-length: {n}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Which forwarding-related headers a request carries.
