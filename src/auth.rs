@@ -8,7 +8,7 @@
 
 use crate::config::{self, AuthMode, JwtAlgorithm};
 use crate::hub::Selector;
-use crate::response::ApiError;
+use crate::refusal::ApiError;
 use hyper::StatusCode;
 use hyper::header::{AUTHORIZATION, COOKIE, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};

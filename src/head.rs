@@ -7,7 +7,7 @@
 //! Knows nothing of HTTP stacks: a head is seen as its target, its size, its field count
 //! and its `Host` values.
 
-use crate::response::ApiError;
+use crate::refusal::ApiError;
 use hyper::StatusCode;
 
 /// The largest request head (request line and header fields): nginx allows 32 KiB,

@@ -33,6 +33,7 @@ pub mod logbound;
 pub mod metrics;
 pub mod proxy;
 pub mod publish;
+pub mod refusal;
 pub mod response;
 pub mod server;
 pub mod shutdown;

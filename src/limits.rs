@@ -13,7 +13,7 @@ mod inflight;
 pub use inflight::{InFlight, InFlightError, RequestSlot, UpstreamCap, UpstreamPermit};
 
 use crate::config::{self, Rate};
-use crate::response::ApiError;
+use crate::refusal::ApiError;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use hyper::StatusCode;

@@ -3,7 +3,7 @@
 //! published when any item is bad. No HTTP here; `admin` serves it.
 
 use crate::hub::{Backlog, HubError, NewEvent, validate_topic};
-use crate::response::ApiError;
+use crate::refusal::ApiError;
 use crate::sse;
 use hyper::StatusCode;
 use serde_json::Value;

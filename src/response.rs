@@ -1,6 +1,10 @@
 //! Response bodies and the one shape every refusal takes: `{"error", "detail"}`.
+//!
+//! The refusals themselves ([`ApiError`]) are declared in [`crate::refusal`], which knows no
+//! body type: the modules that decide (limits, auth, publish, head) depend on that alone.
 
 use crate::hub::Subscription;
+pub use crate::refusal::ApiError;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -119,18 +123,6 @@ impl hyper::body::Body for Body {
             Self::Tapped(b, _) => b.size_hint(),
             Self::Guarded(g) => g.body.size_hint(),
         }
-    }
-}
-
-/// A refusal that knows its status, its machine-readable code and its human sentence.
-pub trait ApiError: std::fmt::Display {
-    /// The HTTP status.
-    fn status(&self) -> StatusCode;
-    /// The `error` code of the JSON body.
-    fn code(&self) -> &'static str;
-    /// Seconds for `Retry-After`, for refusals the client should retry.
-    fn retry_after(&self) -> Option<u64> {
-        None
     }
 }
 

@@ -6,7 +6,7 @@
 //! finished).
 
 use crate::metrics::Metrics;
-use crate::response::ApiError;
+use crate::refusal::ApiError;
 use hyper::StatusCode;
 use std::collections::HashMap;
 use std::net::IpAddr;
