@@ -23,6 +23,10 @@ pub enum ForwardError {
     /// The app refused the connection or broke it.
     #[error("the upstream app at {0} could not be reached: {1}")]
     Unreachable(String, String),
+    /// The app answered, but not with a response ssegate can relay safely (malformed, over
+    /// the head limits, or framed ambiguously).
+    #[error("the upstream app at {0} sent an invalid response: {1}")]
+    InvalidResponse(String, String),
     /// The app did not answer within the timeout.
     #[error("the upstream app at {0} did not answer within {1:?}")]
     Timeout(String, Duration),
@@ -34,14 +38,14 @@ pub enum ForwardError {
 impl ApiError for ForwardError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::Unreachable(..) => StatusCode::BAD_GATEWAY,
+            Self::Unreachable(..) | Self::InvalidResponse(..) => StatusCode::BAD_GATEWAY,
             Self::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
             Self::Busy(e) => e.status(),
         }
     }
     fn code(&self) -> &'static str {
         match self {
-            Self::Unreachable(..) => "bad_gateway",
+            Self::Unreachable(..) | Self::InvalidResponse(..) => "bad_gateway",
             Self::Timeout(..) => "gateway_timeout",
             Self::Busy(e) => e.code(),
         }
@@ -249,6 +253,11 @@ impl Forwarder {
         while let Some(s) = source {
             if let Some(busy) = s.downcast_ref::<InFlightError>() {
                 return ForwardError::Busy(busy.clone());
+            }
+            if let Some(h) = s.downcast_ref::<hyper::Error>()
+                && h.is_parse()
+            {
+                return ForwardError::InvalidResponse(self.authority(), h.to_string());
             }
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 if io.kind() == std::io::ErrorKind::TimedOut {

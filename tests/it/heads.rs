@@ -234,3 +234,27 @@ async fn an_oversized_head_over_http2_costs_only_its_own_stream() {
     assert!(!driver.is_finished());
     assert_eq!(seen.lock().unwrap().clone(), vec!["/fine".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_answers_garbage_is_an_invalid_response_on_both_paths() {
+    // An "app" that answers every connection with bytes that are not HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"NOT HTTP AT ALL\r\n\r\n").await;
+            });
+        }
+    });
+    let gw = sidecar(test_config(&format!("http://{addr}").parse().unwrap())).await;
+    for path in [Path::Fast, Path::Hyper] {
+        let (status, body) = over(path, gw.proxy, get("/x", "Host: x\r\n")).await;
+        assert_eq!(status, 502, "{path:?}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let detail = json["detail"].as_str().unwrap();
+        assert!(detail.contains("invalid response"), "{path:?}: {detail}");
+    }
+}

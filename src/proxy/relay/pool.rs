@@ -279,9 +279,9 @@ impl Upstreams {
     }
 
     fn invalid(&self, why: &str) -> Failure {
-        Failure::Fatal(ForwardError::Unreachable(
+        Failure::Fatal(ForwardError::InvalidResponse(
             self.authority.clone(),
-            format!("invalid response: {why}"),
+            why.to_owned(),
         ))
     }
 }
