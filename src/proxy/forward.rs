@@ -91,7 +91,7 @@ impl Forwarder {
         http.set_connect_timeout(Some(connect_timeout));
         http.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(super::relay::IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE)
             // The app's response heads are held to the request heads' limits (502 past them),
             // as on the hand-written path.

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 /// The most idle connections to the app kept for reuse.
 const MAX_IDLE: usize = 256;
 
-/// An idle connection to the app older than this is closed rather than reused (hyper's
-/// pool and nginx's `keepalive_timeout` do the same; apps often close sooner).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// An idle connection to the app older than this is closed rather than reused (nginx's
+/// `keepalive_timeout` does the same; apps often close sooner). hyper's pool uses it too.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How much of a response body is read from the app at a time.
 pub(crate) const READ_SIZE: usize = 16 * 1024;
