@@ -256,7 +256,7 @@ async fn beyond_max_upstream_connections_a_request_waits_then_gets_503_upstream_
         .map(|_| {
             let proxy = gw.proxy;
             tokio::spawn(async move {
-                let resp = send(proxy, request("GET", "/hold", &[], Bytes::new())).await;
+                let resp = send_held(proxy, request("GET", "/hold", &[], Bytes::new())).await;
                 (resp.status(), body_bytes(resp).await)
             })
         })
@@ -329,7 +329,7 @@ async fn beyond_concurrent_requests_per_ip_a_request_gets_429_and_other_addresse
         .map(|_| {
             let proxy = gw.proxy;
             tokio::spawn(async move {
-                send(proxy, request("GET", "/hold", &[], Bytes::new()))
+                send_held(proxy, request("GET", "/hold", &[], Bytes::new()))
                     .await
                     .status()
             })

@@ -146,6 +146,17 @@ pub async fn send(addr: SocketAddr, req: Request<UBody>) -> Response<Incoming> {
     send_on(TcpStream::connect(addr).await.unwrap(), req).await
 }
 
+/// Sends one request that is meant to wait (an app holding it until the test lets go):
+/// no deadline of its own, the test's end bounds it.
+pub async fn send_held(addr: SocketAddr, req: Request<UBody>) -> Response<Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender.send_request(req).await.unwrap()
+}
+
 /// Sends one request on an already connected stream.
 pub async fn send_on(stream: TcpStream, req: Request<UBody>) -> Response<Incoming> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
