@@ -19,6 +19,7 @@ use crate::publish::body_as_data;
 use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// The rules of the current configuration.
 #[derive(Default)]
@@ -123,9 +124,9 @@ impl Matched {
         self,
         status: u16,
         header: impl Fn(&str) -> Option<&'h str>,
-        hub: &Hub,
-        metrics: &Arc<Metrics>,
+        publisher: &Publisher,
     ) -> Publication {
+        let metrics = &publisher.metrics;
         let mut pending = Vec::new();
         for (compiled, params) in &self.hits {
             let rule = &compiled.rule;
@@ -164,8 +165,7 @@ impl Matched {
             .iter()
             .any(|p| p.rule.rule.data == DeriveData::Response);
         Publication {
-            hub: hub.clone(),
-            metrics: Arc::clone(metrics),
+            publisher: publisher.clone(),
             pending,
             request: self.request_body,
             response: wants_response.then(BytesMut::new),
@@ -184,8 +184,7 @@ struct Pending {
 
 /// Derived events waiting for the response to be relayed: published when dropped.
 pub struct Publication {
-    hub: Hub,
-    metrics: Arc<Metrics>,
+    publisher: Publisher,
     pending: Vec<Pending>,
     request: Option<Bytes>,
     /// The response's body so far, while a rule wants it and it fits.
@@ -252,11 +251,8 @@ impl Drop for Publication {
         if self.pending.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let response = self.response_body();
-        let mut events = Vec::with_capacity(self.pending.len());
+        let metrics = &self.publisher.metrics;
         for p in std::mem::take(&mut self.pending) {
             let rule = &p.rule.rule;
             let body = match rule.data {
@@ -269,7 +265,7 @@ impl Drop for Publication {
                 Some(body) => match body.and_then(body_as_data) {
                     Some(data) => data,
                     None => {
-                        self.metrics.derived(&rule.name, "body_omitted");
+                        metrics.derived(&rule.name, "body_omitted");
                         let mut meta = p.meta;
                         meta["body_omitted"] = true.into();
                         meta.to_string()
@@ -282,23 +278,63 @@ impl Drop for Publication {
                 data,
                 close: false,
             };
-            events.push((event, p.rule));
-        }
-        let (hub, metrics) = (self.hub.clone(), Arc::clone(&self.metrics));
-        runtime.spawn(async move {
-            // One publish per event: a rule whose event the broker refuses does not take
-            // the other rules' events with it.
-            for (event, compiled) in events {
-                let outcome = match hub.publish(vec![event]).await {
-                    Ok(_) => "published",
-                    Err(e) => {
-                        tracing::warn!(rule = compiled.rule.name, error = %e, "derived event not published");
-                        "broker_unavailable"
-                    }
-                };
-                metrics.derived(&compiled.rule.name, outcome);
+            if let Err(full) = self.publisher.tx.try_send((event, Arc::clone(&p.rule))) {
+                let (_, rule) = full.into_inner();
+                metrics.derived(&rule.rule.name, "overloaded");
+                tracing::warn!(
+                    rule = rule.rule.name,
+                    "derived events wait faster than they are published; one dropped"
+                );
             }
-        });
+        }
+    }
+}
+
+/// Derived events waiting for the broker, at most this many.
+const QUEUE: usize = 4096;
+
+/// The most derived events published in one call.
+const BATCH: usize = 256;
+
+/// An event and the rule it came from.
+type Derived = (NewEvent, Arc<Compiled>);
+
+/// Publishes derived events in order and in batches, on one task: a request that matched
+/// a rule costs a channel send, not a task and a publish (and a wake of every dispatcher)
+/// of its own.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Derived>,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    /// Starts the publishing task on the current runtime.
+    pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(publish_all(rx, hub, Arc::clone(&metrics)));
+        Self { tx, metrics }
+    }
+}
+
+async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let (events, rules): (Vec<NewEvent>, Vec<Arc<Compiled>>) = batch.drain(..).unzip();
+        let outcome = match hub.publish(events).await {
+            Ok(_) => "published",
+            Err(e) => {
+                tracing::warn!(events = rules.len(), error = %e, "derived events not published");
+                if matches!(e, crate::hub::HubError::Overloaded(..)) {
+                    "overloaded"
+                } else {
+                    "broker_unavailable"
+                }
+            }
+        };
+        for compiled in rules {
+            metrics.derived(&compiled.rule.name, outcome);
+        }
     }
 }
 

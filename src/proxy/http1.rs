@@ -421,7 +421,7 @@ impl Public {
                     .find(|h| h.name.eq_ignore_ascii_case(name))
                     .and_then(|h| std::str::from_utf8(h.value).ok())
             };
-            m.answered(head.status, header, &self.hub, &self.metrics)
+            m.answered(head.status, header, &self.derived)
         });
         let close = close || head.framing == Framing::Close;
         upstream_buf.advance(head.len);

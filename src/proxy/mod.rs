@@ -82,6 +82,8 @@ pub struct Public {
     shutdown: Shutdown,
     /// Polls the app for watched topics while they have streams.
     watcher: Watcher,
+    /// Publishes the events `derive` rules make.
+    derived: crate::derive::Publisher,
 }
 
 /// A refused stream: either one of ours, or the app's own answer (`auth.mode: upstream`).
@@ -117,6 +119,7 @@ impl Public {
         shutdown: Shutdown,
     ) -> Result<Self, KeyError> {
         let watcher = Watcher::new(config, hub.clone(), Arc::clone(&metrics));
+        let derived = crate::derive::Publisher::start(hub.clone(), Arc::clone(&metrics));
         let upstream_cap = UpstreamCap::new(
             config.limits.max_upstream_connections,
             config.upstream_timeouts.connect,
@@ -140,6 +143,7 @@ impl Public {
                 Arc::clone(&upstream_cap),
             ),
             watcher,
+            derived,
             inflight: InFlight::new(config.limits.concurrent_requests_per_ip),
             upstream_cap,
             metrics,
@@ -509,8 +513,7 @@ impl Handler for Public {
                 let publication = m.answered(
                     resp.status().as_u16(),
                     |name| resp.headers().get(name).and_then(|v| v.to_str().ok()),
-                    &self.hub,
-                    &self.metrics,
+                    &self.derived,
                 );
                 resp.map(|body| Body::Tapped(Box::new(body), Box::new(publication)))
             }
