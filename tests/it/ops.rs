@@ -5,22 +5,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use hyper::{Response, StatusCode};
-use std::collections::HashMap;
 use std::time::Duration;
-
-/// Parses the Prometheus/OpenMetrics text format into `series → value`.
-async fn metrics(admin: std::net::SocketAddr) -> HashMap<String, f64> {
-    let body = body_bytes(send(admin, request("GET", "/metrics", &[], Bytes::new())).await).await;
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_stats_follow_a_known_sequence() {

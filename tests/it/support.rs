@@ -663,3 +663,17 @@ impl hyper::body::Body for ChannelBody {
             .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
+
+/// `/metrics` of the internal listener at `admin`, parsed into `series → value`.
+pub async fn metrics(admin: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let body = body_bytes(send(admin, request("GET", "/metrics", &[], Bytes::new())).await).await;
+    String::from_utf8(body.to_vec())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}

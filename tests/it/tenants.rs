@@ -14,20 +14,6 @@ fn tenants(c: &mut Config, cap: Option<usize>) {
     c.limits.max_connections_per_tenant = cap;
 }
 
-/// `/metrics` as `series → value`.
-async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let body = body_bytes(send(admin, request("GET", "/metrics", &[], Bytes::new())).await).await;
-    String::from_utf8(body.to_vec())
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 /// `/stats`'s `tenants`, by name.
 async fn tenant_stats(admin: SocketAddr) -> HashMap<String, serde_json::Value> {
     let (_, stats) = call_json(admin, request("GET", "/stats", &[], Bytes::new())).await;
