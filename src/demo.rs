@@ -125,7 +125,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     ));
     let ticker = tokio::spawn(tick(running.admin_addr));
 
-    println!("{}", banner(running.proxy_addr, running.admin_addr));
+    // One write, and no panic if nobody reads stdout any more (println! panics on a closed
+    // pipe): the demo goes on serving either way.
+    let mut shown = banner(running.proxy_addr, running.admin_addr);
+    shown.push('\n');
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), shown.as_bytes());
 
     let name = signals.terminate().await;
     tracing::info!(signal = name, "signal received");

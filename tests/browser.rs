@@ -431,10 +431,10 @@ fn start_demo(log: &Path) -> (Demo, String, String) {
     let demo = Demo { child };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Drains stdout to the end, even once nobody listens: a closed pipe would make the
+        // demo's next write fail.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
+            let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + DEADLINE;
