@@ -55,11 +55,7 @@ DIR="${DIR:-$(mktemp -d /tmp/ssegate-compare.XXXXXX)}"
 mkdir -p "$DIR"
 OUT="$DIR/results.jsonl"
 touch "$OUT"
-SSEGATE_BIN="${SSEGATE_BIN:-}"
-if [ -z "$SSEGATE_BIN" ]; then
-    [ -x target/release/ssegate ] || cargo build --release -q
-    SSEGATE_BIN="$PWD/target/release/ssegate"
-fi
+SSEGATE_BIN=$(ssegate_bin)
 case " $SYSTEMS " in
 *" floor"*)
     FLOOR_BIN="${FLOOR_BIN:-$PEERS/floor/target/release/floor}"

@@ -70,3 +70,10 @@ bench_exe() {
         jq -r 'select(.reason == "compiler-artifact" and .target.name == "'"$1"'" and .executable != null) | .executable' |
         tail -1
 }
+
+# ssegate_bin: the ssegate executable to measure: $SSEGATE_BIN if set, else the release
+# build (built first). One rule for every script.
+ssegate_bin() {
+    if [ -n "${SSEGATE_BIN:-}" ]; then echo "$SSEGATE_BIN"; return; fi
+    cargo build --release -q >&2 && echo "$PWD/target/release/ssegate"
+}

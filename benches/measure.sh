@@ -18,8 +18,7 @@ source benches/lib.sh
 RUNS="${RUNS:-3}" QUIET_WAIT="${QUIET_WAIT:-120}"
 DIR="$(mktemp -d /tmp/ssegate-measure.XXXXXX)"
 OUT="$DIR/results.jsonl"
-SSEGATE_BIN="${SSEGATE_BIN:-}"
-if [ -z "$SSEGATE_BIN" ]; then cargo build --release -q; SSEGATE_BIN=target/release/ssegate; fi
+SSEGATE_BIN=$(ssegate_bin)
 LOADGEN_BIN="${LOADGEN_BIN:-$(bench_exe loadgen)}"
 SCENARIOS="${*:-2a 2b 2d 2c}"
 export RUN="$DIR/ssegate" LISTEN=127.0.0.1:18080 ADMIN=127.0.0.1:18081 SSEGATE_BIN

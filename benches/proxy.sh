@@ -22,8 +22,7 @@ DIR="$(mktemp -d /tmp/ssegate-proxy-bench.XXXXXX)"
 command -v wrk >/dev/null && command -v nginx >/dev/null || {
     echo "needs wrk and nginx: apt-get install -y wrk nginx" >&2; exit 1; }
 
-SSEGATE_BIN="${SSEGATE_BIN:-}"
-if [ -z "$SSEGATE_BIN" ]; then cargo build --release -q; SSEGATE_BIN=target/release/ssegate; fi
+SSEGATE_BIN=$(ssegate_bin)
 UPSTREAM_BIN="${UPSTREAM_BIN:-$(bench_exe upstream)}"
 
 PIDS=()

@@ -14,8 +14,7 @@ source benches/lib.sh
 TOPICS="${TOPICS:-10000}" EVERY="${EVERY:-1s}" DURATION="${DURATION:-10}"
 UP=127.0.0.1:19310 SG=127.0.0.1:19311 SG_ADMIN=127.0.0.1:19312
 DIR="$(mktemp -d /tmp/ssegate-watch-bench.XXXXXX)"
-SSEGATE_BIN="${SSEGATE_BIN:-}"
-if [ -z "$SSEGATE_BIN" ]; then cargo build --release -q; SSEGATE_BIN=target/release/ssegate; fi
+SSEGATE_BIN=$(ssegate_bin)
 UPSTREAM_BIN="${UPSTREAM_BIN:-$(bench_exe upstream)}"
 
 PIDS=()
