@@ -15,7 +15,7 @@ mod stalled;
 
 use accept::Acceptor;
 use sockets::Rewind;
-pub(crate) use sockets::SendTimeout;
+pub(crate) use sockets::{SendTimeout, Stall};
 
 use crate::response::Body;
 use crate::shutdown::Shutdown;

@@ -33,6 +33,7 @@ mod subscriber;
 pub mod topic;
 
 pub use log::Backlog;
+pub(crate) use subscriber::{DirectWrite, Written};
 pub use subscriber::{End, Filter, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
@@ -344,7 +345,9 @@ impl Hub {
             BrokerSettings::Redis { .. } => MemoryLog::mirror(bounds, readers),
         });
         let head = Arc::new(watch::channel(0).0);
+        let timing = Arc::new(Timing::new(settings.heartbeat, settings.retry));
         registry.spawn_dispatchers(&log, &head, &metrics);
+        registry.spawn_heartbeats(&timing);
         tokio::spawn(trim_history(Arc::clone(&log), max_age));
         let broker = match &settings.broker {
             BrokerSettings::Memory => Broker::Memory,
@@ -386,7 +389,7 @@ impl Hub {
         };
         Self {
             inner: Arc::new(Inner {
-                timing: Arc::new(Timing::new(settings.heartbeat, settings.retry)),
+                timing,
                 settings,
                 log,
                 registry,

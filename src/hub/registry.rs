@@ -1,5 +1,7 @@
 //! Who follows what: the subscriber index, split into shards, each with its own
-//! dispatcher task that reads the log in order and queues events for its subscribers.
+//! dispatcher task that reads the log in order and delivers events to its subscribers
+//! (queued for the stream's task, or, for a parked stream while the dispatcher is caught
+//! up, written to its connection at once), and its own heartbeat task for parked streams.
 //!
 //! There is no global lock on delivery: a subscriber lives in one shard, each shard's
 //! index has its own lock, taken by its dispatcher once per event and by subscribe /
@@ -9,14 +11,16 @@
 //! never skips an event, and only a subscriber's own full queue (the slow-consumer policy)
 //! cuts its stream.
 
-use super::Event;
 use super::log::MemoryLog;
-use super::subscriber::{End, Subscriber, Unregister};
+use super::subscriber::{Delivery, End, Subscriber, Unregister};
 use super::topic::{Selector, covering_prefixes};
+use super::{Event, Timing};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The subscribers of one topic or prefix: a vector for the dispatcher to walk, and each
 /// one's place in it, so that adding and removing one is O(1) however many follow the
@@ -94,13 +98,13 @@ impl Index {
         self.all.remove(&sub.id);
     }
 
-    /// Queues `ev` for every subscriber of this shard that wants it; returns how many.
-    fn fan_out(&self, ev: &Arc<Event>, metrics: &Metrics) -> u64 {
-        let mut queued = 0;
+    /// Calls `f` with every subscriber of this shard that wants `ev` (a subscriber that
+    /// follows it by several topics or patterns more than once: the queue skips repeats).
+    fn each_target(&self, ev: &Event, mut f: impl FnMut(&Arc<Subscriber>)) {
         let mut offer = |list: &Subs| {
             for sub in list.iter() {
-                if sub.filter.accepts_type(ev) && sub.enqueue(ev, metrics) {
-                    queued += 1;
+                if sub.filter.accepts_type(ev) {
+                    f(sub);
                 }
             }
         };
@@ -116,7 +120,39 @@ impl Index {
                 }
             }
         }
-        queued
+    }
+}
+
+/// What one event's fan-out in one shard did.
+#[derive(Default)]
+struct Fanned {
+    /// Queued for the streams' tasks.
+    queued: u64,
+    /// Written by the dispatcher to parked streams.
+    written: u64,
+}
+
+impl Fanned {
+    /// Delivers `ev` to `sub`; returns the work done, in units of a queued delivery (a
+    /// write costs the dispatcher a system call, some twenty times a queueing).
+    fn deliver(
+        &mut self,
+        sub: &Subscriber,
+        ev: &Arc<Event>,
+        metrics: &Metrics,
+        direct: Option<Instant>,
+    ) -> u64 {
+        match sub.enqueue(ev, metrics, direct) {
+            Delivery::Skipped => 0,
+            Delivery::Queued => {
+                self.queued += 1;
+                1
+            }
+            Delivery::Written => {
+                self.written += 1;
+                20
+            }
+        }
     }
 }
 
@@ -237,6 +273,16 @@ impl Registry {
         self.shards.len()
     }
 
+    /// Spawns one heartbeat task per shard: it writes the heartbeat comment to the
+    /// shard's parked streams (streams that are not parked keep a timer of their own).
+    pub(crate) fn spawn_heartbeats(self: &Arc<Self>, timing: &Arc<Timing>) {
+        for i in 0..self.shards.len() {
+            let registry = Arc::downgrade(self);
+            let timing = Arc::clone(timing);
+            tokio::spawn(heartbeats(registry, i, timing));
+        }
+    }
+
     /// Spawns one dispatcher per shard; shard `i` reads the log as its reader `i`.
     pub(crate) fn spawn_dispatchers(
         self: &Arc<Self>,
@@ -262,6 +308,7 @@ impl Registry {
     ) {
         let shard = &self.shards[reader];
         let mut batch = Vec::with_capacity(READ_BATCH);
+        let mut targets = Vec::new();
         let mut since_yield = 0;
         loop {
             head.borrow_and_update();
@@ -271,18 +318,78 @@ impl Registry {
                 }
                 continue;
             }
-            for ev in batch.drain(..) {
-                let queued = shard.lock().fan_out(&ev, metrics);
+            // Written directly only when this dispatcher is caught up: behind, it queues,
+            // and each stream's task sends what piled up in one write.
+            let caught_up = batch.len() < READ_BATCH;
+            let last = batch.len();
+            for (i, ev) in batch.drain(..).enumerate() {
+                let mut fanned = Fanned::default();
+                if caught_up && i + 1 == last {
+                    // The writes take time: made with the shard unlocked, so streams can
+                    // come and go meanwhile, and with yields between them.
+                    shard
+                        .lock()
+                        .each_target(&ev, |s| targets.push(Arc::clone(s)));
+                    let now = Instant::now();
+                    for sub in targets.drain(..) {
+                        since_yield += fanned.deliver(&sub, &ev, metrics, Some(now));
+                        if since_yield >= YIELD_EVERY {
+                            since_yield = 0;
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                } else {
+                    let idx = shard.lock();
+                    idx.each_target(&ev, |s| {
+                        since_yield += fanned.deliver(s, &ev, metrics, None);
+                    });
+                }
+                metrics.delivered(fanned.written);
+                let delivered = fanned.queued + fanned.written;
                 // Per tenant: once per event and shard, not per subscriber.
-                metrics.tenants().delivered(&ev.topics, queued);
+                metrics.tenants().delivered(&ev.topics, delivered);
                 // Reading counts too: a flood of events nobody here follows must not
                 // keep this worker thread from the connections either.
-                since_yield += 1 + queued;
+                since_yield += 1;
                 if since_yield >= YIELD_EVERY {
                     since_yield = 0;
                     tokio::task::yield_now().await;
                 }
             }
+        }
+    }
+}
+
+/// A shard's heartbeat: every quarter of the interval, a comment to each parked stream
+/// quiet for three quarters of it or more, so that no stream stays quiet longer than the
+/// interval. One timer per shard instead of one per stream; a reloaded interval applies
+/// from the next tick. Ends with the registry.
+async fn heartbeats(registry: Weak<Registry>, shard: usize, timing: Arc<Timing>) {
+    let mut targets = Vec::new();
+    loop {
+        let interval = timing.heartbeat();
+        let tick = (interval / 4).max(Duration::from_millis(1));
+        tokio::time::sleep(tick).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(quiet_since) = now.checked_sub(interval - tick) else {
+            continue;
+        };
+        targets.extend(registry.shards[shard].lock().all.values().cloned());
+        drop(registry);
+        let mut written = 0u32;
+        for sub in targets.drain(..) {
+            if sub.beat(now, quiet_since) {
+                written += 1;
+                if written.is_multiple_of(256) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        if targets.capacity() > 1024 {
+            targets = Vec::new();
         }
     }
 }

@@ -121,6 +121,53 @@ struct Queue {
     last_enqueued: EventId,
     end: Option<End>,
     waker: Option<Waker>,
+    /// Set while the stream's task is parked with nothing to write: a dispatcher writes a
+    /// live event itself instead of queueing it and waking the task.
+    parked: Option<Parked>,
+    /// When the connection was last written to (by the task or a dispatcher), while
+    /// parked: the shard's heartbeat writes a comment once it has been quiet for long.
+    wrote_at: Option<Instant>,
+    /// The unwritten rest of a dispatcher's write cut short: the task writes it first.
+    rest: Bytes,
+}
+
+/// A parked stream's connection, as a dispatcher may write to it.
+struct Parked {
+    writer: Arc<dyn DirectWrite>,
+    /// Events up to this id were already sent (or replayed): never written again.
+    after: EventId,
+}
+
+/// A connection a dispatcher may write an event to itself, without waking the stream's
+/// task, while that task is parked with nothing to write ([`Subscription::park`]). The
+/// dispatcher holds the subscriber's lock while it writes, and the task takes the
+/// connection back under the same lock before writing anything itself, so writes never
+/// interleave.
+pub(crate) trait DirectWrite: Send + Sync {
+    /// Writes `frame` (an event's shared SSE frame, framed as the connection needs)
+    /// without blocking.
+    fn try_write_frame(&self, frame: &Bytes) -> Written;
+}
+
+/// How much of a frame a [`DirectWrite`] took.
+pub(crate) enum Written {
+    /// All of it.
+    All,
+    /// Part of it; the rest, as the connection's bytes, for the task to write first.
+    Part(Bytes),
+    /// Nothing (the socket is full, or failed: the task finds out by itself).
+    Nothing,
+}
+
+/// What [`Subscriber::enqueue`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Not for this subscriber (already queued, or its stream is ending).
+    Skipped,
+    /// Queued for the stream's task.
+    Queued,
+    /// Written to the connection by the caller.
+    Written,
 }
 
 /// The part of a subscriber shared with the dispatchers.
@@ -154,6 +201,9 @@ impl Subscriber {
                 last_enqueued: EventId::default(),
                 end: None,
                 waker: None,
+                parked: None,
+                wrote_at: None,
+                rest: Bytes::new(),
             }),
         }
     }
@@ -165,13 +215,46 @@ impl Subscriber {
     }
 
     /// Queues an event (once, even when it reaches this subscriber by several topics) and
-    /// applies the slow-consumer policy. Returns whether the event was queued.
-    pub(crate) fn enqueue(&self, ev: &Arc<Event>, metrics: &Metrics) -> bool {
+    /// applies the slow-consumer policy. With `direct` (the time now), a stream parked with
+    /// nothing to write gets the event written by the caller instead, if the socket takes
+    /// it at once: no queue, no wake-up, no task poll.
+    pub(crate) fn enqueue(
+        &self,
+        ev: &Arc<Event>,
+        metrics: &Metrics,
+        direct: Option<Instant>,
+    ) -> Delivery {
         let mut q = self.lock();
         if q.end.is_some() || ev.id <= q.last_enqueued {
-            return false;
+            return Delivery::Skipped;
         }
         q.last_enqueued = ev.id;
+        if let Some(parked) = q.parked.take()
+            && let Some(now) = direct
+            && q.events.is_empty()
+            && ev.id > parked.after
+            && !self.filter.closed_by(ev)
+        {
+            match parked.writer.try_write_frame(&ev.frame) {
+                Written::All => {
+                    q.wrote_at = Some(now);
+                    q.parked = Some(parked);
+                    return Delivery::Written;
+                }
+                Written::Part(rest) => {
+                    q.wrote_at = Some(now);
+                    q.rest = rest;
+                    let waker = q.waker.take();
+                    drop(q);
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    return Delivery::Written;
+                }
+                // Queued below: the task waits for the socket.
+                Written::Nothing => {}
+            }
+        }
         if q.events.len() >= self.capacity {
             match self.policy {
                 SlowConsumer::Disconnect => {
@@ -216,12 +299,47 @@ impl Subscriber {
         if let Some(w) = waker {
             w.wake();
         }
-        true
+        Delivery::Queued
+    }
+
+    /// Writes a heartbeat comment if the stream is parked and its connection has been
+    /// quiet since `quiet_since`; returns whether it did. A socket that is full needs no
+    /// heartbeat (bytes are on their way), and the task learns of it at its next write.
+    pub(crate) fn beat(&self, now: Instant, quiet_since: Instant) -> bool {
+        let mut q = self.lock();
+        let Some(parked) = &q.parked else {
+            return false;
+        };
+        if q.wrote_at.is_some_and(|t| t > quiet_since) {
+            return false;
+        }
+        match parked
+            .writer
+            .try_write_frame(&Bytes::from_static(sse::HEARTBEAT))
+        {
+            Written::All => {
+                q.wrote_at = Some(now);
+                true
+            }
+            Written::Part(rest) => {
+                q.wrote_at = Some(now);
+                q.rest = rest;
+                q.parked = None;
+                let waker = q.waker.take();
+                drop(q);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                true
+            }
+            Written::Nothing => false,
+        }
     }
 
     /// Ends the stream after what is already queued.
     pub(crate) fn end(&self, end: End) {
         let mut q = self.lock();
+        q.parked = None;
         if q.end.is_none() {
             q.end = Some(end);
         }
@@ -264,13 +382,19 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Event>>,
     /// The end taken from the queue, sent once the backlog is out.
     end: Option<End>,
-    heartbeat: Pin<Box<Sleep>>,
+    /// The stream's own heartbeat timer; `None` once dispatchers may write to the
+    /// connection: the shard's heartbeat then writes to it while it is parked.
+    heartbeat: Option<Pin<Box<Sleep>>>,
+    /// Frames were handed out since the stream last parked.
+    handed_out: bool,
     timing: Arc<Timing>,
     expires: Option<Pin<Box<Sleep>>>,
     finishing: bool,
     done: bool,
     /// Events handed out since the delivery counter was last updated.
     counted: u64,
+    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]).
+    direct: Option<Arc<dyn DirectWrite>>,
 }
 
 impl Subscription {
@@ -299,13 +423,59 @@ impl Subscription {
             last_sent: EventId::default(),
             backlog: VecDeque::new(),
             end: None,
-            heartbeat: Box::pin(tokio::time::sleep(timing.heartbeat())),
+            heartbeat: Some(Box::pin(tokio::time::sleep(timing.heartbeat()))),
+            handed_out: false,
             timing,
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
             finishing: false,
             done: false,
             counted: 0,
+            direct: None,
         }
+    }
+
+    /// Lets dispatchers write live events and heartbeats to `writer` themselves while this
+    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes.
+    pub(crate) fn write_directly(&mut self, writer: Arc<dyn DirectWrite>) {
+        self.direct = Some(writer);
+        self.heartbeat = None;
+        self.handed_out = true;
+    }
+
+    /// Parks the stream: until [`Self::unpark`], a dispatcher writes the next live event
+    /// (and the shard's heartbeat, a heartbeat) to the connection itself, if the socket
+    /// takes it at once, instead of queueing it and waking the task. Call only when
+    /// `poll_frames` has just returned `Pending` and everything it handed out before is
+    /// written; the task must then write nothing before calling [`Self::unpark`].
+    pub(crate) fn park(&mut self) {
+        let Some(writer) = &self.direct else {
+            return;
+        };
+        if self.done || self.finishing || !self.backlog.is_empty() || self.end.is_some() {
+            return;
+        }
+        let mut q = self.sub.lock();
+        if self.handed_out {
+            self.handed_out = false;
+            q.wrote_at = Some(Instant::now());
+        }
+        if q.events.is_empty() && q.end.is_none() && q.rest.is_empty() {
+            q.parked = Some(Parked {
+                writer: Arc::clone(writer),
+                after: self.last_sent.max(self.head),
+            });
+        }
+    }
+
+    /// Takes the connection back from the dispatchers before the task writes anything:
+    /// returns the unwritten rest of a dispatcher's write cut short, to be written first.
+    pub(crate) fn unpark(&mut self) -> Bytes {
+        if self.direct.is_none() {
+            return Bytes::new();
+        }
+        let mut q = self.sub.lock();
+        q.parked = None;
+        std::mem::take(&mut q.rest)
     }
 
     /// The hub's id for this subscriber (appears in log lines).
@@ -365,9 +535,12 @@ impl Subscription {
         }
         if out.len() > start {
             self.metrics.delivered(std::mem::take(&mut self.counted));
-            self.heartbeat
-                .as_mut()
-                .reset(Instant::now() + self.timing.heartbeat());
+            self.handed_out = true;
+            if let Some(heartbeat) = &mut self.heartbeat {
+                heartbeat
+                    .as_mut()
+                    .reset(Instant::now() + self.timing.heartbeat());
+            }
             return Poll::Ready(Some(()));
         }
         if self.finishing {
@@ -381,8 +554,10 @@ impl Subscription {
             self.expires = None;
             return self.poll_frames(cx, out, max);
         }
-        if self.heartbeat.as_mut().poll(cx).is_ready() {
-            self.heartbeat
+        if let Some(heartbeat) = &mut self.heartbeat
+            && heartbeat.as_mut().poll(cx).is_ready()
+        {
+            heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
             out.push(Bytes::from_static(sse::HEARTBEAT));
@@ -483,6 +658,10 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if self.direct.is_some() {
+            // The connection closes with its stream, not when the dispatchers let go.
+            self.sub.lock().parked = None;
+        }
         self.registry.unregister(&self.sub);
     }
 }

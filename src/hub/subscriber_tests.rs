@@ -2,7 +2,10 @@
 //! What a subscription hands its writer: the events' shared frames, and never more than
 //! the slow-consumer policy allows.
 
-use crate::hub::{Filter, Hub, HubSettings, NewEvent, Selector, SubscribeRequest, Subscription};
+use crate::hub::{
+    DirectWrite, Filter, Hub, HubSettings, NewEvent, Selector, SubscribeRequest, Subscription,
+    Written,
+};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -112,4 +115,135 @@ async fn a_backlog_is_not_refilled_until_empty_so_the_policy_still_cuts() {
     let rest = take(&mut s, 100).unwrap();
     assert_eq!(rest.len(), 4);
     assert!(take(&mut s, 100).is_none());
+}
+
+/// A connection that takes what a dispatcher writes to it, as told: everything, nothing,
+/// or the first `n` bytes.
+struct Conn {
+    takes: std::sync::Mutex<Option<usize>>,
+    wrote: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl Conn {
+    fn new(takes: Option<usize>) -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<Bytes>) {
+        let (wrote, rx) = tokio::sync::mpsc::unbounded_channel();
+        let conn = Arc::new(Self {
+            takes: std::sync::Mutex::new(takes),
+            wrote,
+        });
+        (conn, rx)
+    }
+}
+
+impl DirectWrite for Conn {
+    fn try_write_frame(&self, frame: &Bytes) -> Written {
+        match *self.takes.lock().unwrap() {
+            None => Written::Nothing,
+            Some(n) if n >= frame.len() => {
+                self.wrote.send(frame.clone()).unwrap();
+                Written::All
+            }
+            Some(n) => {
+                self.wrote.send(frame.slice(..n)).unwrap();
+                Written::Part(frame.slice(n..))
+            }
+        }
+    }
+}
+
+/// A stream past its preamble, parked with `conn` for the dispatcher to write to.
+fn parked(hub: &Hub, topic: &str, conn: &Arc<Conn>) -> Subscription {
+    let mut s = subscribe(hub, topic);
+    s.write_directly(Arc::clone(conn) as Arc<dyn DirectWrite>);
+    assert_eq!(take(&mut s, 8).unwrap().len(), 2, "retry and the id");
+    assert_eq!(take(&mut s, 8).unwrap().len(), 0, "then nothing");
+    s.park();
+    s
+}
+
+#[tokio::test]
+async fn a_parked_stream_gets_the_event_written_by_the_dispatcher_not_queued() {
+    let hub = hub(100);
+    let (conn, mut wrote) = Conn::new(Some(usize::MAX));
+    let mut s = parked(&hub, "t", &conn);
+    hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
+    let frame = wrote.recv().await.unwrap();
+    assert!(frame.ends_with(b"data: one\n\n"));
+    assert_eq!(take(&mut s, 8).unwrap().len(), 0, "nothing was queued");
+    assert!(s.unpark().is_empty(), "the write was whole");
+    // Taken back: the next event is queued for the task, not written.
+    hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
+    let queued = take_live(&mut s, 8).await;
+    assert!(queued[0].ends_with(b"data: two\n\n"));
+    assert!(wrote.try_recv().is_err(), "written once, by the dispatcher");
+}
+
+#[tokio::test]
+async fn a_full_socket_makes_the_dispatcher_queue_and_stay_off_until_parked_again() {
+    let hub = hub(100);
+    let (conn, mut wrote) = Conn::new(None);
+    let mut s = parked(&hub, "t", &conn);
+    hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: one\n\n"));
+    // The socket has room again, but the task did not park: still queued, in order.
+    *conn.takes.lock().unwrap() = Some(usize::MAX);
+    hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: two\n\n"));
+    assert!(wrote.try_recv().is_err());
+    s.park();
+    hub.publish(vec![NewEvent::new("t", "three")])
+        .await
+        .unwrap();
+    assert!(wrote.recv().await.unwrap().ends_with(b"data: three\n\n"));
+}
+
+#[tokio::test]
+async fn the_rest_of_a_write_cut_short_goes_first_and_later_events_are_queued() {
+    let hub = hub(100);
+    let (conn, mut wrote) = Conn::new(Some(5));
+    let mut s = parked(&hub, "t", &conn);
+    hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
+    let head = wrote.recv().await.unwrap();
+    hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
+    let queued = take_live(&mut s, 8).await;
+    assert!(
+        queued[0].ends_with(b"data: two\n\n"),
+        "two waits in the queue"
+    );
+    let rest = s.unpark();
+    let whole = [&head[..], &rest[..]].concat();
+    assert!(whole.ends_with(b"data: one\n\n"), "head and rest make one");
+    assert!(wrote.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_closing_event_is_never_written_directly() {
+    let hub = hub(100);
+    let (conn, mut wrote) = Conn::new(Some(usize::MAX));
+    let mut s = parked(&hub, "t", &conn);
+    let mut closing = NewEvent::new("t", "bye");
+    closing.close = true;
+    hub.publish(vec![closing]).await.unwrap();
+    let frames = take_live(&mut s, 8).await;
+    assert!(frames[0].ends_with(b"data: bye\n\n"));
+    assert!(take(&mut s, 8).is_none(), "the stream ends after it");
+    assert!(wrote.try_recv().is_err(), "the task wrote it, then ended");
+}
+
+#[tokio::test]
+async fn an_ended_stream_is_taken_from_the_dispatchers() {
+    let hub = hub(100);
+    let (conn, mut wrote) = Conn::new(Some(usize::MAX));
+    let mut s = parked(&hub, "t", &conn);
+    let mut sentinel = subscribe(&hub, "u");
+    take(&mut sentinel, 8).unwrap();
+    assert_eq!(hub.delete_topic("t"), 1);
+    let end = take_live(&mut s, 8).await;
+    assert!(end[0].windows(14).any(|w| w == b"ssegate.closed"));
+    // One event to both topics: once the sentinel has it, the dispatcher is past `s`.
+    let mut late = NewEvent::new("t", "late");
+    late.topics.push("u".into());
+    hub.publish(vec![late]).await.unwrap();
+    dispatched(&mut sentinel, 1).await;
+    assert!(wrote.try_recv().is_err(), "nothing written after the end");
 }

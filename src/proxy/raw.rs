@@ -14,9 +14,10 @@
 //! and subscribing, a few KiB that an idle stream should not carry for hours. What a stream
 //! holds is the socket, its subscription and the bytes of one unfinished write.
 
+use crate::hub::{DirectWrite, Written};
 use crate::response::{Body, EventBody};
-use crate::server::{Held, SendTimeout};
-use bytes::{Buf, Bytes};
+use crate::server::{Held, Stall};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, Version};
@@ -24,9 +25,10 @@ use std::future::Future;
 use std::io;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The most of an app's refusal body (`auth.mode: upstream`) passed on here.
@@ -90,8 +92,13 @@ pub(super) async fn respond(
                 Poll::Ready(None)
             );
             frame_chunk(&mut pending, 1, ended);
+            let io = Arc::new(stream);
+            events
+                .subscription
+                .write_directly(Arc::clone(&io) as Arc<dyn DirectWrite>);
             let mut conn = Stream {
-                io: SendTimeout::new(stream, send_timeout),
+                io,
+                stall: Stall::new(send_timeout),
                 events,
                 pending,
                 written: 0,
@@ -231,16 +238,46 @@ fn hex_line(mut n: usize, out: &mut [u8; 18]) -> usize {
     len + 2
 }
 
+/// A dispatcher's write to a parked stream ([`crate::hub::Subscription::park`]): the
+/// event as one chunk (size line, the shared frame, CRLF) in one vectored write.
+impl DirectWrite for TcpStream {
+    fn try_write_frame(&self, frame: &Bytes) -> Written {
+        let line = size_line(frame.len());
+        let parts: [&[u8]; 3] = [&line, frame, b"\r\n"];
+        let total = line.len() + frame.len() + 2;
+        match self.try_write_vectored(&parts.map(IoSlice::new)) {
+            Ok(n) if n == total => Written::All,
+            Ok(0) | Err(_) => Written::Nothing,
+            Ok(mut n) => {
+                let mut rest = BytesMut::with_capacity(total - n);
+                for part in parts {
+                    let skip = n.min(part.len());
+                    rest.extend_from_slice(&part[skip..]);
+                    n -= skip;
+                }
+                Written::Part(rest.freeze())
+            }
+        }
+    }
+}
+
 /// An event stream after its response head: writes the subscription's frames as they
 /// come, everything ready at once in one vectored write, and ends when the subscription
 /// ends, a write fails or makes no progress for the send timeout, the slow-consumer policy
 /// cuts the stream, or the client closes its side.
 ///
+/// With nothing to write it parks its subscription: the dispatchers then write live
+/// events to the socket themselves while it takes them, and the task is woken only for a
+/// heartbeat, a full socket, or the end.
+///
 /// A hand-written future rather than an `async` block so that an idle stream's task holds
 /// exactly these fields and nothing sized for the states it never returns to.
 struct Stream {
-    /// The socket; a write that makes no progress for the send timeout fails.
-    io: SendTimeout,
+    /// The socket, shared with the dispatchers (which write only while the stream is
+    /// parked).
+    io: Arc<TcpStream>,
+    /// A write that makes no progress for the send timeout fails.
+    stall: Stall,
     events: Box<EventBody>,
     /// The frames of the write in progress (shared with every other subscriber).
     pending: Vec<Bytes>,
@@ -257,32 +294,30 @@ impl Stream {
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut probe = [0u8; 16];
         loop {
-            let mut buf = ReadBuf::new(&mut probe);
-            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
-                Poll::Ready(_) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+            if ready!(self.io.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            match self.io.try_read(&mut probe) {
+                Ok(0) => return Poll::Ready(()),
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(()),
+                // Stray bytes, or a spurious wake-up (readiness is cleared: polled again).
+                Ok(_) | Err(_) => {}
             }
         }
     }
 
     /// Writes `pending` out. Pending while the client does not take it, and an error once
-    /// it has taken nothing for the send timeout ([`SendTimeout`]).
+    /// it has taken nothing for the send timeout ([`Stall`]).
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
             let rest = &self.pending[self.written..];
-            let io = Pin::new(&mut self.io);
-            let poll = if rest.len() == 1 {
-                io.poll_write(cx, &rest[0])
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOV];
-                let n = rest.len().min(MAX_IOV);
-                for (slice, frame) in slices.iter_mut().zip(rest) {
-                    *slice = IoSlice::new(frame);
-                }
-                io.poll_write_vectored(cx, &slices[..n])
-            };
-            match poll {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let n = rest.len().min(MAX_IOV);
+            for (slice, frame) in slices.iter_mut().zip(rest) {
+                *slice = IoSlice::new(frame);
+            }
+            let poll = write_vectored(&self.io, cx, &slices[..n]);
+            match self.stall.watch(cx, poll) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(mut n)) => {
                     while n > 0 {
@@ -309,6 +344,22 @@ impl Stream {
     }
 }
 
+/// A vectored write to a socket others may write to as well (never at the same time).
+fn write_vectored(
+    io: &TcpStream,
+    cx: &mut Context<'_>,
+    slices: &[IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        ready!(io.poll_write_ready(cx))?;
+        match io.try_write_vectored(slices) {
+            // The readiness was stale (or a dispatcher filled the socket): wait again.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
+        }
+    }
+}
+
 impl Future for Stream {
     type Output = ();
 
@@ -316,6 +367,12 @@ impl Future for Stream {
         let this = &mut *self;
         if this.poll_gone(cx).is_ready() {
             return Poll::Ready(());
+        }
+        // The socket is the dispatchers' while parked: take it back before writing, and
+        // finish first what a dispatcher's write left half done.
+        let rest = this.events.subscription.unpark();
+        if !rest.is_empty() {
+            this.pending.insert(this.written, rest);
         }
         loop {
             match this.poll_write_pending(cx) {
@@ -332,7 +389,7 @@ impl Future for Stream {
                 }
             }
             if this.ended {
-                let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+                // Dropping the socket closes it (FIN) after the last chunk.
                 return Poll::Ready(());
             }
             // Slot 0 waits for the chunk's size line: set once the frames are known, with
@@ -350,6 +407,7 @@ impl Future for Stream {
                 }
                 Poll::Pending => {
                     frame_chunk(&mut this.pending, 0, false);
+                    this.events.subscription.park();
                     return Poll::Pending;
                 }
             }

@@ -17,17 +17,14 @@ use tokio::net::TcpStream;
 /// slow-consumer policy by then, but the bytes queued for it would never drain).
 pub(crate) struct SendTimeout {
     io: TcpStream,
-    timeout: Duration,
-    /// Running while writes make no progress.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl SendTimeout {
     pub(crate) fn new(io: TcpStream, timeout: Duration) -> Self {
         Self {
             io,
-            timeout,
-            stalled: None,
+            stall: Stall::new(timeout),
         }
     }
 
@@ -35,9 +32,26 @@ impl SendTimeout {
     pub(crate) fn into_inner(self) -> TcpStream {
         self.io
     }
+}
 
-    /// Passes a write's outcome through, timing how long writes have made no progress.
-    fn watch(
+/// The send timeout's clock: how long writes to one peer have made no progress.
+pub(crate) struct Stall {
+    timeout: Duration,
+    /// Running while writes make no progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome through; a write still pending once writes have made no
+    /// progress for the timeout fails with `TimedOut`.
+    pub(crate) fn watch(
         &mut self,
         cx: &mut Context<'_>,
         poll: Poll<io::Result<usize>>,
@@ -77,7 +91,7 @@ impl AsyncWrite for SendTimeout {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, poll)
+        self.stall.watch(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -86,7 +100,7 @@ impl AsyncWrite for SendTimeout {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, poll)
+        self.stall.watch(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {

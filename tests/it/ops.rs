@@ -140,7 +140,8 @@ async fn shutdown_tells_every_stream_and_lets_inflight_requests_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_lowers_and_raises_a_limit_without_dropping_streams() {
     let up = upstream(|_req| async { Response::new(full("app")) }).await;
-    let config = test_config(&up.uri);
+    let mut config = test_config(&up.uri);
+    config.events.heartbeat = Duration::from_secs(4);
     let gw = sidecar(config.clone()).await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -157,7 +158,7 @@ async fn reload_lowers_and_raises_a_limit_without_dropping_streams() {
     let mut raise = config.clone();
     raise.limits.max_connections = 10;
     raise.listen = "127.0.0.1:1".parse().unwrap();
-    raise.events.heartbeat = Duration::from_secs(1);
+    raise.events.heartbeat = Duration::from_millis(200);
     let restart = running.reload(raise).unwrap();
     assert!(restart.contains(&"listen"), "{restart:?}");
     open.push(SseClient::open(gw.proxy, "/events?topic=r").await);
@@ -167,9 +168,14 @@ async fn reload_lowers_and_raises_a_limit_without_dropping_streams() {
     for c in &mut open {
         assert_eq!(c.event().await.data, "still here");
     }
-    // The new heartbeat reaches the open streams (the default is 15 s; a beat within the
-    // deadline can only come from the reloaded 1 s).
-    open[0].wait_heartbeat().await;
+    // Open streams take the new heartbeat from their next beat: at the old 4 s, three
+    // beats take 12 s, over the 10 s each read may wait; at the reloaded 0.2 s, about 4.4 s.
+    let started = tokio::time::Instant::now();
+    open[0].wait_heartbeats(3).await;
+    assert!(
+        started.elapsed() < DEADLINE,
+        "the reloaded heartbeat applies"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -383,7 +383,12 @@ impl SseClient {
 
     /// Waits until a heartbeat comment arrives.
     pub async fn wait_heartbeat(&mut self) {
-        while !self.comments.iter().any(|c| c == " hb") {
+        self.wait_heartbeats(1).await;
+    }
+
+    /// Waits until `n` heartbeats have arrived in all (each read within [`DEADLINE`]).
+    pub async fn wait_heartbeats(&mut self, n: usize) {
+        while self.comments.iter().filter(|c| *c == " hb").count() < n {
             assert!(
                 self.read_chunk(DEADLINE).await,
                 "stream ended before a heartbeat"
