@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 /// The most of an app's refusal body (`auth.mode: upstream`) passed on here.
@@ -245,7 +245,7 @@ impl DirectWrite for TcpStream {
         let line = size_line(frame.len());
         let parts: [&[u8]; 3] = [&line, frame, b"\r\n"];
         let total = line.len() + frame.len() + 2;
-        match self.try_write_vectored(&parts.map(IoSlice::new)) {
+        match send_vectored(self, &parts.map(IoSlice::new)) {
             Ok(n) if n == total => Written::All,
             Ok(0) | Err(_) => Written::Nothing,
             Ok(mut n) => {
@@ -352,12 +352,21 @@ fn write_vectored(
 ) -> Poll<io::Result<usize>> {
     loop {
         ready!(io.poll_write_ready(cx))?;
-        match io.try_write_vectored(slices) {
+        match send_vectored(io, slices) {
             // The readiness was stale (or a dispatcher filled the socket): wait again.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return Poll::Ready(done),
         }
     }
+}
+
+/// A non-blocking vectored write as `sendmsg()`: the socket layer directly, not
+/// `writev()` through the file layer (whose file lookup and position lock cost ~9% of a
+/// fan-out's CPU). Keeps tokio's readiness right: `WouldBlock` clears it.
+fn send_vectored(io: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    io.try_io(Interest::WRITABLE, || {
+        socket2::SockRef::from(io).send_vectored(slices)
+    })
 }
 
 impl Future for Stream {
