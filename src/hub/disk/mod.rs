@@ -15,6 +15,9 @@
 //!   [`HubError::Unavailable`] and marks the broker down; the partial write is cut off and
 //!   the next write starts a new segment. A probe retries every [`PROBE`] until a new
 //!   segment can be created, or the next publish succeeds.
+//! - **Segments** are started ahead: once the current one is half full, the next is
+//!   created (and its directory entry flushed) on a thread of its own, so moving to it
+//!   costs the publishes no flush.
 //! - **Space**: a segment is deleted whole once every event in it has left the history.
 //! - **`DELETE /topics/…`** writes a record that hides the topic's earlier events when the
 //!   history is read back (written in the background, like any publish after it).
@@ -72,6 +75,8 @@ enum Job {
     Publish {
         batch: Vec<NewEvent>,
         done: oneshot::Sender<Result<Vec<EventId>, HubError>>,
+        /// When it was handed to the writer.
+        sent: Instant,
     },
     /// A deleted topic, so that its history does not come back at the next start.
     Delete(Box<str>),
@@ -90,6 +95,18 @@ impl Job {
 pub(crate) struct DiskBroker {
     tx: mpsc::Sender<Job>,
     up: Arc<AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DiskBroker {
+    /// Waits for the writer to finish (its last flush, a segment it is creating ahead), so
+    /// that a broker started next on the same directory finds it as this one left it.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.tx, mpsc::channel().0));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl DiskBroker {
@@ -130,6 +147,10 @@ impl DiskBroker {
             total: segments.iter().map(|s| s.events).sum(),
             segments,
             current: None,
+            ahead: None,
+            answered: 0,
+            answered_at: Instant::now(),
+            flush_took: Duration::ZERO,
             next_number,
             last_id: local.log.last_id().max(last),
             dirty: false,
@@ -146,11 +167,15 @@ impl DiskBroker {
             "history loaded from disk"
         );
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("ssegate-disk".into())
             .spawn(move || writer.run(&rx))
             .map_err(dir_error)?;
-        Ok(Self { tx, up })
+        Ok(Self {
+            tx,
+            up,
+            writer: Some(writer),
+        })
     }
 
     /// Stores a batch; answers once it is written (and flushed, with `sync: always`).
@@ -158,7 +183,11 @@ impl DiskBroker {
         let (done, answer) = oneshot::channel();
         let gone = || HubError::Unavailable("the disk writer stopped".into());
         self.tx
-            .send(Job::Publish { batch, done })
+            .send(Job::Publish {
+                batch,
+                done,
+                sent: Instant::now(),
+            })
             .map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
@@ -249,6 +278,12 @@ struct Current {
     len: u64,
 }
 
+/// The next segment, being created (or created) on its own thread.
+struct Ahead {
+    number: u64,
+    job: std::thread::JoinHandle<std::io::Result<File>>,
+}
+
 struct Writer {
     dir: PathBuf,
     sync: Option<Duration>,
@@ -261,6 +296,12 @@ struct Writer {
     /// Every segment on disk, oldest first; the last one is `current` when that is open.
     segments: VecDeque<Segment>,
     current: Option<Current>,
+    /// The segment to move to when `current` is full.
+    ahead: Option<Ahead>,
+    /// How many publishes the last group answered, when, and how long its flush took.
+    answered: usize,
+    answered_at: Instant,
+    flush_took: Duration,
     next_number: u64,
     last_id: EventId,
     /// Written since the last flush (`sync: <duration>` only).
@@ -287,6 +328,7 @@ impl Writer {
                         n += more.records();
                         group.push(more);
                     }
+                    self.gather(rx, &mut group, n);
                     self.commit(group);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -301,9 +343,38 @@ impl Writer {
                     {
                         let _ = cur.file.sync_data();
                     }
+                    // Left empty, it is removed at the next start.
+                    if let Some(a) = self.ahead.take() {
+                        let _ = a.job.join();
+                    }
                     return;
                 }
             }
+        }
+    }
+
+    /// With `sync: always`, waits a little for the publishers the last flush answered:
+    /// they usually publish again at once, and without the wait those that come back
+    /// while this group is being flushed wait for the next flush, so the publishers split
+    /// into two halves taking turns, each flush serving only one. The wait ends as soon as
+    /// as many have come back as were answered, and lasts at most one flush's time (1 ms
+    /// at most): a lone publisher never waits, since its return ends the wait.
+    fn gather(&self, rx: &mpsc::Receiver<Job>, group: &mut Vec<Job>, mut n: usize) {
+        if self.sync.is_some() {
+            return;
+        }
+        let back =
+            |job: &Job| matches!(job, Job::Publish { sent, .. } if *sent >= self.answered_at);
+        let mut returned = group.iter().filter(|j| back(j)).count();
+        let until = Instant::now() + self.flush_took.min(Duration::from_millis(1));
+        while returned < self.answered && n < GROUP_EVENTS {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(job) = rx.recv_timeout(left) else {
+                break;
+            };
+            returned += usize::from(back(&job));
+            n += job.records();
+            group.push(job);
         }
     }
 
@@ -315,7 +386,7 @@ impl Writer {
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
             let (batch, done) = match job {
-                Job::Publish { batch, done } => (batch, done),
+                Job::Publish { batch, done, .. } => (batch, done),
                 Job::Delete(topic) => {
                     segment::encode_delete(&topic, &mut buf);
                     continue;
@@ -337,10 +408,13 @@ impl Writer {
                 self.local
                     .head
                     .send_modify(|seq| *seq = seq.wrapping_add(1));
+                self.answered = answers.len();
+                self.answered_at = Instant::now();
                 for (done, ids) in answers {
                     let _ = done.send(Ok(ids));
                 }
                 self.remove_old(now);
+                self.create_ahead();
             }
             Err(e) => {
                 for (done, _) in answers {
@@ -393,17 +467,21 @@ impl Writer {
             return Err(std::io::Error::other("no open segment"));
         };
         (&cur.file).write_all(buf)?;
+        let started = Instant::now();
+        if self.sync.is_none() {
+            cur.file.sync_data()?;
+        }
+        cur.len += buf.len() as u64;
         match self.sync {
-            None => cur.file.sync_data()?,
+            None => self.flush_took = started.elapsed(),
             Some(_) => {
                 if !self.dirty {
                     self.dirty = true;
                     self.last_sync = Instant::now();
                 }
+                self.flush_due();
             }
         }
-        cur.len += buf.len() as u64;
-        self.flush_due();
         Ok(())
     }
 
@@ -426,29 +504,27 @@ impl Writer {
         }
     }
 
-    /// Opens a new segment if none is open: created, magic written and flushed, and the
-    /// directory entry flushed too, so a segment that holds answered events survives.
+    /// Makes a segment current if none is: the one created ahead ([`Self::create_ahead`])
+    /// if there is one (waiting for it if it is still being created), else a new one.
     fn open(&mut self) -> std::io::Result<()> {
         if self.current.is_some() {
             return Ok(());
         }
-        let number = self.next_number;
-        let path = segment::path(&self.dir, number);
-        // The number is used up even if creating fails: never append after a failed file.
-        self.next_number += 1;
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        let ready = (&file)
-            .write_all(segment::MAGIC)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| File::open(&self.dir)?.sync_all());
-        if let Err(e) = ready {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
+        let ahead = self.ahead.take().and_then(|a| match a.job.join() {
+            Ok(Ok(file)) => Some((a.number, file)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the segment created ahead failed; creating one now");
+                None
+            }
+            Err(_) => None,
+        });
+        let (number, file) = match ahead {
+            Some(ready) => ready,
+            None => {
+                let number = self.take_number();
+                (number, create(&self.dir, number)?)
+            }
+        };
         self.segments.push_back(Segment {
             number,
             events: 0,
@@ -461,9 +537,57 @@ impl Writer {
         Ok(())
     }
 
+    /// The next segment number. It is used up even if creating that segment fails: never
+    /// append after a failed file.
+    fn take_number(&mut self) -> u64 {
+        self.next_number += 1;
+        self.next_number - 1
+    }
+
+    /// Once the current segment is half full, starts creating the next one on its own
+    /// thread, so that moving to it costs the publishes nothing: creating a segment
+    /// flushes the file and the directory, two flushes a publish would otherwise wait for.
+    fn create_ahead(&mut self) {
+        let half = self
+            .segments
+            .back()
+            .is_some_and(|s| s.events >= self.segment_events / 2)
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.len >= SEGMENT_BYTES / 2);
+        if self.ahead.is_some() || self.current.is_none() || !half {
+            return;
+        }
+        let number = self.take_number();
+        let dir = self.dir.clone();
+        match std::thread::Builder::new()
+            .name("ssegate-disk-ahead".into())
+            .spawn(move || create(&dir, number))
+        {
+            Ok(job) => self.ahead = Some(Ahead { number, job }),
+            // The segment is created when it is needed instead.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start a thread to create a segment ahead");
+            }
+        }
+    }
+
+    /// Removes the segment created ahead, if any (waiting for it to be created): a probe
+    /// must create a segment itself to learn whether the directory takes writes again.
+    fn discard_ahead(&mut self) {
+        if let Some(a) = self.ahead.take()
+            && let Ok(Ok(file)) = a.job.join()
+        {
+            drop(file);
+            let _ = std::fs::remove_file(segment::path(&self.dir, a.number));
+        }
+    }
+
     /// Opens a segment ahead of the next publish: the start-up check and the probe while
     /// down.
     fn try_open(&mut self) {
+        self.discard_ahead();
         match self.open() {
             Ok(()) => self.set_up(true, None),
             Err(e) => self.set_up(false, Some(&e)),
@@ -513,6 +637,27 @@ impl Writer {
             self.segments.pop_front();
         }
     }
+}
+
+/// Creates segment `number` in `dir`: the magic written and flushed, and the directory
+/// entry flushed too, so that a segment holding answered events survives a crash. A file
+/// that could not be made ready is removed.
+fn create(dir: &Path, number: u64) -> std::io::Result<File> {
+    let path = segment::path(dir, number);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let ready = (&file)
+        .write_all(segment::MAGIC)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| File::open(dir)?.sync_all());
+    if let Err(e) = ready {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
