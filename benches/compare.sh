@@ -25,7 +25,9 @@
 # Systems: ssegate, floor (one send() per delivery: the floor of S1, S2, idle),
 #   floor-coalesce (one send() per subscriber per pass: the floor of S3), nchan, pushpin,
 #   ssegate-h2 (ssegate with every stream an HTTP/2 stream, prior-knowledge h2c, H2_CONNS
-#   connections; default 0: one per 100 streams, the most ssegate allows on one).
+#   connections; default 0: one per 100 streams, the most ssegate allows on one),
+#   ssegate-disk (ssegate on the disk broker, `sync: always`, a fresh directory under $DIR
+#   each run; its ratio to ssegate is issue 16's S2 target: CPU per delivery within 5%).
 # Environment (defaults): SYSTEMS="ssegate floor floor-coalesce nchan pushpin"
 #   SCENARIOS="S1 S2 S3 idle" RUNS=3
 #   DURATION=10 SRC_IPS=16 CONNECT_CONCURRENCY=128 (Pushpin: PUSHPIN_CONNECT_CONCURRENCY=32,
@@ -111,11 +113,14 @@ FLOOR_PID=""
 start() {
     RUNNING=$1 # before starting: a start that fails halfway is cleaned up too
     case $1 in
-    ssegate | ssegate-h2)
-        PIDS=$(benches/run-ssegate.sh start) ||
+    ssegate | ssegate-h2 | ssegate-disk)
+        # ssegate-disk: the disk broker in a fresh directory of this run's.
+        rm -rf "$DIR/disk"
+        if [ "$1" = ssegate-disk ]; then set -- "$1" DISK_DIR="$DIR/disk" DISK_SYNC=always; fi
+        PIDS=$(env "${@:2}" benches/run-ssegate.sh start) ||
             { echo "ssegate did not start ($SSEGATE_BIN; log in $RUN)" >&2; exit 1; }
         TARGET_ARGS=(--target ssegate --sub-addr "$LISTEN" --pub-addr "$ADMIN" --connect-concurrency "$CC")
-        [ "$1" = ssegate ] || TARGET_ARGS+=(--h2 --h2-conns "$H2_CONNS")
+        if [ "$1" = ssegate-h2 ]; then TARGET_ARGS+=(--h2 --h2-conns "$H2_CONNS"); fi
         ;;
     nchan)
         "$PEERS/run-nchan.sh" start 1 >> "$DIR/peers.log" 2>&1 ||
@@ -134,13 +139,13 @@ start() {
         PIDS=$FLOOR_PID
         TARGET_ARGS=(--target floor --sub-addr "$FLOOR_LISTEN" --pub-addr "$FLOOR_PUB" --connect-concurrency "$CC")
         ;;
-    *) echo "unknown system $1 (ssegate, ssegate-h2, floor, floor-coalesce, nchan, pushpin)" >&2; RUNNING=""; exit 2 ;;
+    *) echo "unknown system $1 (ssegate, ssegate-h2, ssegate-disk, floor, floor-coalesce, nchan, pushpin)" >&2; RUNNING=""; exit 2 ;;
     esac
 }
 
 stop() {
     case $RUNNING in
-    ssegate | ssegate-h2) benches/run-ssegate.sh stop ;;
+    ssegate | ssegate-h2 | ssegate-disk) benches/run-ssegate.sh stop ;;
     nchan) "$PEERS/run-nchan.sh" stop >> "$DIR/peers.log" 2>&1 ;;
     pushpin) "$PEERS/run-pushpin.sh" stop >> "$DIR/peers.log" 2>&1 ;;
     floor | floor-coalesce)
@@ -253,6 +258,9 @@ ratio() {
     case " $SYSTEMS " in *" ssegate-h2 "*)
         echo "ssegate-h2: every stream an HTTP/2 stream (h2c), $H2_CONNS connections (0: one per 100 streams)." ;;
     esac
+    case " $SYSTEMS " in *" ssegate-disk "*)
+        echo "ssegate-disk: ssegate on the disk broker (sync: always, a fresh directory each run)." ;;
+    esac
     echo
     echo "| system | scenario | deliveries/s | delivered % | p50 ms | p99 ms | lost / dup (max) | server CPU µs/delivery | KB/stream | connect s | first publish → last delivery s | busy % before (each run) | load1 before |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
@@ -292,6 +300,9 @@ ratio() {
         ratio ssegate-h2 ssegate "$sc" "server CPU µs/delivery" .cpu_us_per_delivery
     done
     ratio ssegate-h2 ssegate idle "KB/stream" .kb_per_stream
+    for sc in S1 S2 S3; do
+        ratio ssegate-disk ssegate "$sc" "server CPU µs/delivery" .cpu_us_per_delivery
+    done
     echo
     echo "Connect failures (sum over runs): $(jq -s -r 'group_by(.system + " " + .scenario) | map("\(.[0].system) \(.[0].scenario): \(map(.connect_failed) | add)") | join(", ")' "$OUT")"
 } | tee "$DIR/table.md"

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The disk broker (docs/disk-broker.md) against the memory broker:
 #   - publish throughput, no subscriber: 64 connections publishing single events, and
-#     4 connections publishing batches of 100, 5 s each, for memory, disk with
-#     sync: always, and disk with sync: 100ms;
+#     4, 16 and 64 connections publishing batches of 100 (with `sync: always` the rate
+#     grows with the publishes in flight, which share each flush), 5 s each, for memory,
+#     disk with sync: always, and disk with sync: 100ms;
 #   - start-up with a full history of 100,000 events of 1 KiB: the loader's own time
 #     (its `history loaded from disk` log line) and the process's RSS afterwards.
 # One run each, each on a fresh server and a fresh directory (under $DIR, printed).
 #
 #   benches/disk.sh
 #
-# LOADGEN_BIN / SSEGATE_BIN pick prebuilt binaries (default: target/release/ssegate, and
-# the loadgen bench built on demand). QUIET_WAIT=S (default 30): wait up to S s for the
+# SHAPES (default "64x1 4x100 16x100 64x100"): the connections × events per request to
+# measure; DURATION (default 5): seconds per run. LOADGEN_BIN / SSEGATE_BIN pick prebuilt
+# binaries (default: target/release/ssegate, and the loadgen bench built on demand). QUIET_WAIT=S (default 30): wait up to S s for the
 # machine to be idle before each run; the busy share is printed either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +32,7 @@ publish() {
     wait_quiet "$QUIET_WAIT" 10
     local pid rate
     pid=$(env "$@" benches/run-ssegate.sh start)
-    rate=$("$LOADGEN_BIN" --json run --streams 0 --rate 0 --duration 5 --batch "$batch" \
+    rate=$("$LOADGEN_BIN" --json run --streams 0 --rate 0 --duration "${DURATION:-5}" --batch "$batch" \
         --publishers "$publishers" --topics 100 --pid "$pid" 2>>"$DIR/stderr.log" |
         tee -a "$DIR/report.txt" | sed -n 's/^JSON //p' | jq -r '.publish_per_s | floor')
     benches/run-ssegate.sh stop
@@ -40,14 +42,12 @@ publish() {
 echo
 echo "| broker | connections × events per request | events/s accepted | machine busy before (%) |"
 echo "|---|---|---|---|"
-for shape in "64 1" "4 100"; do
-    # shellcheck disable=SC2086
-    publish memory $shape
+for shape in ${SHAPES:-64x1 4x100 16x100 64x100}; do
+    set -- "${shape%x*}" "${shape#*x}"
+    publish memory "$@"
     rm -rf "$DIR/always" "$DIR/100ms"
-    # shellcheck disable=SC2086
-    publish "disk, sync: always" $shape DISK_DIR="$DIR/always" DISK_SYNC=always
-    # shellcheck disable=SC2086
-    publish "disk, sync: 100ms" $shape DISK_DIR="$DIR/100ms" DISK_SYNC=100ms
+    publish "disk, sync: always" "$@" DISK_DIR="$DIR/always" DISK_SYNC=always
+    publish "disk, sync: 100ms" "$@" DISK_DIR="$DIR/100ms" DISK_SYNC=100ms
 done
 
 # Start-up: fill a history of 100,000 events of 1 KiB, stop, start again.

@@ -1,12 +1,14 @@
 //! The disk broker: the embedded history, also written to a directory so that a restart
 //! loses nothing.
 //!
-//! - **Publish** hands the batch to one writer thread. The thread takes every batch waiting
-//!   at that moment, gives them their ids, writes them with one `write`, flushes once
-//!   (`sync: always`) and only then appends them to the in-memory log and answers each
-//!   publisher: concurrent publishes share one flush (group commit), and no subscriber
-//!   ever sees an event that is not stored. With `sync: <duration>` the flush happens at
-//!   least that often instead.
+//! - **Publish**, with `sync: always`, hands the batch to one writer thread. The thread
+//!   takes every batch waiting at that moment (and waits briefly for the publishers its
+//!   last flush answered: [`Writer::gather`]), gives them their ids, writes them with one
+//!   `write`, flushes once and only then appends them to the in-memory log and answers
+//!   each publisher: concurrent publishes share one flush (group commit), and no
+//!   subscriber ever sees an event that is not stored. With `sync: <duration>` there is
+//!   no flush to wait for: the publish writes its batch itself, under the writer's lock
+//!   (no hop to the thread), and the thread flushes at least that often.
 //! - **Start-up** reads the segment files back into the log (the same log the memory
 //!   broker uses; dispatchers, replay and the seam are unchanged), so a client resuming
 //!   from before the restart gets everything after its id, and new ids follow the last one
@@ -15,12 +17,16 @@
 //!   [`HubError::Unavailable`] and marks the broker down; the partial write is cut off and
 //!   the next write starts a new segment. A probe retries every [`PROBE`] until a new
 //!   segment can be created, or the next publish succeeds.
+//! - **Segments** are started ahead: once the current one is half full, the next is
+//!   created (and its directory entry flushed) on a thread of its own, so moving to it
+//!   costs the publishes no flush.
 //! - **Space**: a segment is deleted whole once every event in it has left the history.
 //! - **`DELETE /topics/…`** writes a record that hides the topic's earlier events when the
-//!   history is read back (written in the background, like any publish after it).
+//!   history is read back (after the publishes before it, without waiting for a flush).
 //!
-//! The writer is an OS thread rather than a task because `write` and `fsync` block;
-//! nothing here runs per subscriber.
+//! The writer is an OS thread rather than a task because `fsync` blocks (a `write` to the
+//! page cache is as short as the memory broker's append, hence done inline with
+//! `sync: <duration>`); nothing here runs per subscriber.
 
 mod segment;
 
@@ -33,7 +39,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -72,6 +78,8 @@ enum Job {
     Publish {
         batch: Vec<NewEvent>,
         done: oneshot::Sender<Result<Vec<EventId>, HubError>>,
+        /// When it was handed to the writer.
+        sent: Instant,
     },
     /// A deleted topic, so that its history does not come back at the next start.
     Delete(Box<str>),
@@ -89,7 +97,22 @@ impl Job {
 /// The handle the hub keeps: publishes go to the writer thread.
 pub(crate) struct DiskBroker {
     tx: mpsc::Sender<Job>,
+    /// With `sync: <duration>`, publishes write themselves (under this lock, like the
+    /// memory broker's append): there is no flush to share, so no hop to a thread.
+    inline: Option<Arc<Mutex<Writer>>>,
     up: Arc<AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DiskBroker {
+    /// Waits for the writer to finish (its last flush, a segment it is creating ahead), so
+    /// that a broker started next on the same directory finds it as this one left it.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.tx, mpsc::channel().0));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl DiskBroker {
@@ -130,9 +153,14 @@ impl DiskBroker {
             total: segments.iter().map(|s| s.events).sum(),
             segments,
             current: None,
+            ahead: None,
+            answered: 0,
+            answered_at: Instant::now(),
+            flush_took: Duration::ZERO,
             next_number,
             last_id: local.log.last_id().max(last),
             dirty: false,
+            unflushed: Vec::new(),
             last_sync: Instant::now(),
             up: Arc::clone(&up),
             local,
@@ -146,26 +174,62 @@ impl DiskBroker {
             "history loaded from disk"
         );
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let writer = Arc::new(Mutex::new(writer));
+        let inline = sync.is_some().then(|| Arc::clone(&writer));
+        let thread = std::thread::Builder::new()
             .name("ssegate-disk".into())
-            .spawn(move || writer.run(&rx))
+            .spawn(move || run(&writer, &rx))
             .map_err(dir_error)?;
-        Ok(Self { tx, up })
+        Ok(Self {
+            tx,
+            inline,
+            up,
+            writer: Some(thread),
+        })
     }
 
     /// Stores a batch; answers once it is written (and flushed, with `sync: always`).
     pub(super) async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let (done, answer) = oneshot::channel();
         let gone = || HubError::Unavailable("the disk writer stopped".into());
-        self.tx
-            .send(Job::Publish { batch, done })
-            .map_err(|_| gone())?;
+        self.submit(Job::Publish {
+            batch,
+            done,
+            sent: Instant::now(),
+        })
+        .map_err(|()| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
     /// Records that `topic` was deleted (in the background: the log already dropped it).
     pub(super) fn delete_topic(&self, topic: &str) {
-        let _ = self.tx.send(Job::Delete(topic.into()));
+        let job = Job::Delete(topic.into());
+        // Written before any publish this caller makes next, which might write inline.
+        match &self.inline {
+            Some(writer) => lock(writer).commit(vec![job]),
+            None => {
+                let _ = self.tx.send(job);
+            }
+        }
+    }
+
+    /// With `sync: <duration>`, commits `job` here if the writer is free; otherwise (and
+    /// with `sync: always`) hands it to the writer thread, which writes everything
+    /// waiting in one go: concurrent publishes share one `write` instead of queueing for
+    /// the lock one by one.
+    fn submit(&self, job: Job) -> Result<(), ()> {
+        if let Some(writer) = &self.inline {
+            let free = match writer.try_lock() {
+                Ok(w) => Some(w),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut w) = free {
+                w.commit(vec![job]);
+                return Ok(());
+            }
+        }
+        self.tx.send(job).map_err(drop)
     }
 
     /// Whether the last write (or probe) succeeded.
@@ -245,8 +309,14 @@ struct Segment {
 
 /// The open segment being appended to.
 struct Current {
-    file: File,
+    file: Arc<File>,
     len: u64,
+}
+
+/// The next segment, being created (or created) on its own thread.
+struct Ahead {
+    number: u64,
+    job: std::thread::JoinHandle<std::io::Result<File>>,
 }
 
 struct Writer {
@@ -261,49 +331,61 @@ struct Writer {
     /// Every segment on disk, oldest first; the last one is `current` when that is open.
     segments: VecDeque<Segment>,
     current: Option<Current>,
+    /// The segment to move to when `current` is full.
+    ahead: Option<Ahead>,
+    /// How many publishes the last group answered, when, and how long its flush took.
+    answered: usize,
+    answered_at: Instant,
+    flush_took: Duration,
     next_number: u64,
     last_id: EventId,
     /// Written since the last flush (`sync: <duration>` only).
     dirty: bool,
+    /// Segments left with writes not flushed yet (`sync: <duration>` only).
+    unflushed: Vec<Arc<File>>,
     last_sync: Instant,
     up: Arc<AtomicBool>,
     local: Local,
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Job>) {
-        loop {
-            let wait = match self.sync {
-                _ if !self.up.load(Ordering::Relaxed) => PROBE,
-                Some(every) if self.dirty => every.saturating_sub(self.last_sync.elapsed()),
-                _ => Duration::from_secs(3600),
+    /// How long the thread may sleep: until the next flush is due (`sync: <duration>`:
+    /// publishes write without waking it), or the next probe while down.
+    fn wait(&self) -> Duration {
+        let probe = if self.up.load(Ordering::Relaxed) {
+            Duration::from_secs(3600)
+        } else {
+            PROBE
+        };
+        match self.sync {
+            Some(every) if self.dirty => probe.min(every.saturating_sub(self.last_sync.elapsed())),
+            Some(every) => probe.min(every),
+            None => probe,
+        }
+    }
+
+    /// With `sync: always`, waits a little for the publishers the last flush answered:
+    /// they usually publish again at once, and without the wait those that come back
+    /// while this group is being flushed wait for the next flush, so the publishers split
+    /// into two halves taking turns, each flush serving only one. The wait ends as soon as
+    /// as many have come back as were answered, and lasts at most one flush's time (1 ms
+    /// at most): a lone publisher never waits, since its return ends the wait.
+    fn gather(&self, rx: &mpsc::Receiver<Job>, group: &mut Vec<Job>, mut n: usize) {
+        if self.sync.is_some() {
+            return;
+        }
+        let back =
+            |job: &Job| matches!(job, Job::Publish { sent, .. } if *sent >= self.answered_at);
+        let mut returned = group.iter().filter(|j| back(j)).count();
+        let until = Instant::now() + self.flush_took.min(Duration::from_millis(1));
+        while returned < self.answered && n < GROUP_EVENTS {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(job) = rx.recv_timeout(left) else {
+                break;
             };
-            match rx.recv_timeout(wait) {
-                Ok(first) => {
-                    let mut group = vec![first];
-                    let mut n = group[0].records();
-                    while n < GROUP_EVENTS {
-                        let Ok(more) = rx.try_recv() else { break };
-                        n += more.records();
-                        group.push(more);
-                    }
-                    self.commit(group);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.current.is_none() {
-                        self.try_open();
-                    }
-                    self.flush_due();
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if let Some(cur) = &self.current
-                        && self.dirty
-                    {
-                        let _ = cur.file.sync_data();
-                    }
-                    return;
-                }
-            }
+            returned += usize::from(back(&job));
+            n += job.records();
+            group.push(job);
         }
     }
 
@@ -315,7 +397,7 @@ impl Writer {
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
             let (batch, done) = match job {
-                Job::Publish { batch, done } => (batch, done),
+                Job::Publish { batch, done, .. } => (batch, done),
                 Job::Delete(topic) => {
                     segment::encode_delete(&topic, &mut buf);
                     continue;
@@ -337,10 +419,13 @@ impl Writer {
                 self.local
                     .head
                     .send_modify(|seq| *seq = seq.wrapping_add(1));
+                self.answered = answers.len();
+                self.answered_at = Instant::now();
                 for (done, ids) in answers {
                     let _ = done.send(Ok(ids));
                 }
                 self.remove_old(now);
+                self.create_ahead();
             }
             Err(e) => {
                 for (done, _) in answers {
@@ -363,7 +448,7 @@ impl Writer {
                 .as_ref()
                 .is_some_and(|c| c.len >= SEGMENT_BYTES);
         if full {
-            self.current = None;
+            self.retire(false);
         }
         let result = self.open().and_then(|()| self.append(buf));
         match &result {
@@ -379,9 +464,7 @@ impl Writer {
                 // Cut the partial write off so the file stays readable to its end; either
                 // way the next write starts a new segment (after a failed flush, what the
                 // file holds is unknown).
-                if let Some(cur) = self.current.take() {
-                    let _ = cur.file.set_len(cur.len);
-                }
+                self.retire(true);
                 self.set_up(false, Some(e));
             }
         }
@@ -392,9 +475,15 @@ impl Writer {
         let Some(cur) = self.current.as_mut() else {
             return Err(std::io::Error::other("no open segment"));
         };
-        (&cur.file).write_all(buf)?;
+        (&*cur.file).write_all(buf)?;
+        let started = Instant::now();
+        if self.sync.is_none() {
+            cur.file.sync_data()?;
+        }
+        cur.len += buf.len() as u64;
         match self.sync {
-            None => cur.file.sync_data()?,
+            None => self.flush_took = started.elapsed(),
+            // Flushed by the writer thread ([`flush_due`]).
             Some(_) => {
                 if !self.dirty {
                     self.dirty = true;
@@ -402,68 +491,108 @@ impl Writer {
                 }
             }
         }
-        cur.len += buf.len() as u64;
-        self.flush_due();
         Ok(())
     }
 
-    /// With `sync: <duration>`, flushes once the duration has passed since the first
-    /// unflushed write. A failed flush is reported as the broker going down.
-    fn flush_due(&mut self) {
-        let Some(every) = self.sync else { return };
-        if !self.dirty || self.last_sync.elapsed() < every {
+    /// Stops appending to the current segment, `cut` back to the end of its last whole
+    /// write. With `sync: <duration>`, what it holds unflushed is still flushed by the
+    /// next flush.
+    fn retire(&mut self, cut: bool) {
+        let Some(cur) = self.current.take() else {
             return;
-        }
-        let result = match &self.current {
-            Some(cur) => cur.file.sync_data(),
-            None => Ok(()),
         };
-        self.dirty = false;
-        self.last_sync = Instant::now();
-        if let Err(e) = result {
-            self.current = None;
-            self.set_up(false, Some(&e));
+        if cut {
+            let _ = cur.file.set_len(cur.len);
+        }
+        if self.dirty {
+            self.unflushed.push(cur.file);
         }
     }
 
-    /// Opens a new segment if none is open: created, magic written and flushed, and the
-    /// directory entry flushed too, so a segment that holds answered events survives.
+    /// Makes a segment current if none is: the one created ahead ([`Self::create_ahead`])
+    /// if there is one (waiting for it if it is still being created), else a new one.
     fn open(&mut self) -> std::io::Result<()> {
         if self.current.is_some() {
             return Ok(());
         }
-        let number = self.next_number;
-        let path = segment::path(&self.dir, number);
-        // The number is used up even if creating fails: never append after a failed file.
-        self.next_number += 1;
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        let ready = (&file)
-            .write_all(segment::MAGIC)
-            .and_then(|()| file.sync_data())
-            .and_then(|()| File::open(&self.dir)?.sync_all());
-        if let Err(e) = ready {
-            drop(file);
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
+        let ahead = self.ahead.take().and_then(|a| match a.job.join() {
+            Ok(Ok(file)) => Some((a.number, file)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the segment created ahead failed; creating one now");
+                None
+            }
+            Err(_) => None,
+        });
+        let (number, file) = match ahead {
+            Some(ready) => ready,
+            None => {
+                let number = self.take_number();
+                (number, create(&self.dir, number)?)
+            }
+        };
         self.segments.push_back(Segment {
             number,
             events: 0,
             last_ms: 0,
         });
         self.current = Some(Current {
-            file,
+            file: Arc::new(file),
             len: segment::MAGIC.len() as u64,
         });
         Ok(())
     }
 
+    /// The next segment number. It is used up even if creating that segment fails: never
+    /// append after a failed file.
+    fn take_number(&mut self) -> u64 {
+        self.next_number += 1;
+        self.next_number - 1
+    }
+
+    /// Once the current segment is half full, starts creating the next one on its own
+    /// thread, so that moving to it costs the publishes nothing: creating a segment
+    /// flushes the file and the directory, two flushes a publish would otherwise wait for.
+    fn create_ahead(&mut self) {
+        let half = self
+            .segments
+            .back()
+            .is_some_and(|s| s.events >= self.segment_events / 2)
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.len >= SEGMENT_BYTES / 2);
+        if self.ahead.is_some() || self.current.is_none() || !half {
+            return;
+        }
+        let number = self.take_number();
+        let dir = self.dir.clone();
+        match std::thread::Builder::new()
+            .name("ssegate-disk-ahead".into())
+            .spawn(move || create(&dir, number))
+        {
+            Ok(job) => self.ahead = Some(Ahead { number, job }),
+            // The segment is created when it is needed instead.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start a thread to create a segment ahead");
+            }
+        }
+    }
+
+    /// Removes the segment created ahead, if any (waiting for it to be created): a probe
+    /// must create a segment itself to learn whether the directory takes writes again.
+    fn discard_ahead(&mut self) {
+        if let Some(a) = self.ahead.take()
+            && let Ok(Ok(file)) = a.job.join()
+        {
+            drop(file);
+            let _ = std::fs::remove_file(segment::path(&self.dir, a.number));
+        }
+    }
+
     /// Opens a segment ahead of the next publish: the start-up check and the probe while
     /// down.
     fn try_open(&mut self) {
+        self.discard_ahead();
         match self.open() {
             Ok(()) => self.set_up(true, None),
             Err(e) => self.set_up(false, Some(&e)),
@@ -513,6 +642,104 @@ impl Writer {
             self.segments.pop_front();
         }
     }
+}
+
+fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    // A panic while holding the writer would be a bug in this file; serve on rather than
+    // poison every publish after it.
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The writer thread. With `sync: always` it takes the publishes queued for it and
+/// commits them in groups; with `sync: <duration>` (publishes write themselves) it
+/// flushes what they wrote at least that often. Either way it probes while down.
+fn run(writer: &Mutex<Writer>, rx: &mpsc::Receiver<Job>) {
+    loop {
+        let wait = lock(writer).wait();
+        match rx.recv_timeout(wait) {
+            Ok(first) => {
+                let mut w = lock(writer);
+                let mut group = vec![first];
+                let mut n = group[0].records();
+                while n < GROUP_EVENTS {
+                    let Ok(more) = rx.try_recv() else { break };
+                    n += more.records();
+                    group.push(more);
+                }
+                w.gather(rx, &mut group, n);
+                w.commit(group);
+                drop(w);
+                // Publishes that found the writer busy (`sync: <duration>`) keep it busy.
+                flush_due(writer, false);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                {
+                    let mut w = lock(writer);
+                    if w.current.is_none() {
+                        w.try_open();
+                    }
+                }
+                flush_due(writer, false);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                flush_due(writer, true);
+                // Left empty, it is removed at the next start.
+                if let Some(a) = lock(writer).ahead.take() {
+                    let _ = a.job.join();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// With `sync: <duration>`, flushes what was written once the duration has passed since
+/// the first unflushed write (or at once, with `now`), without holding the writer:
+/// publishes go on writing meanwhile. A failed flush is reported as the broker going
+/// down, and the next write starts a new segment (what the file holds is unknown).
+fn flush_due(writer: &Mutex<Writer>, now: bool) {
+    let (files, current) = {
+        let mut w = lock(writer);
+        let Some(every) = w.sync else { return };
+        if !w.dirty || (!now && w.last_sync.elapsed() < every) {
+            return;
+        }
+        w.dirty = false;
+        w.last_sync = Instant::now();
+        let current = w.current.as_ref().map(|c| Arc::clone(&c.file));
+        let mut files = std::mem::take(&mut w.unflushed);
+        files.extend(current.clone());
+        (files, current)
+    };
+    if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
+        let mut w = lock(writer);
+        let same = |c: &Current| current.as_ref().is_some_and(|f| Arc::ptr_eq(f, &c.file));
+        if w.current.as_ref().is_some_and(same) {
+            w.current = None;
+        }
+        w.set_up(false, Some(&e));
+    }
+}
+
+/// Creates segment `number` in `dir`: the magic written and flushed, and the directory
+/// entry flushed too, so that a segment holding answered events survives a crash. A file
+/// that could not be made ready is removed.
+fn create(dir: &Path, number: u64) -> std::io::Result<File> {
+    let path = segment::path(dir, number);
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    let ready = (&file)
+        .write_all(segment::MAGIC)
+        .and_then(|()| file.sync_data())
+        .and_then(|()| File::open(dir)?.sync_all());
+    if let Err(e) = ready {
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -14,8 +14,17 @@ use tokio::sync::watch;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A broker on `dir` with its own log, as `Hub::start` builds it.
+/// A broker on `dir` with its own log, as `Hub::start` builds it, with `sync: always`.
 fn start(dir: &Path, max_events: usize) -> (DiskBroker, Arc<MemoryLog>) {
+    start_syncing(dir, max_events, None)
+}
+
+/// The same with `sync: <every>` (`None`: always).
+fn start_syncing(
+    dir: &Path,
+    max_events: usize,
+    every: Option<Duration>,
+) -> (DiskBroker, Arc<MemoryLog>) {
     // No dispatchers here: events leave memory as soon as they leave the history.
     let bounds = Bounds {
         max_events,
@@ -28,7 +37,7 @@ fn start(dir: &Path, max_events: usize) -> (DiskBroker, Arc<MemoryLog>) {
         head: Arc::new(watch::channel(0).0),
     };
     (
-        DiskBroker::start(dir, None, max_events, HOUR, local).unwrap(),
+        DiskBroker::start(dir, every, max_events, HOUR, local).unwrap(),
         log,
     )
 }
@@ -204,4 +213,48 @@ async fn restarts_without_publishes_leave_no_files_behind() {
     }
     // The segment with the event, and the one opened ahead by the last start.
     assert_eq!(segments(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn events_read_back_in_order_across_segments_started_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 64 events: 300 events fill several, each started ahead.
+    let (broker, _) = start(dir.path(), 256);
+    let mut published = Vec::new();
+    for _ in 0..30 {
+        published.extend(broker.publish(batch(10, "t")).await.unwrap());
+    }
+    let files = segments(dir.path());
+    drop(broker);
+    // Four or more written, and the one started ahead of the next turnover.
+    assert!(files.len() >= 5, "{files:?}");
+
+    let (_broker, log) = start(dir.path(), 256);
+    let (ids, gap) = history_after(&log, published[published.len() - 257]);
+    assert_eq!(
+        (ids.as_slice(), gap),
+        (&published[published.len() - 256..], false)
+    );
+}
+
+#[tokio::test]
+async fn with_a_sync_interval_publishes_write_themselves_and_a_restart_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = Some(Duration::from_millis(100));
+    let (broker, _) = start_syncing(dir.path(), 256, every);
+    let mut published = Vec::new();
+    for _ in 0..30 {
+        published.extend(broker.publish(batch(10, "t")).await.unwrap());
+    }
+    broker.delete_topic("gone");
+    published.extend(broker.publish(batch(6, "t")).await.unwrap());
+    assert!(broker.is_up());
+    drop(broker);
+
+    let (_broker, log) = start_syncing(dir.path(), 256, every);
+    let (ids, gap) = history_after(&log, published[published.len() - 257]);
+    assert_eq!(
+        (ids.as_slice(), gap),
+        (&published[published.len() - 256..], false)
+    );
 }
