@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
+use std::io::Write;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -33,6 +34,9 @@ struct Compiled {
     rule: DeriveRule,
     /// The path's literal start (up to the first placeholder): most requests fail here.
     prefix: String,
+    /// The path's parameter names, sorted (the order `meta` lists them), each with its
+    /// position in the template (and in [`Params`]).
+    names: Box<[(String, usize)]>,
 }
 
 impl Rules {
@@ -54,9 +58,20 @@ impl Rules {
                         }
                     }
                 }
+                let mut names: Vec<(String, usize)> = rule
+                    .path
+                    .iter()
+                    .filter_map(|part| match part {
+                        PathPart::Param(name) | PathPart::Rest(name) => Some(name.clone()),
+                        PathPart::Literal(_) => None,
+                    })
+                    .zip(0..)
+                    .collect();
+                names.sort();
                 Arc::new(Compiled {
                     rule: rule.clone(),
                     prefix,
+                    names: names.into(),
                 })
             })
             .collect();
@@ -90,8 +105,20 @@ impl Rules {
     }
 }
 
-/// A path's parameters, decoded, by name.
-type Params = Vec<(String, String)>;
+/// A path's parameters, decoded, in the order of the template.
+type Params = Vec<String>;
+
+impl Compiled {
+    /// The parameters' names and values, sorted by name.
+    fn params<'p>(
+        &'p self,
+        params: &'p [String],
+    ) -> impl Iterator<Item = (&'p str, &'p str)> + Clone {
+        self.names
+            .iter()
+            .filter_map(|(name, i)| Some((name.as_str(), params.get(*i)?.as_str())))
+    }
+}
 
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
@@ -102,7 +129,21 @@ pub struct Matched {
     max_body: usize,
 }
 
+/// The response header `meta` carries.
+const LOCATION: &str = "location";
+
 impl Matched {
+    /// Whether a matched rule reads the app's response header `name` (any case): `Location`
+    /// for `meta`, or one its topic names.
+    pub fn wants_header(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(LOCATION)
+            || self.hits.iter().any(|(c, _)| {
+                c.rule.topic.iter().any(
+                |part| matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h)),
+            )
+            })
+    }
+
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
         self.hits
@@ -134,7 +175,7 @@ impl Matched {
                 metrics.derived(&rule.name, "no_match");
                 continue;
             }
-            let Some(topic) = fill_topic(&rule.topic, params, &header) else {
+            let Some(topic) = fill_topic(&rule.topic, &compiled.params(params), &header) else {
                 metrics.derived(&rule.name, "invalid_topic");
                 tracing::warn!(
                     rule = rule.name,
@@ -143,18 +184,13 @@ impl Matched {
                 );
                 continue;
             };
-            let mut meta = serde_json::json!({
-                "method": self.method,
-                "path": self.path,
-                "status": status,
-                "params": params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().into()))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
-            });
-            if let Some(location) = header("location") {
-                meta["location"] = location.into();
-            }
+            let meta = meta(
+                &self.method,
+                &self.path,
+                status,
+                compiled.params(params),
+                header(LOCATION),
+            );
             pending.push(Pending {
                 rule: Arc::clone(compiled),
                 topic,
@@ -179,7 +215,8 @@ impl Matched {
 struct Pending {
     rule: Arc<Compiled>,
     topic: String,
-    meta: serde_json::Value,
+    /// The event's `meta` data, as JSON.
+    meta: String,
 }
 
 /// Derived events waiting for the response to be relayed: published when dropped.
@@ -261,14 +298,15 @@ impl Drop for Publication {
                 DeriveData::Response => Some(response.as_deref()),
             };
             let data = match body {
-                None => p.meta.to_string(),
+                None => p.meta,
                 Some(body) => match body.and_then(body_as_data) {
                     Some(data) => data,
                     None => {
                         metrics.derived(&rule.name, "body_omitted");
+                        // First, as in a sorted map; `meta` always has other keys.
                         let mut meta = p.meta;
-                        meta["body_omitted"] = true.into();
-                        meta.to_string()
+                        meta.insert_str(1, "\"body_omitted\":true,");
+                        meta
                     }
                 },
             };
@@ -349,17 +387,17 @@ fn match_path(template: &[PathPart], path: &str) -> Option<Params> {
                     return None;
                 }
             }
-            PathPart::Param(name) => {
+            PathPart::Param(_) => {
                 let seg = segments.next().filter(|s| !s.is_empty())?;
-                params.push((name.clone(), decode(seg)?));
+                params.push(decode(seg)?);
             }
-            PathPart::Rest(name) => {
+            PathPart::Rest(_) => {
                 let rest: Vec<&str> = segments.by_ref().collect();
                 if rest.is_empty() || rest.iter().all(|s| s.is_empty()) {
                     return None;
                 }
                 let decoded: Option<Vec<String>> = rest.iter().map(|s| decode(s)).collect();
-                params.push((name.clone(), decoded?.join("/")));
+                params.push(decoded?.join("/"));
             }
         }
     }
@@ -391,11 +429,11 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The topic of `template` with `params` and the response headers filled in, if it is a
-/// valid topic.
-fn fill_topic<'h>(
+/// The topic of `template` with `params` (name and value) and the response headers filled
+/// in, if it is a valid topic.
+fn fill_topic<'p, 'h>(
     template: &[TopicPart],
-    params: &[(String, String)],
+    params: &(impl Iterator<Item = (&'p str, &'p str)> + Clone),
     header: &impl Fn(&str) -> Option<&'h str>,
 ) -> Option<String> {
     let mut topic = String::new();
@@ -403,13 +441,53 @@ fn fill_topic<'h>(
         match part {
             TopicPart::Literal(l) => topic.push_str(l),
             TopicPart::Param(name) => {
-                topic.push_str(&params.iter().find(|(n, _)| n == name)?.1);
+                topic.push_str(params.clone().find(|(n, _)| n == name)?.1);
             }
             TopicPart::ResponseHeader(name) => topic.push_str(header(name)?.trim()),
         }
     }
     validate_topic(&topic).ok()?;
     Some(topic)
+}
+
+/// The `meta` data of a derived event, as JSON: `location` (when the app sent one),
+/// `method`, `params`, `path` and `status`, keys in this (sorted) order.
+fn meta<'p>(
+    method: &str,
+    path: &str,
+    status: u16,
+    params: impl Iterator<Item = (&'p str, &'p str)>,
+    location: Option<&str>,
+) -> String {
+    let mut out = Vec::with_capacity(64 + 2 * path.len());
+    out.push(b'{');
+    if let Some(location) = location {
+        out.extend_from_slice(b"\"location\":");
+        json_string(&mut out, location);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"method\":");
+    json_string(&mut out, method);
+    out.extend_from_slice(b",\"params\":{");
+    for (i, (name, value)) in params.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(&mut out, name);
+        out.push(b':');
+        json_string(&mut out, value);
+    }
+    out.extend_from_slice(b"},\"path\":");
+    json_string(&mut out, path);
+    let _ = write!(out, ",\"status\":{status}}}");
+    // Every piece is UTF-8: the text of `&str`s, escaped.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 #[cfg(test)]
@@ -435,10 +513,7 @@ mod tests {
         let t = template("/t/{tenant}/questions/{rest*}");
         assert_eq!(
             match_path(&t, "/t/acme/questions/q1/answers"),
-            Some(vec![
-                ("tenant".into(), "acme".into()),
-                ("rest".into(), "q1/answers".into())
-            ])
+            Some(vec!["acme".into(), "q1/answers".into()])
         );
         assert_eq!(
             match_path(&t, "/t/acme/questions"),
@@ -452,10 +527,7 @@ mod tests {
         );
         assert_eq!(match_path(&t, "/u/acme/questions/x"), None);
         let t = template("/items/{id}");
-        assert_eq!(
-            match_path(&t, "/items/a%20b"),
-            Some(vec![("id".into(), "a b".into())])
-        );
+        assert_eq!(match_path(&t, "/items/a%20b"), Some(vec!["a b".into()]));
         assert_eq!(
             match_path(&t, "/items/a%2Fb"),
             None,
@@ -487,7 +559,7 @@ mod tests {
             TopicPart::Literal("/".into()),
             TopicPart::ResponseHeader("x-kind".into()),
         ];
-        let params = vec![("tenant".to_owned(), "acme".to_owned())];
+        let params = [("tenant", "acme")].into_iter();
         let headers = |name: &str| (name == "x-kind").then_some("q");
         assert_eq!(
             fill_topic(&t, &params, &headers).as_deref(),
@@ -499,7 +571,41 @@ mod tests {
             None,
             "a missing header publishes nothing"
         );
-        let params = vec![("tenant".to_owned(), "a b".to_owned())];
+        let params = [("tenant", "a b")].into_iter();
         assert_eq!(fill_topic(&t, &params, &headers), None, "not a valid topic");
+    }
+
+    #[test]
+    fn meta_is_the_json_a_sorted_map_would_be() {
+        let params = [("id", "a\"b"), ("rest", "x/y")].into_iter();
+        let m = meta("POST", "/i/a%22b/x/y", 201, params, Some("/i/\u{e9}\n"));
+        let value: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(m, value.to_string(), "keys sorted, compact, escaped");
+        assert_eq!(value["params"]["id"], "a\"b");
+        assert_eq!(value["location"], "/i/\u{e9}\n");
+        let m = meta("GET", "/", 200, std::iter::empty(), None);
+        assert_eq!(m, r#"{"method":"GET","params":{},"path":"/","status":200}"#);
+    }
+
+    #[test]
+    fn meta_lists_params_by_name() {
+        let rule = DeriveRule {
+            name: "r".into(),
+            methods: vec!["POST".into()],
+            path: template("/t/{tenant}/q/{id}"),
+            status: vec![crate::config::StatusMatch::Class(2)],
+            topic: vec![TopicPart::Literal("t".into())],
+            event: None,
+            data: DeriveData::Meta,
+        };
+        let rules = Rules::new(&[rule], 1024);
+        let m = rules.matching("POST", "/t/acme/q/7").unwrap();
+        assert!(rules.matching("GET", "/t/acme/q/7").is_none());
+        let (compiled, params) = &m.hits[0];
+        let meta = meta("POST", &m.path, 200, compiled.params(params), None);
+        assert_eq!(
+            meta,
+            r#"{"method":"POST","params":{"id":"7","tenant":"acme"},"path":"/t/acme/q/7","status":200}"#
+        );
     }
 }
