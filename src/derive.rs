@@ -358,6 +358,18 @@ impl Publisher {
 async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // The requests served in this turn of the scheduler send theirs too: waiting for
+        // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
+        // every dispatcher) once a turn rather than once a request. Sends meanwhile wake
+        // nothing.
+        if batch.len() < BATCH {
+            tokio::task::yield_now().await;
+            while batch.len() < BATCH
+                && let Ok(derived) = rx.try_recv()
+            {
+                batch.push(derived);
+            }
+        }
         let (events, rules): (Vec<NewEvent>, Vec<Arc<Compiled>>) = batch.drain(..).unzip();
         let outcome = match hub.publish(events).await {
             Ok(_) => "published",
@@ -370,8 +382,11 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 }
             }
         };
-        for compiled in rules {
-            metrics.derived(&compiled.rule.name, outcome);
+        // Counted by runs of one rule: a series looked up once a run, not once an event.
+        for run in rules.chunk_by(Arc::ptr_eq) {
+            if let Some(compiled) = run.first() {
+                metrics.derived_n(&compiled.rule.name, outcome, run.len() as u64);
+            }
         }
     }
 }
