@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
-use std::io::Write;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -97,8 +96,8 @@ impl Rules {
         }
         Some(Matched {
             hits,
-            method: method.to_owned(),
-            path: path.to_owned(),
+            request: [method, path].concat(),
+            method_len: method.len(),
             request_body: None,
             max_body: self.max_body,
         })
@@ -123,8 +122,9 @@ impl Compiled {
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
     hits: Vec<(Arc<Compiled>, Params)>,
-    method: String,
-    path: String,
+    /// The request's method and (still encoded) path, one after the other: one allocation.
+    request: String,
+    method_len: usize,
     request_body: Option<Bytes>,
     max_body: usize,
 }
@@ -133,6 +133,14 @@ pub struct Matched {
 const LOCATION: &str = "location";
 
 impl Matched {
+    fn method(&self) -> &str {
+        self.request.get(..self.method_len).unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.request.get(self.method_len..).unwrap_or_default()
+    }
+
     /// Whether a matched rule reads the app's response header `name` (any case): `Location`
     /// for `meta`, or one its topic names.
     pub fn wants_header(&self, name: &str) -> bool {
@@ -167,7 +175,7 @@ impl Matched {
         header: impl Fn(&str) -> Option<&'h str>,
         publisher: &Publisher,
     ) -> Publication {
-        let metrics = &publisher.metrics;
+        let metrics = &publisher.0.metrics;
         let mut pending = Vec::new();
         for (compiled, params) in &self.hits {
             let rule = &compiled.rule;
@@ -179,14 +187,14 @@ impl Matched {
                 metrics.derived(&rule.name, "invalid_topic");
                 tracing::warn!(
                     rule = rule.name,
-                    path = self.path,
+                    path = self.path(),
                     "derived topic is not a valid topic; nothing published"
                 );
                 continue;
             };
             let meta = meta(
-                &self.method,
-                &self.path,
+                self.method(),
+                self.path(),
                 status,
                 compiled.params(params),
                 header(LOCATION),
@@ -289,7 +297,7 @@ impl Drop for Publication {
             return;
         }
         let response = self.response_body();
-        let metrics = &self.publisher.metrics;
+        let metrics = &self.publisher.0.metrics;
         for p in std::mem::take(&mut self.pending) {
             let rule = &p.rule.rule;
             let body = match rule.data {
@@ -316,7 +324,7 @@ impl Drop for Publication {
                 data,
                 close: false,
             };
-            if let Err(full) = self.publisher.tx.try_send((event, Arc::clone(&p.rule))) {
+            if let Err(full) = self.publisher.0.tx.try_send((event, Arc::clone(&p.rule))) {
                 let (_, rule) = full.into_inner();
                 metrics.derived(&rule.rule.name, "overloaded");
                 tracing::warn!(
@@ -331,8 +339,11 @@ impl Drop for Publication {
 /// Derived events waiting for the broker, at most this many.
 const QUEUE: usize = 4096;
 
-/// The most derived events published in one call.
-const BATCH: usize = 256;
+/// The most derived events published in one call: enough to publish (and wake the
+/// dispatchers) once for many requests, few enough that a batch's vectors stay small
+/// allocations (a large one makes glibc's malloc consolidate its free lists, which the
+/// events the history evicts fill).
+const BATCH: usize = 16;
 
 /// An event and the rule it came from.
 type Derived = (NewEvent, Arc<Compiled>);
@@ -341,7 +352,11 @@ type Derived = (NewEvent, Arc<Compiled>);
 /// a rule costs a channel send, not a task and a publish (and a wake of every dispatcher)
 /// of its own.
 #[derive(Clone)]
-pub struct Publisher {
+pub struct Publisher(Arc<Queue>);
+
+/// The publishing task's queue, shared by every [`Publication`] (one count to take, where
+/// a sender and the metrics would be two).
+struct Queue {
     tx: mpsc::Sender<Derived>,
     metrics: Arc<Metrics>,
 }
@@ -351,7 +366,7 @@ impl Publisher {
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(publish_all(rx, hub, Arc::clone(&metrics)));
-        Self { tx, metrics }
+        Self(Arc::new(Queue { tx, metrics }))
     }
 }
 
@@ -494,7 +509,10 @@ fn meta<'p>(
     }
     out.extend_from_slice(b"},\"path\":");
     json_string(&mut out, path);
-    let _ = write!(out, ",\"status\":{status}}}");
+    out.extend_from_slice(b",\"status\":");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &status);
+    out.push(b'}');
     // Every piece is UTF-8: the text of `&str`s, escaped.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
@@ -617,7 +635,7 @@ mod tests {
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
         let (compiled, params) = &m.hits[0];
-        let meta = meta("POST", &m.path, 200, compiled.params(params), None);
+        let meta = meta("POST", m.path(), 200, compiled.params(params), None);
         assert_eq!(
             meta,
             r#"{"method":"POST","params":{"id":"7","tenant":"acme"},"path":"/t/acme/q/7","status":200}"#
