@@ -199,10 +199,16 @@ impl Matched {
                 compiled.params(params),
                 header(LOCATION),
             );
+            // Whole now, before the response is relayed: what is left once it has been is a
+            // channel send (and, for a body rule, its data).
             pending.push(Pending {
                 rule: Arc::clone(compiled),
-                topic,
-                meta,
+                event: NewEvent {
+                    topics: vec![topic.into()],
+                    event_type: rule.event.as_deref().map(Into::into),
+                    data: meta,
+                    close: false,
+                },
             });
         }
         let wants_response = pending
@@ -222,9 +228,8 @@ impl Matched {
 /// An event of a matched rule, waiting for the response to be relayed.
 struct Pending {
     rule: Arc<Compiled>,
-    topic: String,
-    /// The event's `meta` data, as JSON.
-    meta: String,
+    /// The event, its data the `meta` JSON.
+    event: NewEvent,
 }
 
 /// Derived events waiting for the response to be relayed: published when dropped.
@@ -298,33 +303,28 @@ impl Drop for Publication {
         }
         let response = self.response_body();
         let metrics = &self.publisher.0.metrics;
-        for p in std::mem::take(&mut self.pending) {
-            let rule = &p.rule.rule;
+        for Pending {
+            rule: compiled,
+            mut event,
+        } in std::mem::take(&mut self.pending)
+        {
+            let rule = &compiled.rule;
             let body = match rule.data {
                 DeriveData::Meta => None,
                 DeriveData::Request => Some(self.request.as_deref()),
                 DeriveData::Response => Some(response.as_deref()),
             };
-            let data = match body {
-                None => p.meta,
-                Some(body) => match body.and_then(body_as_data) {
-                    Some(data) => data,
+            if let Some(body) = body {
+                match body.and_then(body_as_data) {
+                    Some(data) => event.data = data,
                     None => {
                         metrics.derived(&rule.name, "body_omitted");
                         // First, as in a sorted map; `meta` always has other keys.
-                        let mut meta = p.meta;
-                        meta.insert_str(1, "\"body_omitted\":true,");
-                        meta
+                        event.data.insert_str(1, "\"body_omitted\":true,");
                     }
-                },
-            };
-            let event = NewEvent {
-                topics: vec![p.topic.into()],
-                event_type: rule.event.as_deref().map(Into::into),
-                data,
-                close: false,
-            };
-            if let Err(full) = self.publisher.0.tx.try_send((event, Arc::clone(&p.rule))) {
+                }
+            }
+            if let Err(full) = self.publisher.0.tx.try_send((event, compiled)) {
                 let (_, rule) = full.into_inner();
                 metrics.derived(&rule.rule.name, "overloaded");
                 tracing::warn!(
