@@ -33,6 +33,9 @@ struct Compiled {
     rule: DeriveRule,
     /// The path's literal start (up to the first placeholder): most requests fail here.
     prefix: String,
+    /// The path's parameter names, sorted (the order `meta` lists them), each with its
+    /// position in the template (and in [`Params`]).
+    names: Box<[(String, usize)]>,
 }
 
 impl Rules {
@@ -54,9 +57,20 @@ impl Rules {
                         }
                     }
                 }
+                let mut names: Vec<(String, usize)> = rule
+                    .path
+                    .iter()
+                    .filter_map(|part| match part {
+                        PathPart::Param(name) | PathPart::Rest(name) => Some(name.clone()),
+                        PathPart::Literal(_) => None,
+                    })
+                    .zip(0..)
+                    .collect();
+                names.sort();
                 Arc::new(Compiled {
                     rule: rule.clone(),
                     prefix,
+                    names: names.into(),
                 })
             })
             .collect();
@@ -82,27 +96,62 @@ impl Rules {
         }
         Some(Matched {
             hits,
-            method: method.to_owned(),
-            path: path.to_owned(),
+            request: [method, path].concat(),
+            method_len: method.len(),
             request_body: None,
             max_body: self.max_body,
         })
     }
 }
 
-/// A path's parameters, decoded, by name.
-type Params = Vec<(String, String)>;
+/// A path's parameters, decoded, in the order of the template.
+type Params = Vec<String>;
+
+impl Compiled {
+    /// The parameters' names and values, sorted by name.
+    fn params<'p>(
+        &'p self,
+        params: &'p [String],
+    ) -> impl Iterator<Item = (&'p str, &'p str)> + Clone {
+        self.names
+            .iter()
+            .filter_map(|(name, i)| Some((name.as_str(), params.get(*i)?.as_str())))
+    }
+}
 
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
     hits: Vec<(Arc<Compiled>, Params)>,
-    method: String,
-    path: String,
+    /// The request's method and (still encoded) path, one after the other: one allocation.
+    request: String,
+    method_len: usize,
     request_body: Option<Bytes>,
     max_body: usize,
 }
 
+/// The response header `meta` carries.
+const LOCATION: &str = "location";
+
 impl Matched {
+    fn method(&self) -> &str {
+        self.request.get(..self.method_len).unwrap_or_default()
+    }
+
+    fn path(&self) -> &str {
+        self.request.get(self.method_len..).unwrap_or_default()
+    }
+
+    /// Whether a matched rule reads the app's response header `name` (any case): `Location`
+    /// for `meta`, or one its topic names.
+    pub fn wants_header(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(LOCATION)
+            || self.hits.iter().any(|(c, _)| {
+                c.rule.topic.iter().any(
+                |part| matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h)),
+            )
+            })
+    }
+
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
         self.hits
@@ -126,7 +175,7 @@ impl Matched {
         header: impl Fn(&str) -> Option<&'h str>,
         publisher: &Publisher,
     ) -> Publication {
-        let metrics = &publisher.metrics;
+        let metrics = &publisher.0.metrics;
         let mut pending = Vec::new();
         for (compiled, params) in &self.hits {
             let rule = &compiled.rule;
@@ -134,31 +183,32 @@ impl Matched {
                 metrics.derived(&rule.name, "no_match");
                 continue;
             }
-            let Some(topic) = fill_topic(&rule.topic, params, &header) else {
+            let Some(topic) = fill_topic(&rule.topic, &compiled.params(params), &header) else {
                 metrics.derived(&rule.name, "invalid_topic");
                 tracing::warn!(
                     rule = rule.name,
-                    path = self.path,
+                    path = self.path(),
                     "derived topic is not a valid topic; nothing published"
                 );
                 continue;
             };
-            let mut meta = serde_json::json!({
-                "method": self.method,
-                "path": self.path,
-                "status": status,
-                "params": params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().into()))
-                    .collect::<serde_json::Map<String, serde_json::Value>>(),
-            });
-            if let Some(location) = header("location") {
-                meta["location"] = location.into();
-            }
+            let meta = meta(
+                self.method(),
+                self.path(),
+                status,
+                compiled.params(params),
+                header(LOCATION),
+            );
+            // Whole now, before the response is relayed: what is left once it has been is a
+            // channel send (and, for a body rule, its data).
             pending.push(Pending {
                 rule: Arc::clone(compiled),
-                topic,
-                meta,
+                event: NewEvent {
+                    topics: vec![topic.into()],
+                    event_type: rule.event.as_deref().map(Into::into),
+                    data: meta,
+                    close: false,
+                },
             });
         }
         let wants_response = pending
@@ -178,8 +228,8 @@ impl Matched {
 /// An event of a matched rule, waiting for the response to be relayed.
 struct Pending {
     rule: Arc<Compiled>,
-    topic: String,
-    meta: serde_json::Value,
+    /// The event, its data the `meta` JSON.
+    event: NewEvent,
 }
 
 /// Derived events waiting for the response to be relayed: published when dropped.
@@ -252,33 +302,29 @@ impl Drop for Publication {
             return;
         }
         let response = self.response_body();
-        let metrics = &self.publisher.metrics;
-        for p in std::mem::take(&mut self.pending) {
-            let rule = &p.rule.rule;
+        let metrics = &self.publisher.0.metrics;
+        for Pending {
+            rule: compiled,
+            mut event,
+        } in std::mem::take(&mut self.pending)
+        {
+            let rule = &compiled.rule;
             let body = match rule.data {
                 DeriveData::Meta => None,
                 DeriveData::Request => Some(self.request.as_deref()),
                 DeriveData::Response => Some(response.as_deref()),
             };
-            let data = match body {
-                None => p.meta.to_string(),
-                Some(body) => match body.and_then(body_as_data) {
-                    Some(data) => data,
+            if let Some(body) = body {
+                match body.and_then(body_as_data) {
+                    Some(data) => event.data = data,
                     None => {
                         metrics.derived(&rule.name, "body_omitted");
-                        let mut meta = p.meta;
-                        meta["body_omitted"] = true.into();
-                        meta.to_string()
+                        // First, as in a sorted map; `meta` always has other keys.
+                        event.data.insert_str(1, "\"body_omitted\":true,");
                     }
-                },
-            };
-            let event = NewEvent {
-                topics: vec![p.topic.into()],
-                event_type: rule.event.as_deref().map(Into::into),
-                data,
-                close: false,
-            };
-            if let Err(full) = self.publisher.tx.try_send((event, Arc::clone(&p.rule))) {
+                }
+            }
+            if let Err(full) = self.publisher.0.tx.try_send((event, compiled)) {
                 let (_, rule) = full.into_inner();
                 metrics.derived(&rule.rule.name, "overloaded");
                 tracing::warn!(
@@ -293,8 +339,11 @@ impl Drop for Publication {
 /// Derived events waiting for the broker, at most this many.
 const QUEUE: usize = 4096;
 
-/// The most derived events published in one call.
-const BATCH: usize = 256;
+/// The most derived events published in one call: enough to publish (and wake the
+/// dispatchers) once for many requests, few enough that a batch's vectors stay small
+/// allocations (a large one makes glibc's malloc consolidate its free lists, which the
+/// events the history evicts fill).
+const BATCH: usize = 16;
 
 /// An event and the rule it came from.
 type Derived = (NewEvent, Arc<Compiled>);
@@ -303,7 +352,11 @@ type Derived = (NewEvent, Arc<Compiled>);
 /// a rule costs a channel send, not a task and a publish (and a wake of every dispatcher)
 /// of its own.
 #[derive(Clone)]
-pub struct Publisher {
+pub struct Publisher(Arc<Queue>);
+
+/// The publishing task's queue, shared by every [`Publication`] (one count to take, where
+/// a sender and the metrics would be two).
+struct Queue {
     tx: mpsc::Sender<Derived>,
     metrics: Arc<Metrics>,
 }
@@ -313,13 +366,25 @@ impl Publisher {
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(publish_all(rx, hub, Arc::clone(&metrics)));
-        Self { tx, metrics }
+        Self(Arc::new(Queue { tx, metrics }))
     }
 }
 
 async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // The requests served in this turn of the scheduler send theirs too: waiting for
+        // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
+        // every dispatcher) once a turn rather than once a request. Sends meanwhile wake
+        // nothing.
+        if batch.len() < BATCH {
+            tokio::task::yield_now().await;
+            while batch.len() < BATCH
+                && let Ok(derived) = rx.try_recv()
+            {
+                batch.push(derived);
+            }
+        }
         let (events, rules): (Vec<NewEvent>, Vec<Arc<Compiled>>) = batch.drain(..).unzip();
         let outcome = match hub.publish(events).await {
             Ok(_) => "published",
@@ -332,8 +397,11 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 }
             }
         };
-        for compiled in rules {
-            metrics.derived(&compiled.rule.name, outcome);
+        // Counted by runs of one rule: a series looked up once a run, not once an event.
+        for run in rules.chunk_by(Arc::ptr_eq) {
+            if let Some(compiled) = run.first() {
+                metrics.derived_n(&compiled.rule.name, outcome, run.len() as u64);
+            }
         }
     }
 }
@@ -349,17 +417,17 @@ fn match_path(template: &[PathPart], path: &str) -> Option<Params> {
                     return None;
                 }
             }
-            PathPart::Param(name) => {
+            PathPart::Param(_) => {
                 let seg = segments.next().filter(|s| !s.is_empty())?;
-                params.push((name.clone(), decode(seg)?));
+                params.push(decode(seg)?);
             }
-            PathPart::Rest(name) => {
+            PathPart::Rest(_) => {
                 let rest: Vec<&str> = segments.by_ref().collect();
                 if rest.is_empty() || rest.iter().all(|s| s.is_empty()) {
                     return None;
                 }
                 let decoded: Option<Vec<String>> = rest.iter().map(|s| decode(s)).collect();
-                params.push((name.clone(), decoded?.join("/")));
+                params.push(decoded?.join("/"));
             }
         }
     }
@@ -391,11 +459,11 @@ fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The topic of `template` with `params` and the response headers filled in, if it is a
-/// valid topic.
-fn fill_topic<'h>(
+/// The topic of `template` with `params` (name and value) and the response headers filled
+/// in, if it is a valid topic.
+fn fill_topic<'p, 'h>(
     template: &[TopicPart],
-    params: &[(String, String)],
+    params: &(impl Iterator<Item = (&'p str, &'p str)> + Clone),
     header: &impl Fn(&str) -> Option<&'h str>,
 ) -> Option<String> {
     let mut topic = String::new();
@@ -403,13 +471,56 @@ fn fill_topic<'h>(
         match part {
             TopicPart::Literal(l) => topic.push_str(l),
             TopicPart::Param(name) => {
-                topic.push_str(&params.iter().find(|(n, _)| n == name)?.1);
+                topic.push_str(params.clone().find(|(n, _)| n == name)?.1);
             }
             TopicPart::ResponseHeader(name) => topic.push_str(header(name)?.trim()),
         }
     }
     validate_topic(&topic).ok()?;
     Some(topic)
+}
+
+/// The `meta` data of a derived event, as JSON: `location` (when the app sent one),
+/// `method`, `params`, `path` and `status`, keys in this (sorted) order.
+fn meta<'p>(
+    method: &str,
+    path: &str,
+    status: u16,
+    params: impl Iterator<Item = (&'p str, &'p str)>,
+    location: Option<&str>,
+) -> String {
+    let mut out = Vec::with_capacity(64 + 2 * path.len());
+    out.push(b'{');
+    if let Some(location) = location {
+        out.extend_from_slice(b"\"location\":");
+        json_string(&mut out, location);
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"method\":");
+    json_string(&mut out, method);
+    out.extend_from_slice(b",\"params\":{");
+    for (i, (name, value)) in params.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_string(&mut out, name);
+        out.push(b':');
+        json_string(&mut out, value);
+    }
+    out.extend_from_slice(b"},\"path\":");
+    json_string(&mut out, path);
+    out.extend_from_slice(b",\"status\":");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &status);
+    out.push(b'}');
+    // Every piece is UTF-8: the text of `&str`s, escaped.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 #[cfg(test)]
@@ -435,10 +546,7 @@ mod tests {
         let t = template("/t/{tenant}/questions/{rest*}");
         assert_eq!(
             match_path(&t, "/t/acme/questions/q1/answers"),
-            Some(vec![
-                ("tenant".into(), "acme".into()),
-                ("rest".into(), "q1/answers".into())
-            ])
+            Some(vec!["acme".into(), "q1/answers".into()])
         );
         assert_eq!(
             match_path(&t, "/t/acme/questions"),
@@ -452,10 +560,7 @@ mod tests {
         );
         assert_eq!(match_path(&t, "/u/acme/questions/x"), None);
         let t = template("/items/{id}");
-        assert_eq!(
-            match_path(&t, "/items/a%20b"),
-            Some(vec![("id".into(), "a b".into())])
-        );
+        assert_eq!(match_path(&t, "/items/a%20b"), Some(vec!["a b".into()]));
         assert_eq!(
             match_path(&t, "/items/a%2Fb"),
             None,
@@ -487,7 +592,7 @@ mod tests {
             TopicPart::Literal("/".into()),
             TopicPart::ResponseHeader("x-kind".into()),
         ];
-        let params = vec![("tenant".to_owned(), "acme".to_owned())];
+        let params = [("tenant", "acme")].into_iter();
         let headers = |name: &str| (name == "x-kind").then_some("q");
         assert_eq!(
             fill_topic(&t, &params, &headers).as_deref(),
@@ -499,7 +604,41 @@ mod tests {
             None,
             "a missing header publishes nothing"
         );
-        let params = vec![("tenant".to_owned(), "a b".to_owned())];
+        let params = [("tenant", "a b")].into_iter();
         assert_eq!(fill_topic(&t, &params, &headers), None, "not a valid topic");
+    }
+
+    #[test]
+    fn meta_is_the_json_a_sorted_map_would_be() {
+        let params = [("id", "a\"b"), ("rest", "x/y")].into_iter();
+        let m = meta("POST", "/i/a%22b/x/y", 201, params, Some("/i/\u{e9}\n"));
+        let value: serde_json::Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(m, value.to_string(), "keys sorted, compact, escaped");
+        assert_eq!(value["params"]["id"], "a\"b");
+        assert_eq!(value["location"], "/i/\u{e9}\n");
+        let m = meta("GET", "/", 200, std::iter::empty(), None);
+        assert_eq!(m, r#"{"method":"GET","params":{},"path":"/","status":200}"#);
+    }
+
+    #[test]
+    fn meta_lists_params_by_name() {
+        let rule = DeriveRule {
+            name: "r".into(),
+            methods: vec!["POST".into()],
+            path: template("/t/{tenant}/q/{id}"),
+            status: vec![crate::config::StatusMatch::Class(2)],
+            topic: vec![TopicPart::Literal("t".into())],
+            event: None,
+            data: DeriveData::Meta,
+        };
+        let rules = Rules::new(&[rule], 1024);
+        let m = rules.matching("POST", "/t/acme/q/7").unwrap();
+        assert!(rules.matching("GET", "/t/acme/q/7").is_none());
+        let (compiled, params) = &m.hits[0];
+        let meta = meta("POST", m.path(), 200, compiled.params(params), None);
+        assert_eq!(
+            meta,
+            r#"{"method":"POST","params":{"id":"7","tenant":"acme"},"path":"/t/acme/q/7","status":200}"#
+        );
     }
 }

@@ -301,12 +301,17 @@ impl Metrics {
     /// A `derive` rule's outcome. Off the hot path: only requests a rule matched get here,
     /// and the rules' names bound the series.
     pub fn derived(&self, rule: &str, outcome: &'static str) {
+        self.derived_n(rule, outcome, 1);
+    }
+
+    /// `n` requests of a `derive` rule with the same outcome (a batch of its events).
+    pub fn derived_n(&self, rule: &str, outcome: &'static str, n: u64) {
         self.derived
             .get_or_create(&vec![
                 ("rule", rule.to_owned()),
                 ("outcome", outcome.to_owned()),
             ])
-            .inc();
+            .inc_by(n);
     }
 
     /// A `watch` poll's outcome (one per topic per interval at most).

@@ -17,7 +17,7 @@
 
 use super::forward::{Hops, PROTO, join_lines};
 use super::relay::{
-    self, Framing, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
+    self, Framing, Kept, Relayed, Want, connection_named, is_hop_by_hop, parse_length, tokens,
 };
 use super::{ForwardError, Public, client_ip};
 use crate::derive::Matched;
@@ -391,8 +391,18 @@ impl Public {
             idempotent: plain.idempotent,
             close,
         };
-        let exchange = upstreams.exchange(out, want, upstream_buf, head_out);
-        let (conn, head) = match tokio::time::timeout(upstreams.response_timeout, exchange).await {
+        // The response headers the matched rules read are kept as the head is parsed.
+        let derived = plain.derived.take();
+        let wanted = |name: &str| derived.as_ref().is_some_and(|m| m.wants_header(name));
+        let mut kept = Kept::new(
+            derived
+                .is_some()
+                .then_some(&wanted as &(dyn Fn(&str) -> bool + Sync)),
+        );
+        let exchange = upstreams.exchange(out, want, upstream_buf, head_out, &mut kept);
+        let exchanged = tokio::time::timeout(upstreams.response_timeout, exchange).await;
+        let found = kept.found();
+        let (conn, head) = match exchanged {
             Ok(Ok(done)) => done,
             failed => {
                 let e = match failed {
@@ -410,17 +420,8 @@ impl Public {
         };
         self.metrics.proxied(head.status, Some(started.elapsed()));
         // Published when dropped, after the body below has been relayed.
-        let mut publication = plain.derived.take().map(|m| {
-            let mut fields = [httparse::EMPTY_HEADER; head::MAX_FIELDS];
-            let mut parsed = httparse::Response::new(&mut fields);
-            let _ = parsed.parse(&upstream_buf[..head.len]);
-            let header = |name: &str| {
-                parsed
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-            };
+        let mut publication = derived.map(|m| {
+            let header = |name: &str| found.get(&upstream_buf[..head.len], name);
             m.answered(head.status, header, &self.derived)
         });
         let close = close || head.framing == Framing::Close;

@@ -5,6 +5,7 @@
 use super::pool::Want;
 use crate::proxy::forward::HOP_BY_HOP;
 use std::io::Write;
+use std::ops::Range;
 
 /// What the app answered, parsed.
 pub(crate) struct ResponseHead {
@@ -31,6 +32,61 @@ pub(crate) enum Framing {
     Close,
 }
 
+/// Response header lines a caller keeps from the app's final head, found while it is parsed
+/// (so it is parsed once): those `wanted` names, as positions of their name and value in the
+/// buffer the head was parsed from.
+pub(crate) struct Kept<'w> {
+    wanted: Option<&'w (dyn Fn(&str) -> bool + Sync)>,
+    lines: Found,
+}
+
+/// The header lines [`Kept`] found.
+#[derive(Default)]
+pub(crate) struct Found(Vec<(Range<usize>, Range<usize>)>);
+
+impl<'w> Kept<'w> {
+    /// Keeps the lines whose name `wanted` accepts; none if `None`.
+    pub(crate) fn new(wanted: Option<&'w (dyn Fn(&str) -> bool + Sync)>) -> Self {
+        Self {
+            wanted,
+            lines: Found::default(),
+        }
+    }
+
+    /// The wanted lines of the final head parsed from `buf`.
+    fn keep(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
+        self.lines.0.clear();
+        let Some(wanted) = self.wanted else {
+            return;
+        };
+        let base = buf.as_ptr() as usize;
+        let at = |s: &[u8]| {
+            let start = (s.as_ptr() as usize).wrapping_sub(base);
+            start..start + s.len()
+        };
+        for h in headers.iter().filter(|h| wanted(h.name)) {
+            self.lines.0.push((at(h.name.as_bytes()), at(h.value)));
+        }
+    }
+
+    /// What was kept.
+    pub(crate) fn found(self) -> Found {
+        self.lines
+    }
+}
+
+impl Found {
+    /// The value of the first kept line named `name` (any case), if it is text; `buf` is the
+    /// buffer the head was parsed from, still unchanged.
+    pub(crate) fn get<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b str> {
+        let (_, value) = self.0.iter().find(|(n, _)| {
+            buf.get(n.clone())
+                .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+        })?;
+        std::str::from_utf8(buf.get(value.clone())?).ok()
+    }
+}
+
 /// The largest response head taken from the app: the same limit as a request's.
 pub(crate) const MAX_RESPONSE_HEAD: usize = crate::head::MAX_HEAD_BYTES;
 
@@ -38,12 +94,13 @@ pub(crate) const MAX_RESPONSE_HEAD: usize = crate::head::MAX_HEAD_BYTES;
 pub(crate) const MAX_RESPONSE_HEADERS: usize = crate::head::MAX_FIELDS;
 
 /// The response head at the start of `buf`, if it is complete; for a final answer, the
-/// head to send the client is written to `out`. `Err` for a response that cannot be
-/// relayed safely (malformed, or framed ambiguously).
+/// head to send the client is written to `out`, and the lines `kept` wants are kept. `Err`
+/// for a response that cannot be relayed safely (malformed, or framed ambiguously).
 pub(crate) fn parse_response(
     buf: &[u8],
     want: Want,
     out: &mut Vec<u8>,
+    kept: &mut Kept<'_>,
 ) -> Result<Option<ResponseHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -103,6 +160,7 @@ pub(crate) fn parse_response(
     };
     if status >= 200 {
         client_head(&resp, &head, want.close, named, out);
+        kept.keep(buf, resp.headers);
     }
     Ok(Some(head))
 }

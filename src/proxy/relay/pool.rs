@@ -1,7 +1,7 @@
 //! Kept-alive connections to the app, under the shared cap on app connections, and one
 //! exchange on one of them: the request out, the response head back.
 
-use super::head::{MAX_RESPONSE_HEAD, ResponseHead, parse_response};
+use super::head::{Kept, MAX_RESPONSE_HEAD, ResponseHead, parse_response};
 use crate::limits::{UpstreamCap, UpstreamPermit};
 use crate::proxy::ForwardError;
 use bytes::{Buf, BytesMut};
@@ -41,6 +41,16 @@ pub(crate) struct Upstreams {
 pub(crate) struct AppConn {
     pub(crate) io: TcpStream,
     _permit: UpstreamPermit,
+}
+
+/// Where an exchange puts the app's answer.
+struct Answer<'a, 'w> {
+    /// The bytes read: the response head, and what followed it.
+    buf: &'a mut BytesMut,
+    /// The head to send the client.
+    client_head: &'a mut Vec<u8>,
+    /// The header lines kept from the head.
+    kept: &'a mut Kept<'w>,
 }
 
 /// Why an exchange on a connection failed.
@@ -188,7 +198,8 @@ impl Upstreams {
 
     /// Sends `request` (a whole request, head and body) and reads the response head into
     /// `buf`, on an idle connection if there is one, else on a new one; the head to send the
-    /// client is written to `client_head`. A request found to have gone out on a connection
+    /// client is written to `client_head` and the header lines `kept` wants are kept. A
+    /// request found to have gone out on a connection
     /// the app had closed is sent once more on a new one if it is idempotent (the app
     /// answered nothing, but may have seen it).
     pub(crate) async fn exchange(
@@ -197,12 +208,18 @@ impl Upstreams {
         want: Want,
         buf: &mut BytesMut,
         client_head: &mut Vec<u8>,
+        kept: &mut Kept<'_>,
     ) -> Result<(AppConn, ResponseHead), ForwardError> {
+        let mut answer = Answer {
+            buf,
+            client_head,
+            kept,
+        };
         if let Some(conn) = self.take_idle() {
-            match self.send(conn, request, want, buf, client_head, true).await {
+            match self.send(conn, request, want, &mut answer, true).await {
                 Ok(done) => return Ok(done),
                 Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Stale) if want.idempotent => buf.clear(),
+                Err(Failure::Stale) if want.idempotent => answer.buf.clear(),
                 Err(Failure::Stale) => {
                     return Err(ForwardError::Unreachable(
                         self.authority.clone(),
@@ -212,10 +229,7 @@ impl Upstreams {
             }
         }
         let conn = self.connect().await?;
-        match self
-            .send(conn, request, want, buf, client_head, false)
-            .await
-        {
+        match self.send(conn, request, want, &mut answer, false).await {
             Ok(done) => Ok(done),
             Err(Failure::Fatal(e)) => Err(e),
             Err(Failure::Stale) => Err(ForwardError::Unreachable(
@@ -230,10 +244,14 @@ impl Upstreams {
         mut conn: AppConn,
         request: &[u8],
         want: Want,
-        buf: &mut BytesMut,
-        client_head: &mut Vec<u8>,
+        answer: &mut Answer<'_, '_>,
         reused: bool,
     ) -> Result<(AppConn, ResponseHead), Failure> {
+        let Answer {
+            buf,
+            client_head,
+            kept,
+        } = answer;
         let broken = |e: io::Error| {
             if reused {
                 Failure::Stale
@@ -258,7 +276,7 @@ impl Upstreams {
             }
             // Every whole head read so far: informational ones are skipped.
             loop {
-                match parse_response(buf, want, client_head) {
+                match parse_response(buf, want, client_head, kept) {
                     Ok(Some(head)) if (100..200).contains(&head.status) && head.status != 101 => {
                         // Informational (103 Early Hints and the like): not passed on, as
                         // hyper's client does not either; the final answer follows.

@@ -90,7 +90,7 @@ fn client_head_of(
         close,
     };
     let mut out = Vec::new();
-    let head = parse_response(raw.as_bytes(), want, &mut out)?;
+    let head = parse_response(raw.as_bytes(), want, &mut out, &mut Kept::new(None))?;
     Ok(head.map(|h| (h, String::from_utf8(out).unwrap())))
 }
 
@@ -196,4 +196,38 @@ fn the_client_head_drops_hop_by_hop_headers_and_states_its_framing() {
     let raw = "HTTP/1.1 200 OK\r\n\r\nuntil close";
     let (_, out) = client_head_of(raw, false, false).unwrap().unwrap();
     assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+}
+
+#[test]
+fn wanted_lines_are_kept_from_the_final_head_only() {
+    let want = Want {
+        head_request: false,
+        idempotent: true,
+        close: false,
+    };
+    let wanted = |name: &str| name.eq_ignore_ascii_case("location");
+    let mut out = Vec::new();
+    let early = "HTTP/1.1 103 Early Hints\r\nLocation: /early\r\n\r\n";
+    let mut kept = Kept::new(Some(&wanted));
+    let h = parse_response(early.as_bytes(), want, &mut out, &mut kept)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.status, 103);
+    assert_eq!(kept.found().get(early.as_bytes(), "location"), None);
+
+    let raw = "HTTP/1.1 201 Created\r\nx-other: 1\r\nLOCATION: /jobs/7\r\nlocation: /second\r\n\
+               content-length: 0\r\n\r\n";
+    let mut kept = Kept::new(Some(&wanted));
+    parse_response(raw.as_bytes(), want, &mut out, &mut kept).unwrap();
+    let found = kept.found();
+    assert_eq!(found.get(raw.as_bytes(), "location"), Some("/jobs/7"));
+    assert_eq!(found.get(raw.as_bytes(), "Location"), Some("/jobs/7"));
+    assert_eq!(
+        found.get(raw.as_bytes(), "x-other"),
+        None,
+        "only wanted lines"
+    );
+    let mut none = Kept::new(None);
+    parse_response(raw.as_bytes(), want, &mut out, &mut none).unwrap();
+    assert_eq!(none.found().get(raw.as_bytes(), "location"), None);
 }
