@@ -563,6 +563,8 @@ async fn htmx_updates_a_second_page_through_a_derive_rule() {
     let _one = BROWSER.lock().await;
     let items = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let store = Arc::clone(&items);
+    // The app serves htmx from node_modules: installed first, as for every other test.
+    node_ready();
     let modules = scripts_dir().join("node_modules");
     let htmx = std::fs::read(modules.join("htmx.org/dist/htmx.min.js")).unwrap();
     let sse = std::fs::read(modules.join("htmx-ext-sse/dist/sse.min.js")).unwrap();
