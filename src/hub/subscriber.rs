@@ -131,6 +131,40 @@ struct Queue {
     rest: Bytes,
 }
 
+impl Queue {
+    /// Writes `frame` to the parked stream's connection, if the stream is parked. A write
+    /// cut short leaves the rest for the task to write first and unparks the stream: the
+    /// task's waker is then returned, to be woken once the lock is released.
+    fn write_parked(&mut self, frame: &Bytes, now: Instant) -> Wrote {
+        let Some(parked) = &self.parked else {
+            return Wrote::Refused;
+        };
+        match parked.writer.try_write_frame(frame) {
+            Written::All => {
+                self.wrote_at = Some(now);
+                Wrote::Whole
+            }
+            Written::Part(rest) => {
+                self.wrote_at = Some(now);
+                self.rest = rest;
+                self.parked = None;
+                Wrote::Cut(self.waker.take())
+            }
+            Written::Nothing => Wrote::Refused,
+        }
+    }
+}
+
+/// What [`Queue::write_parked`] did.
+enum Wrote {
+    /// The whole frame went out.
+    Whole,
+    /// Part of it: the task must be woken (if it left a waker) to write the rest.
+    Cut(Option<Waker>),
+    /// Nothing (not parked, or the socket is full).
+    Refused,
+}
+
 /// A parked stream's connection, as a dispatcher may write to it.
 struct Parked {
     writer: Arc<dyn DirectWrite>,
@@ -229,22 +263,14 @@ impl Subscriber {
             return Delivery::Skipped;
         }
         q.last_enqueued = ev.id;
-        if let Some(parked) = q.parked.take()
-            && let Some(now) = direct
+        if let Some(now) = direct
             && q.events.is_empty()
-            && ev.id > parked.after
+            && q.parked.as_ref().is_some_and(|p| ev.id > p.after)
             && !self.filter.closed_by(ev)
         {
-            match parked.writer.try_write_frame(&ev.frame) {
-                Written::All => {
-                    q.wrote_at = Some(now);
-                    q.parked = Some(parked);
-                    return Delivery::Written;
-                }
-                Written::Part(rest) => {
-                    q.wrote_at = Some(now);
-                    q.rest = rest;
-                    let waker = q.waker.take();
+            match q.write_parked(&ev.frame, now) {
+                Wrote::Whole => return Delivery::Written,
+                Wrote::Cut(waker) => {
                     drop(q);
                     if let Some(w) = waker {
                         w.wake();
@@ -252,9 +278,11 @@ impl Subscriber {
                     return Delivery::Written;
                 }
                 // Queued below: the task waits for the socket.
-                Written::Nothing => {}
+                Wrote::Refused => {}
             }
         }
+        // Queued: the task writes it, and writes nothing before taking the socket back.
+        q.parked = None;
         if q.events.len() >= self.capacity {
             match self.policy {
                 SlowConsumer::Disconnect => {
@@ -307,32 +335,19 @@ impl Subscriber {
     /// heartbeat (bytes are on their way), and the task learns of it at its next write.
     pub(crate) fn beat(&self, now: Instant, quiet_since: Instant) -> bool {
         let mut q = self.lock();
-        let Some(parked) = &q.parked else {
-            return false;
-        };
         if q.wrote_at.is_some_and(|t| t > quiet_since) {
             return false;
         }
-        match parked
-            .writer
-            .try_write_frame(&Bytes::from_static(sse::HEARTBEAT))
-        {
-            Written::All => {
-                q.wrote_at = Some(now);
-                true
-            }
-            Written::Part(rest) => {
-                q.wrote_at = Some(now);
-                q.rest = rest;
-                q.parked = None;
-                let waker = q.waker.take();
+        match q.write_parked(&Bytes::from_static(sse::HEARTBEAT), now) {
+            Wrote::Whole => true,
+            Wrote::Cut(waker) => {
                 drop(q);
                 if let Some(w) = waker {
                     w.wake();
                 }
                 true
             }
-            Written::Nothing => false,
+            Wrote::Refused => false,
         }
     }
 
