@@ -13,7 +13,7 @@
 //!                its hub log)
 //! ```
 //!
-//! Dependencies point one way: [`sse`] and [`config`] use nothing of ours; [`hub`] uses
+//! Dependencies point one way: [`sse`], [`chunked`] and [`config`] use nothing of ours; [`hub`] uses
 //! `sse`; [`proxy`], [`publish`] and [`admin`] use the hub; only [`app`] wires everything.
 #![forbid(unsafe_code)]
 
@@ -21,6 +21,7 @@ pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod chunked;
 pub mod client;
 pub mod config;
 pub mod dashboard;

@@ -16,7 +16,7 @@
 //! (the webhook answers 429) and the Redis reader waits ([`MemoryLog::wait_for_room`]).
 
 use super::{Event, NewEvent, Resume};
-use crate::sse::{self, EventId};
+use crate::sse::EventId;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -149,14 +149,13 @@ pub(crate) fn next_id(last: EventId, now: u64) -> EventId {
 
 /// Encodes a new event's frame once, under its id.
 pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
-    let frame = sse::encode_event(id, ev.event_type.as_deref(), &ev.data);
-    Arc::new(Event {
+    Arc::new(Event::encode(
         id,
-        topics: ev.topics.into_boxed_slice(),
-        event_type: ev.event_type,
-        close: ev.close,
-        frame,
-    })
+        ev.topics.into_boxed_slice(),
+        ev.event_type,
+        ev.close,
+        &ev.data,
+    ))
 }
 
 impl MemoryLog {

@@ -162,9 +162,53 @@ pub struct Event {
     pub close: bool,
     /// The complete SSE frame, written as is to every subscriber.
     pub frame: Bytes,
+    /// The same frame framed as one HTTP/1.1 chunk (size line, frame, CRLF), in the same
+    /// allocation: a raw HTTP/1.1 stream sends it with one plain write.
+    pub chunk: Bytes,
 }
 
 impl Event {
+    /// An event encoded once under `id`, as a frame and as a chunk.
+    pub(crate) fn encode(
+        id: EventId,
+        topics: Box<[Box<str>]>,
+        event_type: Option<Box<str>>,
+        close: bool,
+        data: &str,
+    ) -> Self {
+        let t = event_type.as_deref();
+        let (chunk, frame) = crate::chunked::build(sse::encoded_len_hint(t, data), |buf| {
+            sse::encode_event_into(buf, id, t, data);
+        });
+        Self {
+            id,
+            topics,
+            event_type,
+            close,
+            frame,
+            chunk,
+        }
+    }
+
+    /// An event whose frame was encoded before (read back from disk), copied once.
+    pub(crate) fn with_frame(
+        id: EventId,
+        topics: Box<[Box<str>]>,
+        event_type: Option<Box<str>>,
+        close: bool,
+        frame: &[u8],
+    ) -> Self {
+        let (chunk, frame) = crate::chunked::build(frame.len(), |buf| buf.extend_from_slice(frame));
+        Self {
+            id,
+            topics,
+            event_type,
+            close,
+            frame,
+            chunk,
+        }
+    }
+
     /// Whether it was published to `topic` alone: deleting `topic` deletes it.
     pub(crate) fn is_only_in(&self, topic: &str) -> bool {
         self.topics.len() == 1 && &*self.topics[0] == topic

@@ -3,6 +3,7 @@
 
 use super::topic::Selector;
 use super::{Event, SlowConsumer, Timing};
+use crate::chunked;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
 use bytes::{Bytes, BytesMut};
@@ -132,14 +133,14 @@ struct Queue {
 }
 
 impl Queue {
-    /// Writes `frame` to the parked stream's connection, if the stream is parked. A write
+    /// Writes `chunk` to the parked stream's connection, if the stream is parked. A write
     /// cut short leaves the rest for the task to write first and unparks the stream: the
     /// task's waker is then returned, to be woken once the lock is released.
-    fn write_parked(&mut self, frame: &Bytes, now: Instant) -> Wrote {
+    fn write_parked(&mut self, chunk: &Bytes, now: Instant) -> Wrote {
         let Some(parked) = &self.parked else {
             return Wrote::Refused;
         };
-        match parked.writer.try_write_frame(frame) {
+        match parked.writer.try_write(chunk) {
             Written::All => {
                 self.wrote_at = Some(now);
                 Wrote::Whole
@@ -172,22 +173,22 @@ struct Parked {
     after: EventId,
 }
 
-/// A connection a dispatcher may write an event to itself, without waking the stream's
-/// task, while that task is parked with nothing to write ([`Subscription::park`]). The
-/// dispatcher holds the subscriber's lock while it writes, and the task takes the
-/// connection back under the same lock before writing anything itself, so writes never
-/// interleave.
+/// A chunked HTTP/1.1 response body a dispatcher may write an event to itself, without
+/// waking the stream's task, while that task is parked with nothing to write
+/// ([`Subscription::park`]). The dispatcher holds the subscriber's lock while it writes,
+/// and the task takes the connection back under the same lock before writing anything
+/// itself, so writes never interleave.
 pub(crate) trait DirectWrite: Send + Sync {
-    /// Writes `frame` (an event's shared SSE frame, framed as the connection needs)
-    /// without blocking.
-    fn try_write_frame(&self, frame: &Bytes) -> Written;
+    /// Writes `chunk` (an event's shared [`Event::chunk`], or the heartbeat's) without
+    /// blocking.
+    fn try_write(&self, chunk: &Bytes) -> Written;
 }
 
-/// How much of a frame a [`DirectWrite`] took.
+/// How much of a chunk a [`DirectWrite`] took.
 pub(crate) enum Written {
     /// All of it.
     All,
-    /// Part of it; the rest, as the connection's bytes, for the task to write first.
+    /// Part of it; the rest, for the task to write first.
     Part(Bytes),
     /// Nothing (the socket is full, or failed: the task finds out by itself).
     Nothing,
@@ -268,7 +269,7 @@ impl Subscriber {
             && q.parked.as_ref().is_some_and(|p| ev.id > p.after)
             && !self.filter.closed_by(ev)
         {
-            match q.write_parked(&ev.frame, now) {
+            match q.write_parked(&ev.chunk, now) {
                 Wrote::Whole => return Delivery::Written,
                 Wrote::Cut(waker) => {
                     drop(q);
@@ -338,7 +339,7 @@ impl Subscriber {
         if q.wrote_at.is_some_and(|t| t > quiet_since) {
             return false;
         }
-        match q.write_parked(&Bytes::from_static(sse::HEARTBEAT), now) {
+        match q.write_parked(&Bytes::from_static(chunked::HEARTBEAT), now) {
             Wrote::Whole => true,
             Wrote::Cut(waker) => {
                 drop(q);
@@ -408,7 +409,8 @@ pub struct Subscription {
     done: bool,
     /// Events handed out since the delivery counter was last updated.
     counted: u64,
-    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]).
+    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]). Frames
+    /// are then handed out framed as chunks.
     direct: Option<Arc<dyn DirectWrite>>,
 }
 
@@ -450,7 +452,9 @@ impl Subscription {
     }
 
     /// Lets dispatchers write live events and heartbeats to `writer` themselves while this
-    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes.
+    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes. The body
+    /// is chunked HTTP/1.1: from now on [`Self::poll_frames`] hands out each frame framed
+    /// as a chunk of its own (an event's [`Event::chunk`], so still shared, not copied).
     pub(crate) fn write_directly(&mut self, writer: Arc<dyn DirectWrite>) {
         self.direct = Some(writer);
         self.heartbeat = None;
@@ -504,7 +508,11 @@ impl Subscription {
         }
         self.last_sent = ev.id;
         self.counted += 1;
-        out.push(ev.frame.clone());
+        out.push(if self.direct.is_some() {
+            ev.chunk.clone()
+        } else {
+            ev.frame.clone()
+        });
         if self.sub.filter.closed_by(ev) {
             self.finishing = true;
         }
@@ -526,7 +534,8 @@ impl Subscription {
         let start = out.len();
         let limit = start + max.max(1);
         if self.preamble.capacity() > 0 {
-            out.extend(self.preamble.drain(..));
+            let chunked = self.direct.is_some();
+            out.extend(self.preamble.drain(..).map(|f| as_chunk(chunked, f)));
             // An idle stream keeps no buffers it is done with.
             self.preamble = VecDeque::new();
         }
@@ -544,7 +553,7 @@ impl Subscription {
             if let Some(head) = self.announce.take()
                 && self.last_sent.max(self.resumed_from) < head
             {
-                out.push(sse::encode_id(head));
+                out.push(as_chunk(self.direct.is_some(), sse::encode_id(head)));
             }
             self.drain_live(cx, out, limit);
         }
@@ -575,7 +584,10 @@ impl Subscription {
             heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
-            out.push(Bytes::from_static(sse::HEARTBEAT));
+            out.push(as_chunk(
+                self.direct.is_some(),
+                Bytes::from_static(sse::HEARTBEAT),
+            ));
             return Poll::Ready(Some(()));
         }
         Poll::Pending
@@ -632,7 +644,7 @@ impl Subscription {
                 && let Some(end) = self.end.take()
             {
                 if let Some(frame) = end.frame(self.sub.id) {
-                    out.push(frame);
+                    out.push(as_chunk(self.direct.is_some(), frame));
                 }
                 self.finishing = true;
             }
@@ -663,11 +675,20 @@ impl Subscription {
         }
         drop(q);
         if dropped > 0 {
-            out.push(sse::encode_control(
-                "ssegate.overflow",
-                &format!("{{\"dropped\":{dropped}}}"),
-            ));
+            let notice =
+                sse::encode_control("ssegate.overflow", &format!("{{\"dropped\":{dropped}}}"));
+            out.push(as_chunk(self.direct.is_some(), notice));
         }
+    }
+}
+
+/// A frame that is not an event (`retry:`, a notice, an id, a heartbeat), framed as a
+/// chunk of its own if the stream's body is `chunked`; such frames are rare enough to copy.
+fn as_chunk(chunked: bool, frame: Bytes) -> Bytes {
+    if chunked {
+        chunked::wrap(&frame)
+    } else {
+        frame
     }
 }
 

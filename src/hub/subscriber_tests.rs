@@ -117,7 +117,7 @@ async fn a_backlog_is_not_refilled_until_empty_so_the_policy_still_cuts() {
     assert!(take(&mut s, 100).is_none());
 }
 
-/// A connection that takes what a dispatcher writes to it, as told: everything, nothing,
+/// A chunked body that takes what a dispatcher writes to it, as told: everything, nothing,
 /// or the first `n` bytes.
 struct Conn {
     takes: std::sync::Mutex<Option<usize>>,
@@ -136,7 +136,7 @@ impl Conn {
 }
 
 impl DirectWrite for Conn {
-    fn try_write_frame(&self, frame: &Bytes) -> Written {
+    fn try_write(&self, frame: &Bytes) -> Written {
         match *self.takes.lock().unwrap() {
             None => Written::Nothing,
             Some(n) if n >= frame.len() => {
@@ -151,7 +151,8 @@ impl DirectWrite for Conn {
     }
 }
 
-/// A stream past its preamble, parked with `conn` for the dispatcher to write to.
+/// A stream past its preamble, parked with `conn` for the dispatcher to write to: every
+/// frame it hands out, and every write to `conn`, is a chunk.
 fn parked(hub: &Hub, topic: &str, conn: &Arc<Conn>) -> Subscription {
     let mut s = subscribe(hub, topic);
     s.write_directly(Arc::clone(conn) as Arc<dyn DirectWrite>);
@@ -168,13 +169,13 @@ async fn a_parked_stream_gets_the_event_written_by_the_dispatcher_not_queued() {
     let mut s = parked(&hub, "t", &conn);
     hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
     let frame = wrote.recv().await.unwrap();
-    assert!(frame.ends_with(b"data: one\n\n"));
+    assert!(frame.ends_with(b"data: one\n\n\r\n"));
     assert_eq!(take(&mut s, 8).unwrap().len(), 0, "nothing was queued");
     assert!(s.unpark().is_empty(), "the write was whole");
     // Taken back: the next event is queued for the task, not written.
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
     let queued = take_live(&mut s, 8).await;
-    assert!(queued[0].ends_with(b"data: two\n\n"));
+    assert!(queued[0].ends_with(b"data: two\n\n\r\n"));
     assert!(wrote.try_recv().is_err(), "written once, by the dispatcher");
 }
 
@@ -184,17 +185,23 @@ async fn a_full_socket_makes_the_dispatcher_queue_and_stay_off_until_parked_agai
     let (conn, mut wrote) = Conn::new(None);
     let mut s = parked(&hub, "t", &conn);
     hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
-    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: one\n\n"));
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: one\n\n\r\n"));
     // The socket has room again, but the task did not park: still queued, in order.
     *conn.takes.lock().unwrap() = Some(usize::MAX);
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
-    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: two\n\n"));
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: two\n\n\r\n"));
     assert!(wrote.try_recv().is_err());
     s.park();
     hub.publish(vec![NewEvent::new("t", "three")])
         .await
         .unwrap();
-    assert!(wrote.recv().await.unwrap().ends_with(b"data: three\n\n"));
+    assert!(
+        wrote
+            .recv()
+            .await
+            .unwrap()
+            .ends_with(b"data: three\n\n\r\n")
+    );
 }
 
 #[tokio::test]
@@ -207,12 +214,15 @@ async fn the_rest_of_a_write_cut_short_goes_first_and_later_events_are_queued() 
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
     let queued = take_live(&mut s, 8).await;
     assert!(
-        queued[0].ends_with(b"data: two\n\n"),
+        queued[0].ends_with(b"data: two\n\n\r\n"),
         "two waits in the queue"
     );
     let rest = s.unpark();
     let whole = [&head[..], &rest[..]].concat();
-    assert!(whole.ends_with(b"data: one\n\n"), "head and rest make one");
+    assert!(
+        whole.ends_with(b"data: one\n\n\r\n"),
+        "head and rest make one"
+    );
     assert!(wrote.try_recv().is_err());
 }
 
@@ -225,7 +235,7 @@ async fn a_closing_event_is_never_written_directly() {
     closing.close = true;
     hub.publish(vec![closing]).await.unwrap();
     let frames = take_live(&mut s, 8).await;
-    assert!(frames[0].ends_with(b"data: bye\n\n"));
+    assert!(frames[0].ends_with(b"data: bye\n\n\r\n"));
     assert!(take(&mut s, 8).is_none(), "the stream ends after it");
     assert!(wrote.try_recv().is_err(), "the task wrote it, then ended");
 }
@@ -261,7 +271,7 @@ async fn the_shard_heartbeat_writes_to_parked_streams_quiet_long_enough_and_no_o
     );
     let now = Instant::now();
     assert!(s.sub.beat(now, now), "quiet since it parked");
-    assert_eq!(&wrote.recv().await.unwrap()[..], crate::sse::HEARTBEAT);
+    assert_eq!(&wrote.recv().await.unwrap()[..], crate::chunked::HEARTBEAT);
     assert!(
         !s.sub.beat(now, now - Duration::from_secs(1)),
         "the beat itself counts as a write"

@@ -22,13 +22,13 @@ fn mirror(max_events: usize) -> MemoryLog {
 }
 
 fn event(id: EventId, topic: &str) -> Arc<Event> {
-    Arc::new(Event {
+    Arc::new(Event::encode(
         id,
-        topics: vec![topic.into()].into_boxed_slice(),
-        event_type: None,
-        close: false,
-        frame: sse::encode_event(id, None, topic),
-    })
+        vec![topic.into()].into_boxed_slice(),
+        None,
+        false,
+        topic,
+    ))
 }
 
 fn ids(events: &[Arc<Event>]) -> Vec<EventId> {

@@ -14,10 +14,11 @@
 //! and subscribing, a few KiB that an idle stream should not carry for hours. What a stream
 //! holds is the socket, its subscription and the bytes of one unfinished write.
 
+use crate::chunked;
 use crate::hub::{DirectWrite, Written};
 use crate::response::{Body, EventBody};
 use crate::server::{Held, Stall};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, Version};
@@ -80,22 +81,24 @@ pub(super) async fn respond(
     let bytes = match body {
         Body::Stream(mut events) => {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            // The first frames (`retry:`, a gap notice, the replay) go out with the head.
-            // Polled with a waker that does nothing: the stream's task polls again first
-            // thing, which takes whatever arrives meanwhile and leaves its own waker.
-            let mut pending = vec![Bytes::from(head), Bytes::new()];
-            let mut cx = Context::from_waker(Waker::noop());
-            let ended = matches!(
-                events
-                    .subscription
-                    .poll_frames(&mut cx, &mut pending, MAX_FRAMES - 1),
-                Poll::Ready(None)
-            );
-            frame_chunk(&mut pending, 1, ended);
             let io = Arc::new(stream);
             events
                 .subscription
                 .write_directly(Arc::clone(&io) as Arc<dyn DirectWrite>);
+            // The first frames (`retry:`, a gap notice, the replay) go out with the head.
+            // Polled with a waker that does nothing: the stream's task polls again first
+            // thing, which takes whatever arrives meanwhile and leaves its own waker.
+            let mut pending = vec![Bytes::from(head)];
+            let mut cx = Context::from_waker(Waker::noop());
+            let ended = matches!(
+                events
+                    .subscription
+                    .poll_frames(&mut cx, &mut pending, MAX_IOV - 1),
+                Poll::Ready(None)
+            );
+            if ended {
+                pending.push(Bytes::from_static(chunked::LAST));
+            }
             let mut conn = Stream {
                 io,
                 stall: Stall::new(send_timeout),
@@ -152,111 +155,15 @@ pub(super) fn encode_head(parts: &hyper::http::response::Parts, out: &mut Vec<u8
 /// The most slices written in one vectored write (Linux takes up to 1,024).
 const MAX_IOV: usize = 256;
 
-/// The most event frames taken at once: one chunk, with its size line and its CRLF, is
-/// then one vectored write.
-const MAX_FRAMES: usize = MAX_IOV - 2;
-
-/// Frames the event frames after `pending[at]` as one HTTP/1.1 chunk: `pending[at]` (an
-/// empty slot the caller left for it) becomes the size line, a CRLF follows the frames, and
-/// the last chunk follows if the stream `ends`. No frames: the slot is removed (an empty
-/// chunk would end the body). The frames themselves stay the shared `Bytes` of every other
-/// subscriber; a size line under 4 KiB is a static one, so the common write allocates
-/// nothing for its framing.
-fn frame_chunk(pending: &mut Vec<Bytes>, at: usize, ends: bool) {
-    let len: usize = pending[at + 1..].iter().map(Bytes::len).sum();
-    if len > 0 {
-        pending[at] = size_line(len);
-        pending.push(Bytes::from_static(b"\r\n"));
-    } else {
-        pending.remove(at);
-    }
-    if ends {
-        pending.push(Bytes::from_static(b"0\r\n\r\n"));
-    }
-}
-
-/// Chunks smaller than this get a static size line.
-const STATIC_LINES: usize = 4096;
-
-/// `"0\r\n"` … `"fff\r\n"`, each padded to 5 bytes; [`size_line`] takes the used part.
-static SIZE_LINES: [[u8; 5]; STATIC_LINES] = {
-    let mut lines = [[0u8; 5]; STATIC_LINES];
-    let mut n = 0;
-    while n < STATIC_LINES {
-        let digits = digits(n);
-        let mut i = 0;
-        while i < digits {
-            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
-            lines[n][i] = b"0123456789abcdef"[nibble];
-            i += 1;
-        }
-        lines[n][digits] = b'\r';
-        lines[n][digits + 1] = b'\n';
-        n += 1;
-    }
-    lines
-};
-
-/// How many hex digits `n` (under [`STATIC_LINES`]) takes.
-const fn digits(n: usize) -> usize {
-    if n < 0x10 {
-        1
-    } else if n < 0x100 {
-        2
-    } else {
-        3
-    }
-}
-
-/// The chunk size line for `len` bytes.
-fn size_line(len: usize) -> Bytes {
-    match SIZE_LINES.get(len) {
-        Some(line) => Bytes::from_static(&line[..digits(len) + 2]),
-        None => {
-            let mut line = [0u8; 18];
-            let n = hex_line(len, &mut line);
-            Bytes::copy_from_slice(&line[..n])
-        }
-    }
-}
-
-/// Writes `n` in hex followed by CRLF into `out`; how many bytes that took.
-fn hex_line(mut n: usize, out: &mut [u8; 18]) -> usize {
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - i;
-    out[..len].copy_from_slice(&digits[i..]);
-    out[len..len + 2].copy_from_slice(b"\r\n");
-    len + 2
-}
-
 /// A dispatcher's write to a parked stream ([`crate::hub::Subscription::park`]): the
-/// event as one chunk (size line, the shared frame, CRLF) in one vectored write.
+/// event's chunk, one shared buffer, in one `send()`. A write cut short leaves the rest
+/// as a view of the same buffer.
 impl DirectWrite for TcpStream {
-    fn try_write_frame(&self, frame: &Bytes) -> Written {
-        let line = size_line(frame.len());
-        let parts: [&[u8]; 3] = [&line, frame, b"\r\n"];
-        let total = line.len() + frame.len() + 2;
-        match send_vectored(self, &parts.map(IoSlice::new)) {
-            Ok(n) if n == total => Written::All,
+    fn try_write(&self, chunk: &Bytes) -> Written {
+        match send(self, chunk) {
+            Ok(n) if n == chunk.len() => Written::All,
             Ok(0) | Err(_) => Written::Nothing,
-            Ok(mut n) => {
-                let mut rest = BytesMut::with_capacity(total - n);
-                for part in parts {
-                    let skip = n.min(part.len());
-                    rest.extend_from_slice(&part[skip..]);
-                    n -= skip;
-                }
-                Written::Part(rest.freeze())
-            }
+            Ok(n) => Written::Part(chunk.slice(n..)),
         }
     }
 }
@@ -360,6 +267,12 @@ fn write_vectored(
     }
 }
 
+/// A non-blocking `send()` of one buffer, the least a write can cost: no iovec to copy
+/// in. Keeps tokio's readiness right: `WouldBlock` clears it.
+fn send(io: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    io.try_io(Interest::WRITABLE, || socket2::SockRef::from(io).send(buf))
+}
+
 /// A non-blocking vectored write as `sendmsg()`: the socket layer directly, not
 /// `writev()` through the file layer (whose file lookup and position lock cost ~9% of a
 /// fan-out's CPU). Keeps tokio's readiness right: `WouldBlock` clears it.
@@ -401,75 +314,22 @@ impl Future for Stream {
                 // Dropping the socket closes it (FIN) after the last chunk.
                 return Poll::Ready(());
             }
-            // Slot 0 waits for the chunk's size line: set once the frames are known, with
-            // nothing to shift.
-            this.pending.push(Bytes::new());
+            // Each frame comes framed as a chunk of its own.
             match this
                 .events
                 .subscription
-                .poll_frames(cx, &mut this.pending, MAX_FRAMES)
+                .poll_frames(cx, &mut this.pending, MAX_IOV)
             {
-                Poll::Ready(Some(())) => frame_chunk(&mut this.pending, 0, false),
+                Poll::Ready(Some(())) => {}
                 Poll::Ready(None) => {
                     this.ended = true;
-                    frame_chunk(&mut this.pending, 0, true);
+                    this.pending.push(Bytes::from_static(chunked::LAST));
                 }
                 Poll::Pending => {
-                    frame_chunk(&mut this.pending, 0, false);
                     this.events.subscription.park();
                     return Poll::Pending;
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_size_lines_are_lowercase_hex() {
-        let mut out = [0u8; 18];
-        for (n, want) in [
-            (0, "0\r\n"),
-            (10, "a\r\n"),
-            (255, "ff\r\n"),
-            (4096, "1000\r\n"),
-        ] {
-            let len = hex_line(n, &mut out);
-            assert_eq!(&out[..len], want.as_bytes());
-        }
-        let len = hex_line(usize::MAX, &mut out);
-        assert_eq!(len, 18);
-    }
-
-    #[test]
-    fn static_size_lines_match_the_computed_ones() {
-        let mut out = [0u8; 18];
-        for len in (0..STATIC_LINES).chain([STATIC_LINES, 1 << 20]) {
-            let n = hex_line(len, &mut out);
-            assert_eq!(&size_line(len)[..], &out[..n], "{len}");
-        }
-    }
-
-    #[test]
-    fn frames_become_one_chunk_and_an_end_adds_the_last_chunk() {
-        let head = Bytes::from_static(b"HEAD");
-        let mut pending = vec![
-            head,
-            Bytes::new(),
-            Bytes::from_static(b"ab"),
-            Bytes::from_static(b"cde"),
-        ];
-        frame_chunk(&mut pending, 1, true);
-        let wire: Vec<u8> = pending.iter().flat_map(|b| b.iter().copied()).collect();
-        assert_eq!(wire, b"HEAD5\r\nabcde\r\n0\r\n\r\n");
-        let mut empty = vec![Bytes::new()];
-        frame_chunk(&mut empty, 0, false);
-        assert!(
-            empty.is_empty(),
-            "no frames, no empty chunk (it would end the body)"
-        );
     }
 }

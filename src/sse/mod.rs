@@ -101,17 +101,23 @@ pub fn is_valid_event_type(t: &str) -> bool {
 /// `event_type` must satisfy [`is_valid_event_type`]; the caller validates it.
 pub fn encode_event(id: EventId, event_type: Option<&str>, data: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(encoded_len_hint(event_type, data));
+    encode_event_into(&mut buf, id, event_type, data);
+    buf.freeze()
+}
+
+/// [`encode_event`], appended to `buf` (sized by the caller, e.g. with
+/// [`encoded_len_hint`]).
+pub fn encode_event_into(buf: &mut BytesMut, id: EventId, event_type: Option<&str>, data: &str) {
     buf.put_slice(b"id: ");
-    write_id(&mut buf, id);
+    write_id(buf, id);
     buf.put_u8(b'\n');
     if let Some(t) = event_type {
         buf.put_slice(b"event: ");
         buf.put_slice(t.as_bytes());
         buf.put_u8(b'\n');
     }
-    put_data(&mut buf, data);
+    put_data(buf, data);
     buf.put_u8(b'\n');
-    buf.freeze()
 }
 
 /// Encodes one of ssegate's own events (no id, so the client's last event id is kept).
@@ -140,7 +146,9 @@ pub fn encode_retry(retry_ms: u64) -> Bytes {
     Bytes::from(format!("retry: {retry_ms}\n\n"))
 }
 
-fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
+/// About how many bytes an event with this type and data encodes to (a little more, so
+/// that the buffer never grows).
+pub fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
     // id line + event line + data lines; a small overestimate avoids regrowth.
     32 + event_type.map_or(0, |t| t.len() + 8) + data.len() + 8
 }

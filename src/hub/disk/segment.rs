@@ -14,7 +14,6 @@
 
 use super::super::Event;
 use crate::sse::EventId;
-use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -177,13 +176,13 @@ fn decode(p: &[u8]) -> Option<Record> {
     } else {
         None
     };
-    Some(Record::Event(Arc::new(Event {
+    Some(Record::Event(Arc::new(Event::with_frame(
         id,
-        topics: topics.into_boxed_slice(),
+        topics.into_boxed_slice(),
         event_type,
-        close: flags & CLOSE != 0,
-        frame: Bytes::copy_from_slice(r.0),
-    })))
+        flags & CLOSE != 0,
+        r.0,
+    ))))
 }
 
 struct Reader<'a>(&'a [u8]);

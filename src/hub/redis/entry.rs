@@ -294,12 +294,7 @@ pub(crate) fn decode(entry_id: EventId, fields: Vec<Value>) -> Result<Entry, Mal
         }
     };
     let data = data.ok_or(Malformed("an event has no data"))?;
-    let frame = sse::encode_event(entry_id, event_type.as_deref(), &data);
-    Ok(Entry::Event(Arc::new(Event {
-        id: entry_id,
-        topics,
-        event_type,
-        close,
-        frame,
-    })))
+    Ok(Entry::Event(Arc::new(Event::encode(
+        entry_id, topics, event_type, close, &data,
+    ))))
 }

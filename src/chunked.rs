@@ -1,0 +1,135 @@
+//! HTTP/1.1 chunked transfer coding, as bytes: chunk size lines, and frames built once
+//! already framed as a chunk so that a stream sends each event with one plain `send()`.
+//!
+//! No I/O and no HTTP types live here; the raw HTTP/1.1 streams ([`crate::proxy`]) write
+//! these bytes, and the hub ([`crate::hub`]) builds each event's chunk when it encodes it.
+//!
+//! ```
+//! use ssegate::chunked;
+//! let (chunk, frame) = chunked::build(8, |buf| buf.extend_from_slice(b"data: x\n\n"));
+//! assert_eq!(&chunk[..], b"9\r\ndata: x\n\n\r\n");
+//! assert_eq!(&frame[..], b"data: x\n\n");
+//! ```
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The last chunk, which ends a chunked body.
+pub const LAST: &[u8] = b"0\r\n\r\n";
+
+/// The CRLF after a chunk's data.
+pub const CRLF: &[u8] = b"\r\n";
+
+/// The SSE heartbeat comment (`: hb`) as one chunk; a test checks it against
+/// [`crate::sse::HEARTBEAT`].
+pub const HEARTBEAT: &[u8] = b"5\r\n: hb\n\r\n";
+
+/// Room kept in front of a frame built by [`build`] for its size line: 8 hex digits and
+/// CRLF, enough for any frame under 4 GiB.
+const ROOM: usize = 10;
+
+/// Builds a frame with `write` (into a buffer sized for about `hint` bytes) and frames it
+/// as one chunk in the same allocation: returns the chunk (size line, frame, CRLF) and the
+/// frame alone, two views of the same bytes. An empty frame is no chunk at all (an empty
+/// chunk would end the body).
+pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
+    let mut buf = BytesMut::with_capacity(ROOM + hint + CRLF.len());
+    buf.put_bytes(0, ROOM);
+    write(&mut buf);
+    let len = buf.len() - ROOM;
+    if len == 0 {
+        return (Bytes::new(), Bytes::new());
+    }
+    let mut line = [0u8; LINE_MAX];
+    let n = hex_line(len, &mut line);
+    if n > ROOM {
+        // Not reachable with a bounded event size; framed by a copy all the same.
+        let frame = buf.split_off(ROOM).freeze();
+        return (wrap(&frame), frame);
+    }
+    buf[ROOM - n..ROOM].copy_from_slice(&line[..n]);
+    buf.put_slice(CRLF);
+    let chunk = buf.freeze().slice(ROOM - n..);
+    let frame = chunk.slice(n..chunk.len() - CRLF.len());
+    (chunk, frame)
+}
+
+/// `frame` framed as one chunk, copied into a buffer of its own (for the rare frames that
+/// are not events: `retry:`, notices, an id announcement). An empty frame is no chunk.
+pub fn wrap(frame: &[u8]) -> Bytes {
+    if frame.is_empty() {
+        return Bytes::new();
+    }
+    let mut line = [0u8; LINE_MAX];
+    let n = hex_line(frame.len(), &mut line);
+    let mut buf = BytesMut::with_capacity(n + frame.len() + CRLF.len());
+    buf.put_slice(&line[..n]);
+    buf.put_slice(frame);
+    buf.put_slice(CRLF);
+    buf.freeze()
+}
+
+/// The longest size line: 16 hex digits and CRLF.
+const LINE_MAX: usize = 18;
+
+/// Writes `n` in lowercase hex followed by CRLF into `out`; how many bytes that took.
+fn hex_line(mut n: usize, out: &mut [u8; LINE_MAX]) -> usize {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = digits.len() - i;
+    out[..len].copy_from_slice(&digits[i..]);
+    out[len..len + 2].copy_from_slice(CRLF);
+    len + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_lines_are_lowercase_hex() {
+        let mut out = [0u8; LINE_MAX];
+        for (n, want) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let len = hex_line(n, &mut out);
+            assert_eq!(&out[..len], want.as_bytes());
+        }
+        let len = hex_line(usize::MAX, &mut out);
+        assert_eq!(len, LINE_MAX);
+    }
+
+    #[test]
+    fn a_built_chunk_is_the_wrapped_frame_in_one_buffer() {
+        for len in [1usize, 15, 16, 255, 256, 4095, 4096, 70_000] {
+            let body = vec![b'x'; len];
+            let (chunk, frame) = build(len, |buf| buf.extend_from_slice(&body));
+            assert_eq!(&frame[..], &body[..]);
+            assert_eq!(chunk, wrap(&body), "{len}");
+            // One allocation: the frame lies inside the chunk.
+            let inner = chunk.as_ptr() as usize + format!("{len:x}\r\n").len();
+            assert_eq!(frame.as_ptr() as usize, inner);
+        }
+    }
+
+    #[test]
+    fn an_empty_frame_is_no_chunk() {
+        assert!(wrap(b"").is_empty());
+        assert!(build(0, |_| {}).0.is_empty());
+    }
+
+    #[test]
+    fn the_heartbeat_chunk_is_the_heartbeat_comment() {
+        assert_eq!(HEARTBEAT, &wrap(crate::sse::HEARTBEAT)[..]);
+    }
+}
