@@ -116,28 +116,46 @@ impl Filter {
     }
 }
 
+/// What an idle stream holds is kept small: an end and a write cut short are rare, so they
+/// are boxed or share a slot with what excludes them.
 struct Queue {
     events: VecDeque<Arc<Event>>,
     dropped: u64,
     last_enqueued: EventId,
-    end: Option<End>,
+    end: Option<Box<End>>,
     waker: Option<Waker>,
-    /// Set while the stream's task is parked with nothing to write: a dispatcher writes a
-    /// live event itself instead of queueing it and waking the task.
-    parked: Option<Parked>,
+    /// Who writes to the connection next.
+    writer: Writer,
     /// When the connection was last written to (by the task or a dispatcher), while
     /// parked: the shard's heartbeat writes a comment once it has been quiet for long.
     wrote_at: Option<Instant>,
-    /// The unwritten rest of a dispatcher's write cut short: the task writes it first.
-    rest: Bytes,
+}
+
+/// Who writes to a stream's connection.
+enum Writer {
+    /// The stream's task (always, for a connection dispatchers may not write to).
+    Task,
+    /// A dispatcher, while the task is parked with nothing to write: it writes a live
+    /// event itself instead of queueing it and waking the task.
+    Parked(Parked),
+    /// The task, which first writes this unwritten rest of a dispatcher's write cut short.
+    Cut(Bytes),
 }
 
 impl Queue {
+    /// Takes the connection back from the dispatchers, if they have it; the rest of a write
+    /// cut short stays for the task.
+    fn take_back(&mut self) {
+        if matches!(self.writer, Writer::Parked(_)) {
+            self.writer = Writer::Task;
+        }
+    }
+
     /// Writes `chunk` to the parked stream's connection, if the stream is parked. A write
     /// cut short leaves the rest for the task to write first and unparks the stream: the
     /// task's waker is then returned, to be woken once the lock is released.
     fn write_parked(&mut self, chunk: &Bytes, now: Instant) -> Wrote {
-        let Some(parked) = &self.parked else {
+        let Writer::Parked(parked) = &self.writer else {
             return Wrote::Refused;
         };
         match parked.writer.try_write(chunk) {
@@ -147,8 +165,7 @@ impl Queue {
             }
             Written::Part(rest) => {
                 self.wrote_at = Some(now);
-                self.rest = rest;
-                self.parked = None;
+                self.writer = Writer::Cut(rest);
                 Wrote::Cut(self.waker.take())
             }
             Written::Nothing => Wrote::Refused,
@@ -236,9 +253,8 @@ impl Subscriber {
                 last_enqueued: EventId::default(),
                 end: None,
                 waker: None,
-                parked: None,
+                writer: Writer::Task,
                 wrote_at: None,
-                rest: Bytes::new(),
             }),
         }
     }
@@ -266,7 +282,7 @@ impl Subscriber {
         q.last_enqueued = ev.id;
         if let Some(now) = direct
             && q.events.is_empty()
-            && q.parked.as_ref().is_some_and(|p| ev.id > p.after)
+            && matches!(&q.writer, Writer::Parked(p) if ev.id > p.after)
             && !self.filter.closed_by(ev)
         {
             match q.write_parked(&ev.chunk, now) {
@@ -283,12 +299,12 @@ impl Subscriber {
             }
         }
         // Queued: the task writes it, and writes nothing before taking the socket back.
-        q.parked = None;
+        q.take_back();
         if q.events.len() >= self.capacity {
             match self.policy {
                 SlowConsumer::Disconnect => {
                     q.events.clear();
-                    q.end = Some(End::Overflow);
+                    q.end = Some(Box::new(End::Overflow));
                     metrics.slow_consumer_disconnect();
                     // The hub does not know addresses: bounded per reason alone.
                     if let Some(suppressed) =
@@ -355,9 +371,9 @@ impl Subscriber {
     /// Ends the stream after what is already queued.
     pub(crate) fn end(&self, end: End) {
         let mut q = self.lock();
-        q.parked = None;
+        q.take_back();
         if q.end.is_none() {
-            q.end = Some(end);
+            q.end = Some(Box::new(end));
         }
         let waker = q.waker.take();
         drop(q);
@@ -383,21 +399,17 @@ pub struct Subscription {
     sub: Arc<Subscriber>,
     registry: Arc<dyn Unregister>,
     metrics: Arc<Metrics>,
-    preamble: VecDeque<Bytes>,
-    replay: std::vec::IntoIter<Arc<Event>>,
+    /// What goes out before the live events; dropped once it is out.
+    opening: Option<Box<Opening>>,
     /// The newest event id at subscription time: the replay covers everything up to it,
     /// so live events up to it are duplicates (or predate the stream) and are skipped.
     head: EventId,
-    /// Sent as an id-only block once the replay is done, if the client knows no later id.
-    announce: Option<EventId>,
-    /// The id the client resumed from, if any: an announced id must never move it back.
-    resumed_from: EventId,
     last_sent: EventId,
     /// Events taken from the queue and not yet handed out. Refilled only once empty, so
     /// queue and backlog together never hold more than twice `subscriber_buffer`.
     backlog: VecDeque<Arc<Event>>,
     /// The end taken from the queue, sent once the backlog is out.
-    end: Option<End>,
+    end: Option<Box<End>>,
     /// The stream's own heartbeat timer; `None` once dispatchers may write to the
     /// connection: the shard's heartbeat then writes to it while it is parked.
     heartbeat: Option<Pin<Box<Sleep>>>,
@@ -412,6 +424,17 @@ pub struct Subscription {
     /// The connection, if its writer lets dispatchers write to it ([`Self::park`]). Frames
     /// are then handed out framed as chunks.
     direct: Option<Arc<dyn DirectWrite>>,
+}
+
+/// What a stream sends before its live events: `retry:` and perhaps a gap notice, the
+/// replay, and an id announcement.
+struct Opening {
+    preamble: VecDeque<Bytes>,
+    replay: std::vec::IntoIter<Arc<Event>>,
+    /// Sent as an id-only block once the replay is done, if the client knows no later id.
+    announce: Option<EventId>,
+    /// The id the client resumed from, if any: an announced id must never move it back.
+    resumed_from: EventId,
 }
 
 impl Subscription {
@@ -432,11 +455,13 @@ impl Subscription {
             sub,
             registry,
             metrics,
-            preamble,
-            replay: replay.into_iter(),
+            opening: Some(Box::new(Opening {
+                preamble,
+                replay: replay.into_iter(),
+                announce,
+                resumed_from,
+            })),
             head,
-            announce,
-            resumed_from,
             last_sent: EventId::default(),
             backlog: VecDeque::new(),
             end: None,
@@ -478,8 +503,8 @@ impl Subscription {
             self.handed_out = false;
             q.wrote_at = Some(Instant::now());
         }
-        if q.events.is_empty() && q.end.is_none() && q.rest.is_empty() {
-            q.parked = Some(Parked {
+        if q.events.is_empty() && q.end.is_none() && matches!(q.writer, Writer::Task) {
+            q.writer = Writer::Parked(Parked {
                 writer: Arc::clone(writer),
                 after: self.last_sent.max(self.head),
             });
@@ -493,8 +518,10 @@ impl Subscription {
             return Bytes::new();
         }
         let mut q = self.sub.lock();
-        q.parked = None;
-        std::mem::take(&mut q.rest)
+        match std::mem::replace(&mut q.writer, Writer::Task) {
+            Writer::Cut(rest) => rest,
+            Writer::Task | Writer::Parked(_) => Bytes::new(),
+        }
     }
 
     /// The hub's id for this subscriber (appears in log lines).
@@ -533,28 +560,27 @@ impl Subscription {
         }
         let start = out.len();
         let limit = start + max.max(1);
-        if self.preamble.capacity() > 0 {
+        if let Some(mut opening) = self.opening.take() {
             let chunked = self.direct.is_some();
-            out.extend(self.preamble.drain(..).map(|f| as_chunk(chunked, f)));
-            // An idle stream keeps no buffers it is done with.
-            self.preamble = VecDeque::new();
-        }
-        while !self.finishing && out.len() < limit {
-            let Some(ev) = self.replay.next() else {
-                self.replay = Vec::new().into_iter();
-                break;
-            };
-            self.push_event(out, &ev);
-        }
-        if !self.finishing && self.replay.len() == 0 && out.len() < limit {
-            // A client cut before it ever received an event (or whose replay matched none)
-            // would otherwise reconnect without an id, or with an old one, and miss or
-            // re-scan what was published in between.
-            if let Some(head) = self.announce.take()
-                && self.last_sent.max(self.resumed_from) < head
-            {
-                out.push(as_chunk(self.direct.is_some(), sse::encode_id(head)));
+            out.extend(opening.preamble.drain(..).map(|f| as_chunk(chunked, f)));
+            while !self.finishing && out.len() < limit {
+                let Some(ev) = opening.replay.next() else {
+                    break;
+                };
+                self.push_event(out, &ev);
             }
+            if self.finishing || opening.replay.len() > 0 || out.len() >= limit {
+                self.opening = Some(opening);
+            } else if let Some(head) = opening.announce
+                && self.last_sent.max(opening.resumed_from) < head
+            {
+                // A client cut before it ever received an event (or whose replay matched
+                // none) would otherwise reconnect without an id, or with an old one, and
+                // miss or re-scan what was published in between.
+                out.push(as_chunk(chunked, sse::encode_id(head)));
+            }
+        }
+        if self.opening.is_none() && !self.finishing && out.len() < limit {
             self.drain_live(cx, out, limit);
         }
         if out.len() > start {
@@ -611,11 +637,11 @@ impl Subscription {
     /// that does not read can then drop the connection at once instead of waiting for the
     /// write to time out.
     pub fn poll_cut(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if matches!(self.end, Some(End::Overflow)) {
+        if matches!(self.end.as_deref(), Some(End::Overflow)) {
             return Poll::Ready(());
         }
         let mut q = self.sub.lock();
-        if matches!(q.end, Some(End::Overflow)) {
+        if matches!(q.end.as_deref(), Some(End::Overflow)) {
             return Poll::Ready(());
         }
         if !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -696,7 +722,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         if self.direct.is_some() {
             // The connection closes with its stream, not when the dispatchers let go.
-            self.sub.lock().parked = None;
+            self.sub.lock().writer = Writer::Task;
         }
         self.registry.unregister(&self.sub);
     }

@@ -99,20 +99,20 @@ pub(super) async fn respond(
             if ended {
                 pending.push(Bytes::from_static(chunked::LAST));
             }
-            let mut conn = Stream {
+            let mut conn = Box::new(StreamState {
                 io,
                 stall: Stall::new(send_timeout),
-                events,
+                events: *events,
                 pending,
                 written: 0,
                 ended,
                 _held: held,
-            };
+            });
             // Most heads go out in one write here; the rest is the new task's first job.
             if matches!(conn.poll_write_pending(&mut cx), Poll::Ready(Err(_))) {
                 return;
             }
-            tokio::spawn(conn);
+            tokio::spawn(Stream(conn));
             return;
         }
         // Only proxied responses are guarded or tapped, and only the internal listener's
@@ -178,15 +178,20 @@ impl DirectWrite for TcpStream {
 /// heartbeat, a full socket, or the end.
 ///
 /// A hand-written future rather than an `async` block so that an idle stream's task holds
-/// exactly these fields and nothing sized for the states it never returns to.
-struct Stream {
+/// exactly these fields and nothing sized for the states it never returns to; boxed, so
+/// that the task itself is tokio's smallest (128 bytes).
+struct Stream(Box<StreamState>);
+
+/// What a [`Stream`] holds.
+struct StreamState {
     /// The socket, shared with the dispatchers (which write only while the stream is
     /// parked).
     io: Arc<TcpStream>,
     /// A write that makes no progress for the send timeout fails.
     stall: Stall,
-    events: Box<EventBody>,
-    /// The frames of the write in progress (shared with every other subscriber).
+    events: EventBody,
+    /// The frames of the write in progress (shared with every other subscriber); no buffer
+    /// while parked.
     pending: Vec<Bytes>,
     /// How many of `pending` are fully written.
     written: usize,
@@ -195,7 +200,7 @@ struct Stream {
     _held: Held,
 }
 
-impl Stream {
+impl StreamState {
     /// Ready once the client has gone: it sends nothing after its request, so EOF or an
     /// error means it left; stray bytes are read and ignored.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -243,10 +248,6 @@ impl Stream {
         }
         self.written = 0;
         self.pending.clear();
-        if self.pending.capacity() > 4 {
-            // A burst's buffer is not kept for the stream's idle hours.
-            self.pending = Vec::new();
-        }
         Poll::Ready(Ok(()))
     }
 }
@@ -286,7 +287,7 @@ impl Future for Stream {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
+        let this = &mut *self.0;
         if this.poll_gone(cx).is_ready() {
             return Poll::Ready(());
         }
@@ -326,6 +327,8 @@ impl Future for Stream {
                     this.pending.push(Bytes::from_static(chunked::LAST));
                 }
                 Poll::Pending => {
+                    // Everything is written: an idle stream keeps no buffer.
+                    this.pending = Vec::new();
                     this.events.subscription.park();
                     return Poll::Pending;
                 }
