@@ -158,9 +158,14 @@ const MAX_IOV: usize = 256;
 /// A dispatcher's write to a parked stream ([`crate::hub::Subscription::park`]): the
 /// event's chunk, one shared buffer, in one `send()`. A write cut short leaves the rest
 /// as a view of the same buffer.
+///
+/// The socket is written directly, not through tokio's readiness check (`try_io`), whose
+/// two reads of the socket's cold readiness state `perf` put at ~4.5% of a fan-out's CPU.
+/// A full socket leaves tokio's readiness set: the stream's task, which then writes,
+/// finds it stale on its first attempt and clears it (no wake-up can be missed).
 impl DirectWrite for TcpStream {
     fn try_write(&self, chunk: &Bytes) -> Written {
-        match send(self, chunk) {
+        match socket2::SockRef::from(self).send(chunk) {
             Ok(n) if n == chunk.len() => Written::All,
             Ok(0) | Err(_) => Written::Nothing,
             Ok(n) => Written::Part(chunk.slice(n..)),
@@ -266,12 +271,6 @@ fn write_vectored(
             done => return Poll::Ready(done),
         }
     }
-}
-
-/// A non-blocking `send()` of one buffer, the least a write can cost: no iovec to copy
-/// in. Keeps tokio's readiness right: `WouldBlock` clears it.
-fn send(io: &TcpStream, buf: &[u8]) -> io::Result<usize> {
-    io.try_io(Interest::WRITABLE, || socket2::SockRef::from(io).send(buf))
 }
 
 /// A non-blocking vectored write as `sendmsg()`: the socket layer directly, not
