@@ -53,16 +53,15 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
     (chunk, frame)
 }
 
-/// `frame` framed as one chunk, copied into a buffer of its own (for the rare frames that
-/// are not events: `retry:`, notices, an id announcement). An empty frame is no chunk.
+/// `frame` framed as one chunk, copied into a buffer of its own. An empty frame is no
+/// chunk.
 pub fn wrap(frame: &[u8]) -> Bytes {
     if frame.is_empty() {
         return Bytes::new();
     }
-    let mut line = [0u8; LINE_MAX];
-    let n = hex_line(frame.len(), &mut line);
-    let mut buf = BytesMut::with_capacity(n + frame.len() + CRLF.len());
-    buf.put_slice(&line[..n]);
+    let line = size_line(frame.len());
+    let mut buf = BytesMut::with_capacity(line.len() + frame.len() + CRLF.len());
+    buf.put_slice(&line);
     buf.put_slice(frame);
     buf.put_slice(CRLF);
     buf.freeze()
@@ -70,6 +69,51 @@ pub fn wrap(frame: &[u8]) -> Bytes {
 
 /// The longest size line: 16 hex digits and CRLF.
 const LINE_MAX: usize = 18;
+
+/// Chunks smaller than this get a static size line.
+const STATIC_LINES: usize = 4096;
+
+/// `"0\r\n"` … `"fff\r\n"`, each padded to 5 bytes; [`size_line`] takes the used part.
+static SIZE_LINES: [[u8; 5]; STATIC_LINES] = {
+    let mut lines = [[0u8; 5]; STATIC_LINES];
+    let mut n = 0;
+    while n < STATIC_LINES {
+        let digits = digits(n);
+        let mut i = 0;
+        while i < digits {
+            let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+            lines[n][i] = b"0123456789abcdef"[nibble];
+            i += 1;
+        }
+        lines[n][digits] = b'\r';
+        lines[n][digits + 1] = b'\n';
+        n += 1;
+    }
+    lines
+};
+
+/// How many hex digits `n` (under [`STATIC_LINES`]) takes.
+const fn digits(n: usize) -> usize {
+    if n < 0x10 {
+        1
+    } else if n < 0x100 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The size line of a chunk of `len` bytes; static (no allocation) under 4 KiB.
+pub fn size_line(len: usize) -> Bytes {
+    match SIZE_LINES.get(len) {
+        Some(line) => Bytes::from_static(&line[..digits(len) + 2]),
+        None => {
+            let mut line = [0u8; LINE_MAX];
+            let n = hex_line(len, &mut line);
+            Bytes::copy_from_slice(&line[..n])
+        }
+    }
+}
 
 /// Writes `n` in lowercase hex followed by CRLF into `out`; how many bytes that took.
 fn hex_line(mut n: usize, out: &mut [u8; LINE_MAX]) -> usize {
@@ -110,6 +154,15 @@ mod tests {
     }
 
     #[test]
+    fn static_size_lines_match_the_computed_ones() {
+        let mut out = [0u8; LINE_MAX];
+        for len in (0..STATIC_LINES).chain([STATIC_LINES, 1 << 20]) {
+            let n = hex_line(len, &mut out);
+            assert_eq!(&size_line(len)[..], &out[..n], "{len}");
+        }
+    }
+
+    #[test]
     fn a_built_chunk_is_the_wrapped_frame_in_one_buffer() {
         for len in [1usize, 15, 16, 255, 256, 4095, 4096, 70_000] {
             let body = vec![b'x'; len];
@@ -117,7 +170,7 @@ mod tests {
             assert_eq!(&frame[..], &body[..]);
             assert_eq!(chunk, wrap(&body), "{len}");
             // One allocation: the frame lies inside the chunk.
-            let inner = chunk.as_ptr() as usize + format!("{len:x}\r\n").len();
+            let inner = chunk.as_ptr() as usize + size_line(len).len();
             assert_eq!(frame.as_ptr() as usize, inner);
         }
     }

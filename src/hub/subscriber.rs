@@ -421,8 +421,7 @@ pub struct Subscription {
     done: bool,
     /// Events handed out since the delivery counter was last updated.
     counted: u64,
-    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]). Frames
-    /// are then handed out framed as chunks.
+    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]).
     direct: Option<Arc<dyn DirectWrite>>,
 }
 
@@ -477,9 +476,7 @@ impl Subscription {
     }
 
     /// Lets dispatchers write live events and heartbeats to `writer` themselves while this
-    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes. The body
-    /// is chunked HTTP/1.1: from now on [`Self::poll_frames`] hands out each frame framed
-    /// as a chunk of its own (an event's [`Event::chunk`], so still shared, not copied).
+    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes.
     pub(crate) fn write_directly(&mut self, writer: Arc<dyn DirectWrite>) {
         self.direct = Some(writer);
         self.heartbeat = None;
@@ -535,11 +532,7 @@ impl Subscription {
         }
         self.last_sent = ev.id;
         self.counted += 1;
-        out.push(if self.direct.is_some() {
-            ev.chunk.clone()
-        } else {
-            ev.frame.clone()
-        });
+        out.push(ev.frame.clone());
         if self.sub.filter.closed_by(ev) {
             self.finishing = true;
         }
@@ -561,8 +554,7 @@ impl Subscription {
         let start = out.len();
         let limit = start + max.max(1);
         if let Some(mut opening) = self.opening.take() {
-            let chunked = self.direct.is_some();
-            out.extend(opening.preamble.drain(..).map(|f| as_chunk(chunked, f)));
+            out.extend(opening.preamble.drain(..));
             while !self.finishing && out.len() < limit {
                 let Some(ev) = opening.replay.next() else {
                     break;
@@ -577,7 +569,7 @@ impl Subscription {
                 // A client cut before it ever received an event (or whose replay matched
                 // none) would otherwise reconnect without an id, or with an old one, and
                 // miss or re-scan what was published in between.
-                out.push(as_chunk(chunked, sse::encode_id(head)));
+                out.push(sse::encode_id(head));
             }
         }
         if self.opening.is_none() && !self.finishing && out.len() < limit {
@@ -610,10 +602,7 @@ impl Subscription {
             heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
-            out.push(as_chunk(
-                self.direct.is_some(),
-                Bytes::from_static(sse::HEARTBEAT),
-            ));
+            out.push(Bytes::from_static(sse::HEARTBEAT));
             return Poll::Ready(Some(()));
         }
         Poll::Pending
@@ -670,7 +659,7 @@ impl Subscription {
                 && let Some(end) = self.end.take()
             {
                 if let Some(frame) = end.frame(self.sub.id) {
-                    out.push(as_chunk(self.direct.is_some(), frame));
+                    out.push(frame);
                 }
                 self.finishing = true;
             }
@@ -701,20 +690,11 @@ impl Subscription {
         }
         drop(q);
         if dropped > 0 {
-            let notice =
-                sse::encode_control("ssegate.overflow", &format!("{{\"dropped\":{dropped}}}"));
-            out.push(as_chunk(self.direct.is_some(), notice));
+            out.push(sse::encode_control(
+                "ssegate.overflow",
+                &format!("{{\"dropped\":{dropped}}}"),
+            ));
         }
-    }
-}
-
-/// A frame that is not an event (`retry:`, a notice, an id, a heartbeat), framed as a
-/// chunk of its own if the stream's body is `chunked`; such frames are rare enough to copy.
-fn as_chunk(chunked: bool, frame: Bytes) -> Bytes {
-    if chunked {
-        chunked::wrap(&frame)
-    } else {
-        frame
     }
 }
 

@@ -151,8 +151,8 @@ impl DirectWrite for Conn {
     }
 }
 
-/// A stream past its preamble, parked with `conn` for the dispatcher to write to: every
-/// frame it hands out, and every write to `conn`, is a chunk.
+/// A stream past its preamble, parked with `conn` for the dispatcher to write to (each
+/// write an event's chunk; what the task takes stays bare frames).
 fn parked(hub: &Hub, topic: &str, conn: &Arc<Conn>) -> Subscription {
     let mut s = subscribe(hub, topic);
     s.write_directly(Arc::clone(conn) as Arc<dyn DirectWrite>);
@@ -175,7 +175,7 @@ async fn a_parked_stream_gets_the_event_written_by_the_dispatcher_not_queued() {
     // Taken back: the next event is queued for the task, not written.
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
     let queued = take_live(&mut s, 8).await;
-    assert!(queued[0].ends_with(b"data: two\n\n\r\n"));
+    assert!(queued[0].ends_with(b"data: two\n\n"));
     assert!(wrote.try_recv().is_err(), "written once, by the dispatcher");
 }
 
@@ -185,11 +185,11 @@ async fn a_full_socket_makes_the_dispatcher_queue_and_stay_off_until_parked_agai
     let (conn, mut wrote) = Conn::new(None);
     let mut s = parked(&hub, "t", &conn);
     hub.publish(vec![NewEvent::new("t", "one")]).await.unwrap();
-    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: one\n\n\r\n"));
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: one\n\n"));
     // The socket has room again, but the task did not park: still queued, in order.
     *conn.takes.lock().unwrap() = Some(usize::MAX);
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
-    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: two\n\n\r\n"));
+    assert!(take_live(&mut s, 8).await[0].ends_with(b"data: two\n\n"));
     assert!(wrote.try_recv().is_err());
     s.park();
     hub.publish(vec![NewEvent::new("t", "three")])
@@ -214,7 +214,7 @@ async fn the_rest_of_a_write_cut_short_goes_first_and_later_events_are_queued() 
     hub.publish(vec![NewEvent::new("t", "two")]).await.unwrap();
     let queued = take_live(&mut s, 8).await;
     assert!(
-        queued[0].ends_with(b"data: two\n\n\r\n"),
+        queued[0].ends_with(b"data: two\n\n"),
         "two waits in the queue"
     );
     let rest = s.unpark();
@@ -235,7 +235,7 @@ async fn a_closing_event_is_never_written_directly() {
     closing.close = true;
     hub.publish(vec![closing]).await.unwrap();
     let frames = take_live(&mut s, 8).await;
-    assert!(frames[0].ends_with(b"data: bye\n\n\r\n"));
+    assert!(frames[0].ends_with(b"data: bye\n\n"));
     assert!(take(&mut s, 8).is_none(), "the stream ends after it");
     assert!(wrote.try_recv().is_err(), "the task wrote it, then ended");
 }

@@ -88,17 +88,15 @@ pub(super) async fn respond(
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
-            let mut pending = vec![Bytes::from(head)];
+            let mut pending = vec![Bytes::from(head), Bytes::new()];
             let mut cx = Context::from_waker(Waker::noop());
             let ended = matches!(
                 events
                     .subscription
-                    .poll_frames(&mut cx, &mut pending, MAX_IOV - 1),
+                    .poll_frames(&mut cx, &mut pending, MAX_FRAMES - 1),
                 Poll::Ready(None)
             );
-            if ended {
-                pending.push(Bytes::from_static(chunked::LAST));
-            }
+            frame_chunk(&mut pending, 1, ended);
             let mut conn = Box::new(StreamState {
                 io,
                 stall: Stall::new(send_timeout),
@@ -154,6 +152,29 @@ pub(super) fn encode_head(parts: &hyper::http::response::Parts, out: &mut Vec<u8
 
 /// The most slices written in one vectored write (Linux takes up to 1,024).
 const MAX_IOV: usize = 256;
+
+/// The most event frames taken at once: one chunk, with its size line and its CRLF, is
+/// then one vectored write.
+const MAX_FRAMES: usize = MAX_IOV - 2;
+
+/// Frames the event frames after `pending[at]` as one HTTP/1.1 chunk: `pending[at]` (an
+/// empty slot the caller left for it) becomes the size line, a CRLF follows the frames, and
+/// the last chunk follows if the stream `ends`. No frames: the slot is removed (an empty
+/// chunk would end the body). The frames themselves stay the shared `Bytes` of every other
+/// subscriber; a size line under 4 KiB is a static one, so the common write allocates
+/// nothing for its framing.
+fn frame_chunk(pending: &mut Vec<Bytes>, at: usize, ends: bool) {
+    let len: usize = pending[at + 1..].iter().map(Bytes::len).sum();
+    if len > 0 {
+        pending[at] = chunked::size_line(len);
+        pending.push(Bytes::from_static(chunked::CRLF));
+    } else {
+        pending.remove(at);
+    }
+    if ends {
+        pending.push(Bytes::from_static(chunked::LAST));
+    }
+}
 
 /// A dispatcher's write to a parked stream ([`crate::hub::Subscription::park`]): the
 /// event's chunk, one shared buffer, in one `send()`. A write cut short leaves the rest
@@ -314,16 +335,18 @@ impl Future for Stream {
                 // Dropping the socket closes it (FIN) after the last chunk.
                 return Poll::Ready(());
             }
-            // Each frame comes framed as a chunk of its own.
+            // Slot 0 waits for the chunk's size line: set once the frames are known, with
+            // nothing to shift.
+            this.pending.push(Bytes::new());
             match this
                 .events
                 .subscription
-                .poll_frames(cx, &mut this.pending, MAX_IOV)
+                .poll_frames(cx, &mut this.pending, MAX_FRAMES)
             {
-                Poll::Ready(Some(())) => {}
+                Poll::Ready(Some(())) => frame_chunk(&mut this.pending, 0, false),
                 Poll::Ready(None) => {
                     this.ended = true;
-                    this.pending.push(Bytes::from_static(chunked::LAST));
+                    frame_chunk(&mut this.pending, 0, true);
                 }
                 Poll::Pending => {
                     // Everything is written: an idle stream keeps no buffer.
@@ -333,5 +356,30 @@ impl Future for Stream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_become_one_chunk_and_an_end_adds_the_last_chunk() {
+        let head = Bytes::from_static(b"HEAD");
+        let mut pending = vec![
+            head,
+            Bytes::new(),
+            Bytes::from_static(b"ab"),
+            Bytes::from_static(b"cde"),
+        ];
+        frame_chunk(&mut pending, 1, true);
+        let wire: Vec<u8> = pending.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(wire, b"HEAD5\r\nabcde\r\n0\r\n\r\n");
+        let mut empty = vec![Bytes::new()];
+        frame_chunk(&mut empty, 0, false);
+        assert!(
+            empty.is_empty(),
+            "no frames, no empty chunk (it would end the body)"
+        );
     }
 }
