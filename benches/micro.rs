@@ -141,7 +141,7 @@ fn drain_one(s: &mut Subscription, waker: &Waker) -> usize {
     let mut frames = Vec::new();
     let mut n = 0;
     while let Poll::Ready(Some(())) = s.poll_frames(&mut cx, &mut frames, 256) {
-        n += frames.iter().map(bytes::Bytes::len).sum::<usize>();
+        n += frames.iter().map(|f| f.len()).sum::<usize>();
         frames.clear();
     }
     n

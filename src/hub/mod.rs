@@ -34,7 +34,7 @@ pub mod topic;
 
 pub use log::Backlog;
 pub(crate) use subscriber::{DirectWrite, Written};
-pub use subscriber::{End, Filter, Subscription};
+pub use subscriber::{End, Filter, Frame, Subscription};
 pub use topic::{Selector, TopicError, validate_topic};
 
 use self::disk::DiskBroker;

@@ -222,6 +222,52 @@ pub(crate) enum Delivery {
     Written,
 }
 
+/// One frame a [`Subscription`] hands out: an event, written from its shared encoding
+/// (the event is moved along from the queue, so handing it out costs no reference count of
+/// its own), or bytes of ssegate's own (`retry:`, notices, heartbeats).
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// An event's SSE frame ([`Event::frame`]).
+    Event(Arc<Event>),
+    /// Other bytes, or what is left of a frame written in part.
+    Own(Bytes),
+}
+
+impl Frame {
+    /// The frame's bytes as shared `Bytes`.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Self::Event(ev) => ev.frame.clone(),
+            Self::Own(b) => b,
+        }
+    }
+
+    /// Drops the first `n` bytes (written already).
+    pub fn advance(&mut self, n: usize) {
+        *self = Self::Own(match self {
+            Self::Event(ev) => ev.frame.slice(n..),
+            Self::Own(b) => b.split_off(n),
+        });
+    }
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Event(ev) => &ev.frame,
+            Self::Own(b) => b,
+        }
+    }
+}
+
+impl From<Bytes> for Frame {
+    fn from(b: Bytes) -> Self {
+        Self::Own(b)
+    }
+}
+
 /// The part of a subscriber shared with the dispatchers.
 pub(crate) struct Subscriber {
     pub id: u64,
@@ -526,16 +572,16 @@ impl Subscription {
         self.sub.id
     }
 
-    fn push_event(&mut self, out: &mut Vec<Bytes>, ev: &Event) {
+    fn push_event(&mut self, out: &mut Vec<Frame>, ev: Arc<Event>) {
         if ev.id <= self.last_sent {
             return;
         }
         self.last_sent = ev.id;
         self.counted += 1;
-        out.push(ev.frame.clone());
-        if self.sub.filter.closed_by(ev) {
+        if self.sub.filter.closed_by(&ev) {
             self.finishing = true;
         }
+        out.push(Frame::Event(ev));
     }
 
     /// Appends the frames ready to be written to `out`, at most `max` (at least one) of
@@ -545,7 +591,7 @@ impl Subscription {
     pub fn poll_frames(
         &mut self,
         cx: &mut Context<'_>,
-        out: &mut Vec<Bytes>,
+        out: &mut Vec<Frame>,
         max: usize,
     ) -> Poll<Option<()>> {
         if self.done {
@@ -554,12 +600,12 @@ impl Subscription {
         let start = out.len();
         let limit = start + max.max(1);
         if let Some(mut opening) = self.opening.take() {
-            out.extend(opening.preamble.drain(..));
+            out.extend(opening.preamble.drain(..).map(Frame::Own));
             while !self.finishing && out.len() < limit {
                 let Some(ev) = opening.replay.next() else {
                     break;
                 };
-                self.push_event(out, &ev);
+                self.push_event(out, ev);
             }
             if self.finishing || opening.replay.len() > 0 || out.len() >= limit {
                 self.opening = Some(opening);
@@ -569,7 +615,7 @@ impl Subscription {
                 // A client cut before it ever received an event (or whose replay matched
                 // none) would otherwise reconnect without an id, or with an old one, and
                 // miss or re-scan what was published in between.
-                out.push(sse::encode_id(head));
+                out.push(Frame::Own(sse::encode_id(head)));
             }
         }
         if self.opening.is_none() && !self.finishing && out.len() < limit {
@@ -602,7 +648,7 @@ impl Subscription {
             heartbeat
                 .as_mut()
                 .reset(Instant::now() + self.timing.heartbeat());
-            out.push(Bytes::from_static(sse::HEARTBEAT));
+            out.push(Frame::Own(Bytes::from_static(sse::HEARTBEAT)));
             return Poll::Ready(Some(()));
         }
         Poll::Pending
@@ -614,8 +660,16 @@ impl Subscription {
     pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let mut frames = Vec::new();
         match self.poll_frames(cx, &mut frames, MAX_FRAMES) {
-            Poll::Ready(Some(())) if frames.len() == 1 => Poll::Ready(frames.pop()),
-            Poll::Ready(Some(())) => Poll::Ready(Some(frames.concat().into())),
+            Poll::Ready(Some(())) if frames.len() == 1 => {
+                Poll::Ready(frames.pop().map(Frame::into_bytes))
+            }
+            Poll::Ready(Some(())) => {
+                let mut all = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
+                for f in &frames {
+                    all.extend_from_slice(f);
+                }
+                Poll::Ready(Some(all.freeze()))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -639,7 +693,7 @@ impl Subscription {
         Poll::Pending
     }
 
-    fn drain_live(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>, limit: usize) {
+    fn drain_live(&mut self, cx: &mut Context<'_>, out: &mut Vec<Frame>, limit: usize) {
         self.last_sent = self.last_sent.max(self.head);
         loop {
             let refilled = self.backlog.is_empty() && self.end.is_none();
@@ -650,7 +704,7 @@ impl Subscription {
                 let Some(ev) = self.backlog.pop_front() else {
                     break;
                 };
-                self.push_event(out, &ev);
+                self.push_event(out, ev);
             }
             if self.finishing {
                 self.backlog.clear();
@@ -659,7 +713,7 @@ impl Subscription {
                 && let Some(end) = self.end.take()
             {
                 if let Some(frame) = end.frame(self.sub.id) {
-                    out.push(frame);
+                    out.push(Frame::Own(frame));
                 }
                 self.finishing = true;
             }
@@ -672,7 +726,7 @@ impl Subscription {
     }
 
     /// Moves what the dispatchers queued into the backlog and leaves the waker.
-    fn refill(&mut self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) {
+    fn refill(&mut self, cx: &mut Context<'_>, out: &mut Vec<Frame>) {
         if self.backlog.capacity() > KEEP_CAPACITY {
             // A burst's buffers are not kept for the stream's idle hours.
             self.backlog = VecDeque::new();
@@ -690,10 +744,10 @@ impl Subscription {
         }
         drop(q);
         if dropped > 0 {
-            out.push(sse::encode_control(
+            out.push(Frame::Own(sse::encode_control(
                 "ssegate.overflow",
                 &format!("{{\"dropped\":{dropped}}}"),
-            ));
+            )));
         }
     }
 }

@@ -2,6 +2,7 @@
 //! What a subscription hands its writer: the events' shared frames, and never more than
 //! the slow-consumer policy allows.
 
+use crate::hub::Frame;
 use crate::hub::{
     DirectWrite, Filter, Hub, HubSettings, NewEvent, Selector, SubscribeRequest, Subscription,
     Written,
@@ -30,7 +31,7 @@ fn subscribe(hub: &Hub, topic: &str) -> Subscription {
 }
 
 /// The frames ready now, at most `max`; `None` once the stream is over.
-fn take(s: &mut Subscription, max: usize) -> Option<Vec<Bytes>> {
+fn take(s: &mut Subscription, max: usize) -> Option<Vec<Frame>> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     match s.poll_frames(&mut cx, &mut out, max) {
@@ -41,7 +42,7 @@ fn take(s: &mut Subscription, max: usize) -> Option<Vec<Bytes>> {
 }
 
 /// Waits (bounded) until the dispatcher has queued something for `s`.
-async fn take_live(s: &mut Subscription, max: usize) -> Vec<Bytes> {
+async fn take_live(s: &mut Subscription, max: usize) -> Vec<Frame> {
     let mut out = Vec::new();
     let got = tokio::time::timeout(
         Duration::from_secs(5),

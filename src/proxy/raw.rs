@@ -15,10 +15,10 @@
 //! holds is the socket, its subscription and the bytes of one unfinished write.
 
 use crate::chunked;
-use crate::hub::{DirectWrite, Written};
+use crate::hub::{DirectWrite, Frame, Written};
 use crate::response::{Body, EventBody};
 use crate::server::{Held, Stall};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, Version};
@@ -88,7 +88,7 @@ pub(super) async fn respond(
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
-            let mut pending = vec![Bytes::from(head), Bytes::new()];
+            let mut pending = vec![Frame::Own(head.into()), Frame::Own(Bytes::new())];
             let mut cx = Context::from_waker(Waker::noop());
             let ended = matches!(
                 events
@@ -163,16 +163,16 @@ const MAX_FRAMES: usize = MAX_IOV - 2;
 /// chunk would end the body). The frames themselves stay the shared `Bytes` of every other
 /// subscriber; a size line under 4 KiB is a static one, so the common write allocates
 /// nothing for its framing.
-fn frame_chunk(pending: &mut Vec<Bytes>, at: usize, ends: bool) {
-    let len: usize = pending[at + 1..].iter().map(Bytes::len).sum();
+fn frame_chunk(pending: &mut Vec<Frame>, at: usize, ends: bool) {
+    let len: usize = pending[at + 1..].iter().map(|f| f.len()).sum();
     if len > 0 {
-        pending[at] = chunked::size_line(len);
-        pending.push(Bytes::from_static(chunked::CRLF));
+        pending[at] = Frame::Own(chunked::size_line(len));
+        pending.push(Frame::Own(Bytes::from_static(chunked::CRLF)));
     } else {
         pending.remove(at);
     }
     if ends {
-        pending.push(Bytes::from_static(chunked::LAST));
+        pending.push(Frame::Own(Bytes::from_static(chunked::LAST)));
     }
 }
 
@@ -218,7 +218,7 @@ struct StreamState {
     events: EventBody,
     /// The frames of the write in progress (shared with every other subscriber); no buffer
     /// while parked.
-    pending: Vec<Bytes>,
+    pending: Vec<Frame>,
     /// How many of `pending` are fully written.
     written: usize,
     /// The subscription is over: write what is pending, then close.
@@ -252,7 +252,7 @@ impl StreamState {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let n = rest.len().min(MAX_IOV);
             for (slice, frame) in slices.iter_mut().zip(rest) {
-                *slice = IoSlice::new(frame);
+                *slice = IoSlice::new(&frame[..]);
             }
             let poll = write_vectored(&self.io, cx, &slices[..n]);
             match self.stall.watch(cx, poll) {
@@ -315,7 +315,7 @@ impl Future for Stream {
         // finish first what a dispatcher's write left half done.
         let rest = this.events.subscription.unpark();
         if !rest.is_empty() {
-            this.pending.insert(this.written, rest);
+            this.pending.insert(this.written, Frame::Own(rest));
         }
         loop {
             match this.poll_write_pending(cx) {
@@ -337,7 +337,7 @@ impl Future for Stream {
             }
             // Slot 0 waits for the chunk's size line: set once the frames are known, with
             // nothing to shift.
-            this.pending.push(Bytes::new());
+            this.pending.push(Frame::Own(Bytes::new()));
             match this
                 .events
                 .subscription
@@ -365,17 +365,12 @@ mod tests {
 
     #[test]
     fn frames_become_one_chunk_and_an_end_adds_the_last_chunk() {
-        let head = Bytes::from_static(b"HEAD");
-        let mut pending = vec![
-            head,
-            Bytes::new(),
-            Bytes::from_static(b"ab"),
-            Bytes::from_static(b"cde"),
-        ];
+        let own = |b: &'static [u8]| Frame::Own(Bytes::from_static(b));
+        let mut pending = vec![own(b"HEAD"), own(b""), own(b"ab"), own(b"cde")];
         frame_chunk(&mut pending, 1, true);
         let wire: Vec<u8> = pending.iter().flat_map(|b| b.iter().copied()).collect();
         assert_eq!(wire, b"HEAD5\r\nabcde\r\n0\r\n\r\n");
-        let mut empty = vec![Bytes::new()];
+        let mut empty = vec![Frame::Own(Bytes::new())];
         frame_chunk(&mut empty, 0, false);
         assert!(
             empty.is_empty(),
