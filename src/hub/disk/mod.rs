@@ -53,6 +53,9 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// At most this many events are written in one group (bounds one write's buffer).
 const GROUP_EVENTS: usize = 65_536;
 
+/// The write buffer is kept for the next group up to this capacity.
+const KEEP_BUFFER: usize = 1 << 20;
+
 /// Why the disk broker cannot start.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -161,6 +164,8 @@ impl DiskBroker {
             last_id: local.log.last_id().max(last),
             dirty: false,
             unflushed: Vec::new(),
+            removed: Vec::new(),
+            buf: Vec::new(),
             last_sync: Instant::now(),
             up: Arc::clone(&up),
             local,
@@ -309,6 +314,7 @@ struct Segment {
 
 /// The open segment being appended to.
 struct Current {
+    number: u64,
     file: Arc<File>,
     len: u64,
 }
@@ -341,8 +347,13 @@ struct Writer {
     last_id: EventId,
     /// Written since the last flush (`sync: <duration>` only).
     dirty: bool,
-    /// Segments left with writes not flushed yet (`sync: <duration>` only).
-    unflushed: Vec<Arc<File>>,
+    /// Segments left with writes not flushed yet, by number (`sync: <duration>` only).
+    unflushed: Vec<(u64, Arc<File>)>,
+    /// Segments removed before they were flushed: their events left the history, so the
+    /// thread closes them without a flush (writing them back would be I/O for nothing).
+    removed: Vec<Arc<File>>,
+    /// The records of the group being written, kept from one group to the next.
+    buf: Vec<u8>,
     last_sync: Instant,
     up: Arc<AtomicBool>,
     local: Local,
@@ -392,8 +403,9 @@ impl Writer {
     /// Writes a group of publishes, then appends them to the log and answers them.
     fn commit(&mut self, group: Vec<Job>) {
         let now = now_ms();
-        let mut buf = Vec::new();
-        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        let mut events = Vec::with_capacity(group.iter().map(Job::records).sum());
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
             let (batch, done) = match job {
@@ -413,7 +425,11 @@ impl Writer {
             }
             answers.push((done, ids));
         }
-        match self.write(&buf, events.len() as u64, now) {
+        let written = self.write(&buf, events.len() as u64, now);
+        if buf.capacity() <= KEEP_BUFFER {
+            self.buf = buf;
+        }
+        match written {
             Ok(()) => {
                 self.local.log.append_remote(events);
                 self.local
@@ -505,7 +521,7 @@ impl Writer {
             let _ = cur.file.set_len(cur.len);
         }
         if self.dirty {
-            self.unflushed.push(cur.file);
+            self.unflushed.push((cur.number, cur.file));
         }
     }
 
@@ -536,6 +552,7 @@ impl Writer {
             last_ms: 0,
         });
         self.current = Some(Current {
+            number,
             file: Arc::new(file),
             len: segment::MAGIC.len() as u64,
         });
@@ -638,6 +655,10 @@ impl Writer {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove an old history segment");
                 break;
             }
+            if let Some(i) = self.unflushed.iter().position(|(n, _)| *n == oldest.number) {
+                let (_, file) = self.unflushed.swap_remove(i);
+                self.removed.push(file);
+            }
             self.total -= oldest.events;
             self.segments.pop_front();
         }
@@ -695,10 +716,11 @@ fn run(writer: &Mutex<Writer>, rx: &mpsc::Receiver<Job>) {
 
 /// With `sync: <duration>`, flushes what was written once the duration has passed since
 /// the first unflushed write (or at once, with `now`), without holding the writer:
-/// publishes go on writing meanwhile. A failed flush is reported as the broker going
-/// down, and the next write starts a new segment (what the file holds is unknown).
+/// publishes go on writing meanwhile. Segments removed meanwhile are closed unflushed. A
+/// failed flush is reported as the broker going down, and the next write starts a new
+/// segment (what the file holds is unknown).
 fn flush_due(writer: &Mutex<Writer>, now: bool) {
-    let (files, current) = {
+    let (files, current, _removed) = {
         let mut w = lock(writer);
         let Some(every) = w.sync else { return };
         if !w.dirty || (!now && w.last_sync.elapsed() < every) {
@@ -707,9 +729,9 @@ fn flush_due(writer: &Mutex<Writer>, now: bool) {
         w.dirty = false;
         w.last_sync = Instant::now();
         let current = w.current.as_ref().map(|c| Arc::clone(&c.file));
-        let mut files = std::mem::take(&mut w.unflushed);
+        let mut files: Vec<_> = w.unflushed.drain(..).map(|(_, f)| f).collect();
         files.extend(current.clone());
-        (files, current)
+        (files, current, std::mem::take(&mut w.removed))
     };
     if let Err(e) = files.iter().try_for_each(|f| f.sync_data()) {
         let mut w = lock(writer);

@@ -258,3 +258,29 @@ async fn with_a_sync_interval_publishes_write_themselves_and_a_restart_keeps_the
         (&published[published.len() - 256..], false)
     );
 }
+
+#[tokio::test]
+async fn a_segment_removed_before_its_flush_is_closed_unflushed() {
+    let dir = tempfile::tempdir().unwrap();
+    // No flush due during the test: segments of 64 events, retired and removed unflushed.
+    let (broker, _) = start_syncing(dir.path(), 64, Some(HOUR));
+    let mut published = Vec::new();
+    for _ in 0..40 {
+        published.extend(broker.publish(batch(10, "t")).await.unwrap());
+    }
+    {
+        let w = super::lock(broker.inline.as_ref().unwrap());
+        let on_disk = segment::list(dir.path()).unwrap();
+        assert!(!w.removed.is_empty(), "400 events in segments of 64");
+        // Left to flush: only segments still on disk (and in the history).
+        assert!(w.unflushed.iter().all(|(n, _)| on_disk.contains(n)));
+    }
+    // The flush at shutdown still covers every segment in the history.
+    drop(broker);
+    let (_broker, log) = start_syncing(dir.path(), 64, Some(HOUR));
+    let (ids, gap) = history_after(&log, published[published.len() - 65]);
+    assert_eq!(
+        (ids.as_slice(), gap),
+        (&published[published.len() - 64..], false)
+    );
+}
