@@ -176,18 +176,10 @@ impl Event {
         close: bool,
         data: &str,
     ) -> Self {
-        let t = event_type.as_deref();
-        let (chunk, frame) = crate::chunked::build(sse::encoded_len_hint(t, data), |buf| {
+        let hint = sse::encoded_len_hint(event_type.as_deref(), data);
+        Self::build(id, topics, event_type, close, hint, |buf, t| {
             sse::encode_event_into(buf, id, t, data);
-        });
-        Self {
-            id,
-            topics,
-            event_type,
-            close,
-            frame,
-            chunk,
-        }
+        })
     }
 
     /// An event whose frame was encoded before (read back from disk), copied once.
@@ -198,7 +190,21 @@ impl Event {
         close: bool,
         frame: &[u8],
     ) -> Self {
-        let (chunk, frame) = crate::chunked::build(frame.len(), |buf| buf.extend_from_slice(frame));
+        Self::build(id, topics, event_type, close, frame.len(), |buf, _| {
+            buf.extend_from_slice(frame);
+        })
+    }
+
+    /// The event whose frame `write` puts into a buffer of about `hint` bytes.
+    fn build(
+        id: EventId,
+        topics: Box<[Box<str>]>,
+        event_type: Option<Box<str>>,
+        close: bool,
+        hint: usize,
+        write: impl FnOnce(&mut bytes::BytesMut, Option<&str>),
+    ) -> Self {
+        let (chunk, frame) = crate::chunked::build(hint, |buf| write(buf, event_type.as_deref()));
         Self {
             id,
             topics,
