@@ -54,18 +54,22 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Watched {
+        tokio::spawn(Watched(Box::new(Watch {
             task: Box::pin(fut),
             progress: Arc::default(),
             send_timeout: self.send_timeout,
             seen: 0,
             timer: None,
-        });
+        })));
     }
 }
 
-/// A stream's task, ended when its body stays stalled for the send timeout.
-struct Watched<F> {
+/// A stream's task, ended when its body stays stalled for the send timeout. Boxed, so that
+/// the task itself is tokio's smallest (128 bytes): it lives as long as the stream.
+struct Watched<F>(Box<Watch<F>>);
+
+/// What a [`Watched`] task holds.
+struct Watch<F> {
     task: Pin<Box<F>>,
     progress: Arc<Progress>,
     send_timeout: Duration,
@@ -79,7 +83,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+        let this = &mut *self.get_mut().0;
         let progress = Arc::clone(&this.progress);
         if STREAM
             .sync_scope(progress, || this.task.as_mut().poll(cx))
