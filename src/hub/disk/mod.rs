@@ -716,8 +716,10 @@ impl Writer {
 
 /// Deletes segment files on a thread of its own, at most [`REMOVING`] waiting at a time;
 /// beyond that (or without the thread) the caller deletes inline. A failed deletion
-/// (other than the file being gone already) is kept and tried again at the next
-/// [`Remover::retry`]; its warning is rate-limited ([`logbound`]).
+/// (other than the file being gone already) is kept and handed to the thread again by
+/// the next [`Remover::retry`] (never retried inline, so a disk that refuses deletions
+/// costs the publishes no more than one attempt per segment); its warning is
+/// rate-limited ([`crate::logbound`]).
 struct Remover {
     dir: PathBuf,
     state: Arc<(Mutex<Removals>, Condvar)>,
@@ -788,11 +790,23 @@ impl Remover {
         }
     }
 
-    /// Tries again the deletions that failed.
+    /// Tries again the deletions that failed, as many as the thread has room for (all of
+    /// them inline if there is no thread); the rest wait for the next call.
     fn retry(&mut self) {
-        let failed = std::mem::take(&mut self.removals().failed);
-        for number in failed {
-            self.remove(number);
+        let Some(tx) = &self.tx else {
+            let failed = std::mem::take(&mut self.removals().failed);
+            for number in failed {
+                self.remove(number);
+            }
+            return;
+        };
+        let mut r = self.removals();
+        while r.pending < REMOVING
+            && let Some(&number) = r.failed.last()
+            && tx.try_send(number).is_ok()
+        {
+            r.failed.pop();
+            r.pending += 1;
         }
     }
 }
