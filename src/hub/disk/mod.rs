@@ -20,7 +20,10 @@
 //! - **Segments** are started ahead: once the current one is half full, the next is
 //!   created (and its directory entry flushed) on a thread of its own, so moving to it
 //!   costs the publishes no flush.
-//! - **Space**: a segment is deleted whole once every event in it has left the history.
+//! - **Space**: a segment is deleted whole once every event in it has left the history,
+//!   by a thread of its own ([`Remover`]): on a file system mounted with `discard`, an
+//!   `unlink` waits for the discard (tens of ms), which the publishes must not wait for.
+//!   At most [`REMOVING`] segments wait for it; beyond that the publish removes inline.
 //! - **`DELETE /topics/…`** writes a record that hides the topic's earlier events when the
 //!   history is read back (after the publishes before it, without waiting for a flush).
 //!
@@ -39,7 +42,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -55,6 +58,10 @@ const GROUP_EVENTS: usize = 65_536;
 
 /// The write buffer is kept for the next group up to this capacity.
 const KEEP_BUFFER: usize = 1 << 20;
+
+/// At most this many segments, out of the history already, wait for the remover thread;
+/// further ones are removed inline, so the directory holds at most this many more.
+const REMOVING: usize = 2;
 
 /// Why the disk broker cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,9 @@ pub(crate) struct DiskBroker {
     inline: Option<Arc<Mutex<Writer>>>,
     up: Arc<AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The writer, for tests to wait on (also with `sync: always`).
+    #[cfg(test)]
+    shared: Arc<Mutex<Writer>>,
 }
 
 impl Drop for DiskBroker {
@@ -139,12 +149,7 @@ impl DiskBroker {
         // Numbers are never reused, even those of files removed while reading.
         let next_number = numbers.last().map_or(1, |n| n + 1);
         let history = read_history(dir, numbers);
-        let loaded = history.events.len();
         let last = history.last;
-        if let Some(first) = history.first {
-            // Resuming from before the oldest event on disk may have missed trimmed ones.
-            local.log.load(history.events, first, last);
-        }
         let segments = history.segments;
         let up = Arc::new(AtomicBool::new(true));
         let mut writer = Writer {
@@ -165,12 +170,31 @@ impl DiskBroker {
             dirty: false,
             unflushed: Vec::new(),
             removed: Vec::new(),
+            remover: Remover::start(dir),
             buf: Vec::new(),
             last_sync: Instant::now(),
             up: Arc::clone(&up),
             local,
         };
         writer.remove_old(now_ms());
+        // Only the segments kept are history: one whose removal was pending at a crash
+        // (possibly behind a newer one already removed) has left it, and a resume from
+        // before the oldest kept may have missed events.
+        let mut events = history.events;
+        let loaded = match (history.first, writer.segments.front()) {
+            (None, _) => 0,
+            (Some(_), Some(oldest)) => {
+                let from = oldest.first;
+                events.retain(|e| e.id >= from);
+                let n = events.len();
+                writer.local.log.load(events, from, last);
+                n
+            }
+            (Some(_), None) => {
+                writer.local.log.load(Vec::new(), last.next(), last);
+                0
+            }
+        };
         writer.try_open();
         tracing::info!(
             dir = %dir.display(),
@@ -180,6 +204,8 @@ impl DiskBroker {
         );
         let (tx, rx) = mpsc::channel();
         let writer = Arc::new(Mutex::new(writer));
+        #[cfg(test)]
+        let shared = Arc::clone(&writer);
         let inline = sync.is_some().then(|| Arc::clone(&writer));
         let thread = std::thread::Builder::new()
             .name("ssegate-disk".into())
@@ -190,6 +216,8 @@ impl DiskBroker {
             inline,
             up,
             writer: Some(thread),
+            #[cfg(test)]
+            shared,
         })
     }
 
@@ -235,6 +263,21 @@ impl DiskBroker {
             }
         }
         self.tx.send(job).map_err(drop)
+    }
+
+    /// Waits until the remover thread has dealt with every segment handed to it by the
+    /// last commit (which, with `sync: always`, may still run after its publish was
+    /// answered: waiting for the writer's lock waits it out); returns those whose
+    /// deletion failed.
+    #[cfg(test)]
+    fn settle_removals(&self) -> Vec<u64> {
+        let state = Arc::clone(&lock(&self.shared).remover.state);
+        let (removals, done) = &*state;
+        let mut r = removals.lock().unwrap_or_else(PoisonError::into_inner);
+        while r.pending > 0 {
+            r = done.wait(r).unwrap_or_else(PoisonError::into_inner);
+        }
+        r.failed.clone()
     }
 
     /// Whether the last write (or probe) succeeded.
@@ -285,11 +328,15 @@ fn read_history(dir: &Path, numbers: Vec<u64>) -> History {
         let mut seg = Segment {
             number,
             events: 0,
+            first: EventId::default(),
             last_ms: 0,
         };
         for record in scan.records {
             match record {
                 Record::Event(e) => {
+                    if seg.events == 0 {
+                        seg.first = e.id;
+                    }
                     seg.events += 1;
                     seg.last_ms = e.id.ms;
                     h.first = h.first.or(Some(e.id));
@@ -308,6 +355,9 @@ fn read_history(dir: &Path, numbers: Vec<u64>) -> History {
 struct Segment {
     number: u64,
     events: u64,
+    /// The oldest event's id as read back at start-up (default for segments this run
+    /// wrote: it only decides where the loaded history starts).
+    first: EventId,
     /// The newest event's millisecond (0 when empty).
     last_ms: u64,
 }
@@ -352,6 +402,8 @@ struct Writer {
     /// Segments removed before they were flushed: their events left the history, so the
     /// thread closes them without a flush (writing them back would be I/O for nothing).
     removed: Vec<Arc<File>>,
+    /// Deletes the segments out of the history off the publish path.
+    remover: Remover,
     /// The records of the group being written, kept from one group to the next.
     buf: Vec<u8>,
     last_sync: Instant,
@@ -549,6 +601,7 @@ impl Writer {
         self.segments.push_back(Segment {
             number,
             events: 0,
+            first: EventId::default(),
             last_ms: 0,
         });
         self.current = Some(Current {
@@ -633,8 +686,10 @@ impl Writer {
 
     /// Deletes the oldest segments whose events have all left the history (by count:
     /// the later segments hold `max_events` already; by age: the newest is older than
-    /// `max_age`), and empty ones; never the one being written.
+    /// `max_age`), and empty ones; never the one being written. They leave `segments` at
+    /// once and are deleted by the [`Remover`]; those it failed to delete are tried again.
     fn remove_old(&mut self, now: u64) {
+        self.remover.retry();
         let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
         let cutoff = now.saturating_sub(max_age);
         let open = usize::from(self.current.is_some());
@@ -648,19 +703,135 @@ impl Writer {
             if !gone {
                 break;
             }
-            let path = segment::path(&self.dir, oldest.number);
-            if let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove an old history segment");
-                break;
-            }
+            self.remover.remove(oldest.number);
             if let Some(i) = self.unflushed.iter().position(|(n, _)| *n == oldest.number) {
                 let (_, file) = self.unflushed.swap_remove(i);
                 self.removed.push(file);
             }
             self.total -= oldest.events;
             self.segments.pop_front();
+        }
+    }
+}
+
+/// Deletes segment files on a thread of its own, at most [`REMOVING`] waiting at a time;
+/// beyond that (or without the thread) the caller deletes inline. A failed deletion
+/// (other than the file being gone already) is kept and handed to the thread again by
+/// the next [`Remover::retry`] (never retried inline, so a disk that refuses deletions
+/// costs the publishes no more than one attempt per segment); its warning is
+/// rate-limited ([`crate::logbound`]).
+struct Remover {
+    dir: PathBuf,
+    state: Arc<(Mutex<Removals>, Condvar)>,
+    tx: Option<mpsc::SyncSender<u64>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the remover thread shares with the writer.
+#[derive(Default)]
+struct Removals {
+    /// Handed to the thread and not deleted (or failed) yet.
+    pending: usize,
+    /// Segments whose deletion failed, to try again.
+    failed: Vec<u64>,
+}
+
+impl Remover {
+    fn start(dir: &Path) -> Self {
+        let state = Arc::new((Mutex::new(Removals::default()), Condvar::new()));
+        let (tx, rx) = mpsc::sync_channel::<u64>(REMOVING);
+        let (thread_dir, thread_state) = (dir.to_owned(), Arc::clone(&state));
+        let thread = std::thread::Builder::new()
+            .name("ssegate-disk-rm".into())
+            .spawn(move || {
+                for number in rx {
+                    let ok = delete(&thread_dir, number);
+                    let (removals, done) = &*thread_state;
+                    let mut r = removals.lock().unwrap_or_else(PoisonError::into_inner);
+                    if !ok {
+                        r.failed.push(number);
+                    }
+                    r.pending -= 1;
+                    done.notify_all();
+                }
+            });
+        let (tx, thread) = match thread {
+            Ok(thread) => (Some(tx), Some(thread)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start a thread to remove segments; removing inline");
+                (None, None)
+            }
+        };
+        Self {
+            dir: dir.to_owned(),
+            state,
+            tx,
+            thread,
+        }
+    }
+
+    fn removals(&self) -> MutexGuard<'_, Removals> {
+        self.state.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Deletes segment `number`: hands it to the thread if fewer than [`REMOVING`] wait
+    /// for it, else deletes it here.
+    fn remove(&mut self, number: u64) {
+        if let Some(tx) = &self.tx {
+            let mut r = self.removals();
+            // Only this (the writer) adds to `pending`, so the channel always has room.
+            if r.pending < REMOVING && tx.try_send(number).is_ok() {
+                r.pending += 1;
+                return;
+            }
+        }
+        if !delete(&self.dir, number) {
+            self.removals().failed.push(number);
+        }
+    }
+
+    /// Tries again the deletions that failed, as many as the thread has room for (all of
+    /// them inline if there is no thread); the rest wait for the next call.
+    fn retry(&mut self) {
+        let Some(tx) = &self.tx else {
+            let failed = std::mem::take(&mut self.removals().failed);
+            for number in failed {
+                self.remove(number);
+            }
+            return;
+        };
+        let mut r = self.removals();
+        while r.pending < REMOVING
+            && let Some(&number) = r.failed.last()
+            && tx.try_send(number).is_ok()
+        {
+            r.failed.pop();
+            r.pending += 1;
+        }
+    }
+}
+
+impl Drop for Remover {
+    /// Lets the thread finish the deletions handed to it.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Deletes segment `number` of `dir`; false if it is still there (warned, rate-limited).
+fn delete(dir: &Path, number: u64) -> bool {
+    let path = segment::path(dir, number);
+    match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            if let Some(suppressed) = crate::logbound::admit("history_segment_removal", None) {
+                tracing::warn!(path = %path.display(), error = %e, suppressed, "cannot remove an old history segment; trying again later");
+            }
+            false
         }
     }
 }

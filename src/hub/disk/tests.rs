@@ -158,6 +158,15 @@ async fn ids_stay_above_the_last_one_on_disk_when_the_clock_went_back() {
     assert_eq!(history_after(&log, ahead), (ids, false));
 }
 
+fn bytes_on_disk(dir: &Path) -> u64 {
+    segments(dir)
+        .iter()
+        // The remover thread may delete a segment between the listing and this look.
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 #[tokio::test]
 async fn the_directory_stays_bounded_with_a_small_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,21 +176,89 @@ async fn the_directory_stays_bounded_with_a_small_history() {
     for _ in 0..300 {
         let events = (0..10).map(|_| NewEvent::new("t", &data)).collect();
         broker.publish(events).await.unwrap();
-        let bytes: u64 = segments(dir.path())
-            .iter()
-            // The writer thread may remove a segment between the listing and this look.
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        most = most.max(bytes);
+        most = most.max(bytes_on_disk(dir.path()));
     }
     // 3,000 events of ~250 bytes written; 100 kept, in segments of 64: at most 3 segments
-    // of history plus the one being written.
-    assert!(most < 4 * 64 * 300, "{most} bytes on disk");
+    // of history plus the one being written, plus those waiting for the remover thread.
+    let segment = 64 * 300;
+    assert!(
+        most < (4 + super::REMOVING as u64) * segment,
+        "{most} bytes on disk"
+    );
+    assert_eq!(broker.settle_removals(), Vec::<u64>::new());
+    let settled = bytes_on_disk(dir.path());
+    assert!(settled < 4 * segment, "{settled} bytes on disk");
     assert_eq!(log.stats().events, 100);
     drop(broker);
     let (_broker, log) = start(dir.path(), 100);
     assert_eq!(log.stats().events, 100);
+}
+
+#[tokio::test]
+async fn a_segment_that_cannot_be_removed_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of 64 events; the first leaves the history once the second is full.
+    let (broker, _) = start(dir.path(), 64);
+    for _ in 0..8 {
+        broker.publish(batch(8, "t")).await.unwrap();
+    }
+    let first = segments(dir.path())[0].clone();
+    // A directory in its place cannot be unlinked (even by root).
+    std::fs::remove_file(&first).unwrap();
+    std::fs::create_dir(&first).unwrap();
+    for _ in 0..8 {
+        broker.publish(batch(8, "t")).await.unwrap();
+    }
+    let failed = broker.settle_removals();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(first.is_dir());
+
+    // Removable again: the next publish's removal takes it.
+    std::fs::remove_dir(&first).unwrap();
+    std::fs::write(&first, MAGIC).unwrap();
+    broker.publish(batch(1, "t")).await.unwrap();
+    assert_eq!(broker.settle_removals(), Vec::<u64>::new());
+    assert!(!first.exists());
+}
+
+#[tokio::test]
+async fn a_segment_left_by_a_crash_during_its_removal_is_not_history() {
+    let dir = tempfile::tempdir().unwrap();
+    // Segments of exactly 64 events, 64 kept: after 192 events, the first two have left
+    // the history and the third holds it.
+    let (broker, _) = start(dir.path(), 64);
+    let mut published = Vec::new();
+    for _ in 0..8 {
+        published.extend(broker.publish(batch(8, "t")).await.unwrap());
+    }
+    let first = segments(dir.path())[0].clone();
+    let kept = std::fs::read(&first).unwrap();
+    for _ in 0..16 {
+        published.extend(broker.publish(batch(8, "t")).await.unwrap());
+    }
+    assert_eq!(broker.settle_removals(), Vec::<u64>::new());
+    assert!(!first.exists());
+    drop(broker);
+    // A crash before the first's removal completed, after the second's.
+    std::fs::write(&first, kept).unwrap();
+
+    let (broker, log) = start(dir.path(), 64);
+    // The third segment is the history; a resume from within the second was trimmed.
+    assert_eq!(log.stats().oldest, Some(published[128]));
+    assert_eq!(
+        history_after(&log, published[128]),
+        (published[129..].to_vec(), false)
+    );
+    assert!(
+        history_after(&log, published[100]).1,
+        "a resume from the second"
+    );
+    assert!(
+        history_after(&log, published[10]).1,
+        "a resume from the first"
+    );
+    broker.settle_removals();
+    assert!(!first.exists());
 }
 
 #[tokio::test]
