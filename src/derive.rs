@@ -340,9 +340,7 @@ impl Drop for Publication {
 const QUEUE: usize = 4096;
 
 /// The most derived events published in one call: enough to publish (and wake the
-/// dispatchers) once for many requests, few enough that a batch's vectors stay small
-/// allocations (a large one makes glibc's malloc consolidate its free lists, which the
-/// events the history evicts fill).
+/// dispatchers) once for many requests, few enough that a batch waits little.
 const BATCH: usize = 16;
 
 /// An event and the rule it came from.
@@ -371,7 +369,11 @@ impl Publisher {
 }
 
 async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
+    // Allocated once: a batch's vectors are not small (16 events take over a KiB, which
+    // makes glibc's malloc consolidate its free lists at each allocation).
     let mut batch = Vec::with_capacity(BATCH);
+    let mut events = Vec::with_capacity(BATCH);
+    let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // The requests served in this turn of the scheduler send theirs too: waiting for
         // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
@@ -385,8 +387,11 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 batch.push(derived);
             }
         }
-        let (events, rules): (Vec<NewEvent>, Vec<Arc<Compiled>>) = batch.drain(..).unzip();
-        let outcome = match hub.publish(events).await {
+        for (event, rule) in batch.drain(..) {
+            events.push(event);
+            rules.push(rule);
+        }
+        let outcome = match hub.publish_from(&mut events).await {
             Ok(_) => "published",
             Err(e) => {
                 tracing::warn!(events = rules.len(), error = %e, "derived events not published");
@@ -403,6 +408,7 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 metrics.derived_n(&compiled.rule.name, outcome, run.len() as u64);
             }
         }
+        rules.clear();
     }
 }
 
