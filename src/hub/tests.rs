@@ -331,7 +331,11 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
     // Subscriber ids 1 and 2: one stream in each shard.
     let mut streams = [subscribe(), subscribe()];
     let ids = hub.publish(batch("a", 2, "live")).await.unwrap();
-    assert_eq!(hub.stats().dispatch_waiting, 2, "both dispatchers have it to read");
+    assert_eq!(
+        hub.stats().dispatch_waiting,
+        2,
+        "both dispatchers have it to read"
+    );
     for _ in 0..100 {
         if hub.stats().dispatch_waiting == 0 {
             break;
@@ -341,7 +345,10 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
     let mut cx = Context::from_waker(Waker::noop());
     for stream in &mut streams {
         let mut out = Vec::new();
-        assert_eq!(stream.poll_frames(&mut cx, &mut out, 16), Poll::Ready(Some(())));
+        assert_eq!(
+            stream.poll_frames(&mut cx, &mut out, 16),
+            Poll::Ready(Some(()))
+        );
         let text: Vec<_> = out
             .iter()
             .map(|f| String::from_utf8_lossy(f).into_owned())
