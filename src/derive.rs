@@ -36,6 +36,9 @@ struct Compiled {
     /// The path's parameter names, sorted (the order `meta` lists them), each with its
     /// position in the template (and in [`Params`]).
     names: Box<[(String, usize)]>,
+    /// The topic, when the template is all literal text and a valid topic: filled and
+    /// validated once, here.
+    fixed_topic: Option<Box<str>>,
 }
 
 impl Rules {
@@ -67,10 +70,19 @@ impl Rules {
                     .zip(0..)
                     .collect();
                 names.sort();
+                let no_params = std::iter::empty();
+                let fixed_topic = rule
+                    .topic
+                    .iter()
+                    .all(|part| matches!(part, TopicPart::Literal(_)))
+                    .then(|| fill_topic(&rule.topic, &no_params, &|_| None))
+                    .flatten()
+                    .map(String::into_boxed_str);
                 Arc::new(Compiled {
                     rule: rule.clone(),
                     prefix,
                     names: names.into(),
+                    fixed_topic,
                 })
             })
             .collect();
@@ -94,9 +106,12 @@ impl Rules {
         if hits.is_empty() {
             return None;
         }
+        let mut request = String::with_capacity(method.len() + path.len());
+        request.push_str(method);
+        request.push_str(path);
         Some(Matched {
             hits,
-            request: [method, path].concat(),
+            request,
             method_len: method.len(),
             request_body: None,
             max_body: self.max_body,
@@ -176,14 +191,19 @@ impl Matched {
         publisher: &Publisher,
     ) -> Publication {
         let metrics = &publisher.0.metrics;
-        let mut pending = Vec::new();
+        let mut pending = Vec::with_capacity(self.hits.len());
         for (compiled, params) in &self.hits {
             let rule = &compiled.rule;
             if !rule.status.iter().any(|s| s.matches(status)) {
                 metrics.derived(&rule.name, "no_match");
                 continue;
             }
-            let Some(topic) = fill_topic(&rule.topic, &compiled.params(params), &header) else {
+            let topic = match &compiled.fixed_topic {
+                Some(topic) => Some(topic.clone()),
+                None => fill_topic(&rule.topic, &compiled.params(params), &header)
+                    .map(String::into_boxed_str),
+            };
+            let Some(topic) = topic else {
                 metrics.derived(&rule.name, "invalid_topic");
                 tracing::warn!(
                     rule = rule.name,
@@ -204,7 +224,7 @@ impl Matched {
             pending.push(Pending {
                 rule: Arc::clone(compiled),
                 event: NewEvent {
-                    topics: vec![topic.into()],
+                    topics: vec![topic],
                     event_type: rule.event.as_deref().map(Into::into),
                     data: meta,
                     close: false,
@@ -340,9 +360,7 @@ impl Drop for Publication {
 const QUEUE: usize = 4096;
 
 /// The most derived events published in one call: enough to publish (and wake the
-/// dispatchers) once for many requests, few enough that a batch's vectors stay small
-/// allocations (a large one makes glibc's malloc consolidate its free lists, which the
-/// events the history evicts fill).
+/// dispatchers) once for many requests, few enough that a batch waits little.
 const BATCH: usize = 16;
 
 /// An event and the rule it came from.
@@ -371,7 +389,11 @@ impl Publisher {
 }
 
 async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
+    // Allocated once: a batch's vectors are not small (16 events take over a KiB, which
+    // makes glibc's malloc consolidate its free lists at each allocation).
     let mut batch = Vec::with_capacity(BATCH);
+    let mut events = Vec::with_capacity(BATCH);
+    let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // The requests served in this turn of the scheduler send theirs too: waiting for
         // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
@@ -385,8 +407,11 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 batch.push(derived);
             }
         }
-        let (events, rules): (Vec<NewEvent>, Vec<Arc<Compiled>>) = batch.drain(..).unzip();
-        let outcome = match hub.publish(events).await {
+        for (event, rule) in batch.drain(..) {
+            events.push(event);
+            rules.push(rule);
+        }
+        let outcome = match hub.publish_from(&mut events).await {
             Ok(_) => "published",
             Err(e) => {
                 tracing::warn!(events = rules.len(), error = %e, "derived events not published");
@@ -403,6 +428,7 @@ async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Met
                 metrics.derived_n(&compiled.rule.name, outcome, run.len() as u64);
             }
         }
+        rules.clear();
     }
 }
 
@@ -519,8 +545,16 @@ fn meta<'p>(
 
 /// Appends `s` as a JSON string.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(out, s);
+    // Methods and most paths need no escape (serde_json escapes control characters, `"`
+    // and `\` only): copied as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(out, s);
+    }
 }
 
 #[cfg(test)]
@@ -618,6 +652,43 @@ mod tests {
         assert_eq!(value["location"], "/i/\u{e9}\n");
         let m = meta("GET", "/", 200, std::iter::empty(), None);
         assert_eq!(m, r#"{"method":"GET","params":{},"path":"/","status":200}"#);
+    }
+
+    #[test]
+    fn json_strings_are_what_serde_json_writes() {
+        for s in [
+            "",
+            "GET",
+            "/a/b%20c",
+            "\u{e9}\u{7f}/\u{1f600}",
+            "a\"b",
+            "a\\b",
+            "\n",
+            "\u{1f}x",
+        ] {
+            let mut out = Vec::new();
+            json_string(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_literal_topic_is_filled_once_and_only_if_valid() {
+        let rule = |topic: &str| DeriveRule {
+            name: "r".into(),
+            methods: vec!["POST".into()],
+            path: template("/items"),
+            status: vec![crate::config::StatusMatch::Class(2)],
+            topic: vec![TopicPart::Literal(topic.into())],
+            event: None,
+            data: DeriveData::Meta,
+        };
+        let rules = Rules::new(&[rule("items/all"), rule("not a topic")], 1024);
+        assert_eq!(rules.rules[0].fixed_topic.as_deref(), Some("items/all"));
+        assert_eq!(
+            rules.rules[1].fixed_topic, None,
+            "left to be refused per request"
+        );
     }
 
     #[test]

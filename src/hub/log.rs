@@ -106,6 +106,14 @@ pub struct Backlog {
     pub max_bytes: usize,
 }
 
+/// What [`MemoryLog::append_past`] did.
+pub(crate) struct Appended {
+    /// The events' ids, in order.
+    pub ids: Vec<EventId>,
+    /// Some dispatcher has the batch to read.
+    pub wake: bool,
+}
+
 /// What a new subscriber must be sent before live events.
 pub(crate) struct Replay {
     pub events: Vec<Arc<Event>>,
@@ -222,24 +230,54 @@ impl MemoryLog {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// [`Self::append_past`] with every dispatcher to wake.
+    #[cfg(test)]
+    pub(crate) fn append(
+        &self,
+        batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
+    ) -> Result<Vec<EventId>, Backlog> {
+        self.append_past(batch, |_| false).map(|a| a.ids)
+    }
+
     /// Appends a batch atomically and returns the ids, in order; or appends nothing when
     /// the dispatchers are a whole history behind. A batch is taken whole as long as they
     /// are not, even one larger than the history: its oldest events then go to the live
     /// streams without staying in the history.
-    pub(crate) fn append(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, Backlog> {
+    ///
+    /// A dispatcher that had read everything and for which `idle(reader)` holds (it serves
+    /// no stream: nobody to give the batch to) has its cursor moved past the batch, so it
+    /// need not be woken to read it. `idle` is asked under the log's lock: a stream that
+    /// registers with that dispatcher after the answer takes its replay snapshot after this
+    /// append, and the snapshot covers the batch.
+    pub(crate) fn append_past(
+        &self,
+        batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
+        idle: impl Fn(usize) -> bool,
+    ) -> Result<Appended, Backlog> {
+        let batch = batch.into_iter();
         let now = now_ms();
         let mut st = self.lock();
         self.check_room(&st)?;
         self.trim_age(&mut st, now);
+        let before = st.next_seq();
         let mut ids = Vec::with_capacity(batch.len());
         for ev in batch {
             let event = encode(next_id(st.last_id, now), ev);
             ids.push(event.id);
             self.push(&mut st, event);
         }
+        let end = st.next_seq();
+        let mut wake = false;
+        for (reader, cursor) in st.cursors.iter_mut().enumerate() {
+            if *cursor == before && idle(reader) {
+                *cursor = end;
+            } else {
+                wake = true;
+            }
+        }
         self.trim_size(&mut st);
         self.settle(&mut st);
-        Ok(ids)
+        Ok(Appended { ids, wake })
     }
 
     /// The id of the newest event appended or loaded (or the log's start).

@@ -455,7 +455,16 @@ impl Hub {
     /// (with Redis: once the transaction is acknowledged). Fan-out happens right after, on
     /// the dispatchers. Refused with [`HubError::Overloaded`] while the dispatchers are a
     /// whole history behind; a batch larger than the history is taken whole otherwise.
-    pub async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
+    pub async fn publish(&self, mut batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
+        self.publish_from(&mut batch).await
+    }
+
+    /// [`Hub::publish`] of the events in `batch`, which it leaves empty (whatever the outcome)
+    /// with its capacity, for a caller that publishes batch after batch from one vector.
+    pub(crate) async fn publish_from(
+        &self,
+        batch: &mut Vec<NewEvent>,
+    ) -> Result<Vec<EventId>, HubError> {
         let n = batch.len() as u64;
         let tenants = self.inner.metrics.tenants();
         // The topics, kept only to count per tenant once the batch is stored.
@@ -464,33 +473,53 @@ impl Hub {
         } else {
             Vec::new()
         };
-        let ids = match &self.inner.broker {
+        let inner = &*self.inner;
+        let stored = match &inner.broker {
             Broker::Memory => {
-                let ids = self.inner.log.append(batch)?;
-                self.inner
-                    .head
-                    .send_modify(|seq| *seq = seq.wrapping_add(1));
-                ids
+                // Dispatchers with no stream are not woken for events they cannot deliver.
+                let idle = |shard| inner.registry.is_idle(shard);
+                match inner.log.append_past(batch.drain(..), idle) {
+                    Ok(appended) => {
+                        if appended.wake {
+                            self.wake_dispatchers();
+                        }
+                        Ok(appended.ids)
+                    }
+                    Err(e) => Err(e.into()),
+                }
             }
             Broker::Disk(disk) => {
                 // Refused before anything is written: a batch the dispatchers cannot take
                 // must not reach the disk either.
-                self.inner.log.room()?;
-                disk.publish(batch).await?
+                match inner.log.room() {
+                    Ok(()) => disk.publish(std::mem::take(batch)).await,
+                    Err(e) => Err(e.into()),
+                }
             }
             Broker::Redis(redis) => {
                 // Every instance's reader waits for its own dispatchers; this one's backlog
                 // is the signal a publisher here can act on.
-                self.inner.log.room()?;
-                redis.publish(&batch).await?
+                match inner.log.room() {
+                    Ok(()) => redis.publish(batch).await,
+                    Err(e) => Err(e.into()),
+                }
             }
-            Broker::Unusable(_, e) => return Err(HubError::Unavailable(e.clone())),
+            Broker::Unusable(_, e) => Err(HubError::Unavailable(e.clone())),
         };
+        batch.clear();
+        let ids = stored?;
         self.inner.metrics.published(n);
         for t in &topics {
             tenants.published(t);
         }
         Ok(ids)
+    }
+
+    /// Tells the dispatchers that the log has grown.
+    fn wake_dispatchers(&self) {
+        self.inner
+            .head
+            .send_modify(|seq| *seq = seq.wrapping_add(1));
     }
 
     /// Opens a stream: registers the subscriber, then takes the replay snapshot, so every

@@ -17,6 +17,7 @@ use super::topic::{Selector, covering_prefixes};
 use super::{Event, Timing};
 use crate::metrics::Metrics;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -158,6 +159,9 @@ impl Fanned {
 
 struct Shard {
     index: Mutex<Index>,
+    /// The streams in `index`, written under its lock: read without it to tell whether the
+    /// dispatcher has anyone to deliver to.
+    streams: AtomicUsize,
 }
 
 impl Shard {
@@ -187,6 +191,7 @@ impl Registry {
             shards: (0..shards.max(1))
                 .map(|_| Shard {
                     index: Mutex::new(Index::default()),
+                    streams: AtomicUsize::new(0),
                 })
                 .collect(),
         }
@@ -198,11 +203,26 @@ impl Registry {
     }
 
     pub(crate) fn insert(&self, sub: &Arc<Subscriber>) {
-        self.shard(sub.id).lock().insert(sub);
+        let shard = self.shard(sub.id);
+        let mut index = shard.lock();
+        index.insert(sub);
+        shard.streams.store(index.all.len(), Ordering::Relaxed);
     }
 
     pub(crate) fn remove(&self, sub: &Subscriber) {
-        self.shard(sub.id).lock().remove(sub);
+        let shard = self.shard(sub.id);
+        let mut index = shard.lock();
+        index.remove(sub);
+        shard.streams.store(index.all.len(), Ordering::Relaxed);
+    }
+
+    /// Whether shard `i` has no stream. A stream registers before it takes its replay
+    /// snapshot from the log: asked under the log's lock, a `true` is only ever stale for a
+    /// stream whose snapshot comes after (the lock orders them).
+    pub(crate) fn is_idle(&self, i: usize) -> bool {
+        self.shards
+            .get(i)
+            .is_none_or(|s| s.streams.load(Ordering::Relaxed) == 0)
     }
 }
 

@@ -304,3 +304,59 @@ async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_st
     assert_eq!(text.len(), 3, "{text:?}");
     assert_eq!(text[2], format!("id: {}\ndata: sentinel\n\n", sentinel[0]));
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_misses_nothing() {
+    use super::{Filter, Hub, HubSettings, Selector, SubscribeRequest};
+    use std::task::{Context, Poll, Waker};
+    let settings = HubSettings {
+        history_max_events: 10,
+        heartbeat: Duration::from_secs(3600),
+        shards: 2,
+        ..HubSettings::default()
+    };
+    let hub = Hub::start(settings, Arc::new(crate::metrics::Metrics::default()));
+    // On this single thread no dispatcher runs until the test yields: with no stream, none
+    // has anything to read, and publishing goes on past the history's bound.
+    for _ in 0..3 {
+        hub.publish(batch("a", 10, "x")).await.unwrap();
+        assert_eq!(hub.stats().dispatch_waiting, 0);
+    }
+    let subscribe = || {
+        hub.subscribe(SubscribeRequest::new(Filter {
+            selectors: vec![Selector::parse("a").unwrap()],
+            types: None,
+        }))
+    };
+    // Subscriber ids 1 and 2: one stream in each shard.
+    let mut streams = [subscribe(), subscribe()];
+    let ids = hub.publish(batch("a", 2, "live")).await.unwrap();
+    assert_eq!(
+        hub.stats().dispatch_waiting,
+        2,
+        "both dispatchers have it to read"
+    );
+    for _ in 0..100 {
+        if hub.stats().dispatch_waiting == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    for stream in &mut streams {
+        let mut out = Vec::new();
+        assert_eq!(
+            stream.poll_frames(&mut cx, &mut out, 16),
+            Poll::Ready(Some(()))
+        );
+        let text: Vec<_> = out
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        // `retry:`, the starting id, then the two live events, each once.
+        assert_eq!(text.len(), 4, "{text:?}");
+        for (frame, id) in text[2..].iter().zip(&ids) {
+            assert_eq!(*frame, format!("id: {id}\ndata: live\n\n"));
+        }
+    }
+}
