@@ -449,15 +449,24 @@ impl Hops {
         if !x_forwarded_for.is_empty() {
             x_forwarded_for.push_str(", ");
         }
-        let _ = write!(x_forwarded_for, "{peer}");
+        push_ip(&mut x_forwarded_for, peer);
         let mut forwarded = forwarded.unwrap_or_default();
         if !forwarded.is_empty() {
             forwarded.push_str(", ");
         }
-        let _ = match peer {
-            IpAddr::V4(ip) => write!(forwarded, "for={ip};proto={PROTO}"),
-            IpAddr::V6(ip) => write!(forwarded, "for=\"[{ip}]\";proto={PROTO}"),
-        };
+        match peer {
+            IpAddr::V4(_) => {
+                forwarded.push_str("for=");
+                push_ip(&mut forwarded, peer);
+            }
+            IpAddr::V6(_) => {
+                forwarded.push_str("for=\"[");
+                push_ip(&mut forwarded, peer);
+                forwarded.push_str("]\"");
+            }
+        }
+        forwarded.push_str(";proto=");
+        forwarded.push_str(PROTO);
         if let Some(h) = host
             && h.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
@@ -467,6 +476,32 @@ impl Hops {
         Self {
             x_forwarded_for,
             forwarded,
+        }
+    }
+}
+
+/// Appends `ip` as text. An IPv4 address is written digit by digit: through `Display` it
+/// cost about 2,000 instructions, twice per forwarded request (callgrind).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            // Writing into a String cannot fail.
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -501,5 +536,46 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     let mut upstream = TokioIo::new(upstream);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8:800:200c:417a",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn this_hop_follows_the_hops_received() {
+        let hops = Hops::new(
+            "10.0.0.7".parse().unwrap(),
+            Some("app.example"),
+            Some("1.1.1.1".into()),
+            None,
+        );
+        assert_eq!(hops.x_forwarded_for, "1.1.1.1, 10.0.0.7");
+        assert_eq!(
+            hops.forwarded,
+            "for=10.0.0.7;proto=http;host=\"app.example\""
+        );
+        let v6 = Hops::new("::1".parse().unwrap(), None, None, Some("for=a".into()));
+        assert_eq!(v6.forwarded, "for=a, for=\"[::1]\";proto=http");
     }
 }
