@@ -266,7 +266,22 @@ impl MemoryLog {
             ids.push(event.id);
             self.push(&mut st, event);
         }
+        let wake = Self::pass_idle(&mut st, before, idle);
+        self.trim_size(&mut st);
+        self.settle(&mut st);
+        Ok(Appended { ids, wake })
+    }
+
+    /// Moves the cursor of each dispatcher that had read everything up to `before` and
+    /// for which `idle(reader)` holds past what was appended since; returns whether any
+    /// dispatcher is left with something to read (and must be woken). Called under the
+    /// log's lock, which orders it with a new stream's replay snapshot (see
+    /// [`Self::append_past`]).
+    fn pass_idle(st: &mut State, before: u64, idle: impl Fn(usize) -> bool) -> bool {
         let end = st.next_seq();
+        if end == before {
+            return false;
+        }
         let mut wake = false;
         for (reader, cursor) in st.cursors.iter_mut().enumerate() {
             if *cursor == before && idle(reader) {
@@ -275,9 +290,7 @@ impl MemoryLog {
                 wake = true;
             }
         }
-        self.trim_size(&mut st);
-        self.settle(&mut st);
-        Ok(Appended { ids, wake })
+        wake
     }
 
     /// The id of the newest event appended or loaded (or the log's start).
@@ -301,19 +314,32 @@ impl MemoryLog {
     /// Events not newer than the last one appended are skipped, so a re-read is harmless.
     /// Returns how many were appended. The reader bounds what waits for the dispatchers by
     /// calling [`Self::wait_for_room`] before each read.
+    #[cfg(test)]
     pub(crate) fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) -> usize {
+        let before = self.lock().next_seq();
+        self.append_remote_past(events, |_| false);
+        usize::try_from(self.lock().next_seq() - before).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::append_remote`], passing idle dispatchers as [`Self::append_past`] does;
+    /// returns whether any dispatcher must be woken.
+    pub(crate) fn append_remote_past(
+        &self,
+        events: impl IntoIterator<Item = Arc<Event>>,
+        idle: impl Fn(usize) -> bool,
+    ) -> bool {
         let mut st = self.lock();
         self.trim_age(&mut st, now_ms());
-        let mut n = 0;
+        let before = st.next_seq();
         for event in events {
             if event.id > st.last_id {
                 self.push(&mut st, event);
-                n += 1;
             }
         }
+        let wake = Self::pass_idle(&mut st, before, idle);
         self.trim_size(&mut st);
         self.settle(&mut st);
-        n
+        wake
     }
 
     /// Loads the history found in Redis at startup (in stream order), before anything was

@@ -412,6 +412,7 @@ impl Hub {
                 }
                 let local = self::disk::Local {
                     log: Arc::clone(&log),
+                    registry: Arc::clone(&registry),
                     head: Arc::clone(&head),
                 };
                 match DiskBroker::start(dir, *sync, max_events, max_age, local) {

@@ -34,6 +34,7 @@
 mod segment;
 
 use super::log::{MemoryLog, encode, next_id, now_ms};
+use super::registry::Registry;
 use super::{Event, HubError, NewEvent};
 use crate::sse::EventId;
 use segment::Record;
@@ -79,6 +80,8 @@ pub(crate) enum Error {
 /// What the broker shares with the rest of the hub.
 pub(crate) struct Local {
     pub log: Arc<MemoryLog>,
+    /// This instance's subscribers: dispatchers with no stream are not woken.
+    pub registry: Arc<Registry>,
     pub head: Arc<watch::Sender<u64>>,
 }
 
@@ -483,10 +486,16 @@ impl Writer {
         }
         match written {
             Ok(()) => {
-                self.local.log.append_remote(events);
-                self.local
-                    .head
-                    .send_modify(|seq| *seq = seq.wrapping_add(1));
+                let registry = &self.local.registry;
+                if self
+                    .local
+                    .log
+                    .append_remote_past(events, |shard| registry.is_idle(shard))
+                {
+                    self.local
+                        .head
+                        .send_modify(|seq| *seq = seq.wrapping_add(1));
+                }
                 self.answered = answers.len();
                 self.answered_at = Instant::now();
                 for (done, ids) in answers {

@@ -5,6 +5,7 @@
 use super::segment::{self, MAGIC};
 use super::{DiskBroker, Local};
 use crate::hub::log::{Bounds, MemoryLog, encode, now_ms};
+use crate::hub::registry::Registry;
 use crate::hub::{NewEvent, Resume};
 use crate::sse::EventId;
 use std::path::Path;
@@ -34,6 +35,7 @@ fn start_syncing(
     let log = Arc::new(MemoryLog::new(bounds, 0));
     let local = Local {
         log: Arc::clone(&log),
+        registry: Arc::new(Registry::new(1)),
         head: Arc::new(watch::channel(0).0),
     };
     (

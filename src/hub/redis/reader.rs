@@ -355,7 +355,13 @@ impl Reader {
     }
 
     fn flush(&self, events: &mut Vec<Arc<crate::hub::Event>>) {
-        if !events.is_empty() && self.local.log.append_remote(events.drain(..)) > 0 {
+        let registry = &self.local.registry;
+        if !events.is_empty()
+            && self
+                .local
+                .log
+                .append_remote_past(events.drain(..), |shard| registry.is_idle(shard))
+        {
             self.local.head.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
