@@ -5,6 +5,7 @@
 #
 #   benches/proxy.sh                 # 3 runs of 10 s each way, 1 wrk thread, 50 connections
 #   RUNS=5 DURATION=20 CONNS=100 THREADS=2 benches/proxy.sh
+#   WORKERS=1 benches/proxy.sh       # ssegate with one worker thread, as nginx here has
 #   DERIVE=1 benches/proxy.sh        # also ssegate with 20 derive rules none of which
 #                                    # matches, and with the same 20 plus one that matches
 #

@@ -13,6 +13,7 @@
 #   EXTRA_YAML (appended to the config as it is: derive or watch rules, say)
 #   DISK_DIR (unset: as above; set: `broker.kind: disk` in that directory)
 #   DISK_SYNC=always
+#   WORKERS (unset: one per core; set: `workers: $WORKERS`, e.g. 1 to match nginx's one worker)
 # Connection limits are set far above any scenario here (a benchmark opens thousands of
 # streams from a handful of loopback addresses).
 set -euo pipefail
@@ -43,6 +44,8 @@ limits:
   connect_rate_per_ip: 1000000/s
 log: { format: pretty, level: warn }
 YAML
+    # Only when asked: builds before the key existed refuse it.
+    if [ -n "${WORKERS:-}" ]; then echo "workers: $WORKERS" >> "$RUN/ssegate.yaml"; fi
     if [ -n "${REDIS_URL:-}" ]; then
         cat >> "$RUN/ssegate.yaml" <<YAML
 broker:

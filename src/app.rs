@@ -239,6 +239,7 @@ pub fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<&'static str> {
         c,
     );
     keep("broker", &old.broker, &mut new.broker, c);
+    keep("workers", &old.workers, &mut new.workers, c);
     keep("events.path", &old.events.path, &mut new.events.path, c);
     keep(
         "events.history",

@@ -107,14 +107,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("ssegate: cannot start the runtime: {e}");
-            ExitCode::from(1)
-        })
+/// The runtime, with `workers` threads (`None`: one per core).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("ssegate: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn run_demo(options: ssegate::demo::DemoOptions) -> ExitCode {
@@ -125,7 +127,7 @@ fn run_demo(options: ssegate::demo::DemoOptions) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match runtime() {
+    let rt = match runtime(None) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
@@ -189,7 +191,7 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-    let runtime = match runtime() {
+    let runtime = match runtime(config.workers) {
         Ok(rt) => rt,
         Err(code) => return code,
     };

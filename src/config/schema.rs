@@ -24,6 +24,7 @@ const TOP: &[&str] = &[
     "log",
     "derive",
     "watch",
+    "workers",
 ];
 const EVENTS: &[&str] = &[
     "path",
@@ -154,6 +155,7 @@ pub(crate) fn config(w: &mut Walker<'_>, root: Option<&Node>) -> Config {
         },
         derive: super::app_events::derive(w, &top),
         watch: super::app_events::watch(w, &top),
+        workers: w.get(&top, "workers", d.workers, v::workers),
         upstream: d.upstream,
     }
 }

@@ -578,3 +578,12 @@ fn tenants_topic_and_the_tenant_cap_are_read_and_checked() {
     );
     assert!(e[0].message.contains("no {tenant} placeholder"), "{}", e[0]);
 }
+
+#[test]
+fn workers_are_auto_or_a_positive_count() {
+    assert_eq!(ok(UP).workers, None);
+    assert_eq!(ok(&format!("{UP}workers: auto\n")).workers, None);
+    assert_eq!(ok(&format!("{UP}workers: 1\n")).workers, Some(1));
+    let e = one_err(&format!("{UP}workers: 0\n"));
+    assert_eq!(e.path, "workers");
+}

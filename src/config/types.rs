@@ -43,6 +43,9 @@ pub struct Config {
     pub derive: Vec<DeriveRule>,
     /// App URLs polled while their topics have streams.
     pub watch: Vec<WatchRule>,
+    /// Threads serving the public listener and the fan-out: `None` (`auto`) for one per
+    /// core. Fewer suit a machine shared with the app (nginx's `worker_processes`).
+    pub workers: Option<usize>,
 }
 
 impl Config {
@@ -66,6 +69,7 @@ impl Config {
             log: Log::defaults(),
             derive: Vec::new(),
             watch: Vec::new(),
+            workers: None,
         }
     }
 }

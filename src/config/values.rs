@@ -150,6 +150,14 @@ pub(super) fn count(min: usize) -> impl Fn(&str) -> Result<usize, Bad> {
     }
 }
 
+/// `auto` (one per core: `None`) or a whole number of at least 1.
+pub(super) fn workers(s: &str) -> Result<Option<usize>, Bad> {
+    match s.trim() {
+        "auto" => Ok(None),
+        t => count(1)(t).map(Some),
+    }
+}
+
 /// A whole number of at least `min`, or empty (null) for none.
 pub(super) fn optional_count(min: usize) -> impl Fn(&str) -> Result<Option<usize>, Bad> {
     let count = count(min);
