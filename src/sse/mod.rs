@@ -178,29 +178,13 @@ fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
 }
 
 fn put_data(buf: &mut BytesMut, data: &str) {
-    let bytes = data.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
-                put_data_line(buf, &bytes[start..i]);
-                i += if bytes.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                start = i;
-            }
-            b'\n' => {
-                put_data_line(buf, &bytes[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
+    let mut rest = data.as_bytes();
+    while let Some(i) = memchr::memchr2(b'\r', b'\n', rest) {
+        put_data_line(buf, &rest[..i]);
+        let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+        rest = &rest[i + 1 + usize::from(crlf)..];
     }
-    put_data_line(buf, &bytes[start..]);
+    put_data_line(buf, rest);
 }
 
 fn put_data_line(buf: &mut BytesMut, line: &[u8]) {
