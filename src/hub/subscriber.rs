@@ -183,6 +183,23 @@ enum Wrote {
     Refused,
 }
 
+impl Wrote {
+    /// Whether the frame went out (whole or in part); wakes the task to write the rest of
+    /// a cut one. Call with the subscriber's lock released.
+    fn went_out(self) -> bool {
+        match self {
+            Self::Whole => true,
+            Self::Cut(waker) => {
+                if let Some(w) = waker {
+                    w.wake();
+                }
+                true
+            }
+            Self::Refused => false,
+        }
+    }
+}
+
 /// A parked stream's connection, as a dispatcher may write to it.
 struct Parked {
     writer: Arc<dyn DirectWrite>,
@@ -225,7 +242,7 @@ pub(crate) enum Delivery {
 /// One frame a [`Subscription`] hands out: an event, written from its shared encoding
 /// (the event is moved along from the queue, so handing it out costs no reference count of
 /// its own), or bytes of ssegate's own (`retry:`, notices, heartbeats).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Frame {
     /// An event's SSE frame ([`Event::frame`]).
     Event(Arc<Event>),
@@ -259,12 +276,6 @@ impl std::ops::Deref for Frame {
             Self::Event(ev) => &ev.frame,
             Self::Own(b) => b,
         }
-    }
-}
-
-impl From<Bytes> for Frame {
-    fn from(b: Bytes) -> Self {
-        Self::Own(b)
     }
 }
 
@@ -331,17 +342,12 @@ impl Subscriber {
             && matches!(&q.writer, Writer::Parked(p) if ev.id > p.after)
             && !self.filter.closed_by(ev)
         {
-            match q.write_parked(&ev.chunk, now) {
-                Wrote::Whole => return Delivery::Written,
-                Wrote::Cut(waker) => {
-                    drop(q);
-                    if let Some(w) = waker {
-                        w.wake();
-                    }
-                    return Delivery::Written;
-                }
-                // Queued below: the task waits for the socket.
-                Wrote::Refused => {}
+            let wrote = q.write_parked(&ev.chunk, now);
+            // Refused: queued below, and the task waits for the socket.
+            if !matches!(wrote, Wrote::Refused) {
+                drop(q);
+                wrote.went_out();
+                return Delivery::Written;
             }
         }
         // Queued: the task writes it, and writes nothing before taking the socket back.
@@ -401,17 +407,9 @@ impl Subscriber {
         if q.wrote_at.is_some_and(|t| t > quiet_since) {
             return false;
         }
-        match q.write_parked(&Bytes::from_static(chunked::HEARTBEAT), now) {
-            Wrote::Whole => true,
-            Wrote::Cut(waker) => {
-                drop(q);
-                if let Some(w) = waker {
-                    w.wake();
-                }
-                true
-            }
-            Wrote::Refused => false,
-        }
+        let wrote = q.write_parked(&Bytes::from_static(chunked::HEARTBEAT), now);
+        drop(q);
+        wrote.went_out()
     }
 
     /// Ends the stream after what is already queued.
