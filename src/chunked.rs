@@ -23,9 +23,8 @@ pub const CRLF: &[u8] = b"\r\n";
 /// [`crate::sse::HEARTBEAT`].
 pub const HEARTBEAT: &[u8] = b"5\r\n: hb\n\r\n";
 
-/// Room kept in front of a frame built by [`build`] for its size line: 8 hex digits and
-/// CRLF, enough for any frame under 4 GiB.
-const ROOM: usize = 10;
+/// Room kept in front of a frame built by [`build`] for its size line: the longest one.
+const ROOM: usize = LINE_MAX;
 
 /// Builds a frame with `write` (into a buffer sized for about `hint` bytes) and frames it
 /// as one chunk in the same allocation: returns the chunk (size line, frame, CRLF) and the
@@ -41,30 +40,11 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
     }
     let mut line = [0u8; LINE_MAX];
     let n = hex_line(len, &mut line);
-    if n > ROOM {
-        // Not reachable with a bounded event size; framed by a copy all the same.
-        let frame = buf.split_off(ROOM).freeze();
-        return (wrap(&frame), frame);
-    }
     buf[ROOM - n..ROOM].copy_from_slice(&line[..n]);
     buf.put_slice(CRLF);
     let chunk = buf.freeze().slice(ROOM - n..);
     let frame = chunk.slice(n..chunk.len() - CRLF.len());
     (chunk, frame)
-}
-
-/// `frame` framed as one chunk, copied into a buffer of its own. An empty frame is no
-/// chunk.
-pub fn wrap(frame: &[u8]) -> Bytes {
-    if frame.is_empty() {
-        return Bytes::new();
-    }
-    let line = size_line(frame.len());
-    let mut buf = BytesMut::with_capacity(line.len() + frame.len() + CRLF.len());
-    buf.put_slice(&line);
-    buf.put_slice(frame);
-    buf.put_slice(CRLF);
-    buf.freeze()
 }
 
 /// The longest size line: 16 hex digits and CRLF.
@@ -136,6 +116,20 @@ fn hex_line(mut n: usize, out: &mut [u8; LINE_MAX]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `frame` framed as one chunk, copied into a buffer of its own. An empty frame is no
+    /// chunk.
+    fn wrap(frame: &[u8]) -> Bytes {
+        if frame.is_empty() {
+            return Bytes::new();
+        }
+        let line = size_line(frame.len());
+        let mut buf = BytesMut::with_capacity(line.len() + frame.len() + CRLF.len());
+        buf.put_slice(&line);
+        buf.put_slice(frame);
+        buf.put_slice(CRLF);
+        buf.freeze()
+    }
 
     #[test]
     fn size_lines_are_lowercase_hex() {
