@@ -358,13 +358,54 @@ impl Timing {
     }
 }
 
+/// What is appended to on this instance: the log, the subscribers (whose shards with no
+/// stream need not be woken) and the dispatchers' wake-up. The memory broker appends here
+/// on publish; the disk broker after its write; the Redis reader as it reads the stream.
+#[derive(Clone)]
+pub(crate) struct Local {
+    pub log: Arc<MemoryLog>,
+    pub registry: Arc<Registry>,
+    /// Bumped after each append, to wake the dispatchers.
+    pub head: Arc<watch::Sender<u64>>,
+}
+
+impl Local {
+    /// Appends a new batch and wakes the dispatchers that have streams to give it to.
+    fn append(
+        &self,
+        batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
+    ) -> Result<Vec<EventId>, Backlog> {
+        let appended = self
+            .log
+            .append_past(batch, |shard| self.registry.is_idle(shard))?;
+        if appended.wake {
+            self.wake();
+        }
+        Ok(appended.ids)
+    }
+
+    /// Appends events that already have their ids (stored on disk, read from Redis) and
+    /// wakes the dispatchers that have streams to give them to.
+    pub(crate) fn append_remote(&self, events: impl IntoIterator<Item = Arc<Event>>) {
+        if self
+            .log
+            .append_remote_past(events, |shard| self.registry.is_idle(shard))
+        {
+            self.wake();
+        }
+    }
+
+    /// Wakes every dispatcher to read what is new to it.
+    pub(crate) fn wake(&self) {
+        self.head.send_modify(|seq| *seq = seq.wrapping_add(1));
+    }
+}
+
 struct Inner {
     settings: HubSettings,
     timing: Arc<Timing>,
-    log: Arc<MemoryLog>,
-    registry: Arc<Registry>,
-    /// Bumped after each append, to wake the dispatchers (the Redis reader holds a clone).
-    head: Arc<watch::Sender<u64>>,
+    /// The log, the subscribers and the dispatchers' wake-up (the brokers hold a clone).
+    local: Local,
     metrics: Arc<Metrics>,
     next_subscriber: AtomicU64,
     broker: Broker,
@@ -399,6 +440,11 @@ impl Hub {
         registry.spawn_dispatchers(&log, &head, &metrics);
         registry.spawn_heartbeats(&timing);
         tokio::spawn(trim_history(Arc::clone(&log), max_age));
+        let local = Local {
+            log,
+            registry,
+            head,
+        };
         let broker = match &settings.broker {
             BrokerSettings::Memory => Broker::Memory,
             BrokerSettings::Disk { dir, sync } => {
@@ -410,12 +456,7 @@ impl Hub {
                 ) {
                     tracing::warn!(error = %e, "cannot handle SIGXFSZ");
                 }
-                let local = self::disk::Local {
-                    log: Arc::clone(&log),
-                    registry: Arc::clone(&registry),
-                    head: Arc::clone(&head),
-                };
-                match DiskBroker::start(dir, *sync, max_events, max_age, local) {
+                match DiskBroker::start(dir, *sync, max_events, max_age, local.clone()) {
                     Ok(b) => Broker::Disk(b),
                     Err(e) => {
                         tracing::error!(error = %e, "the disk broker cannot start");
@@ -424,12 +465,7 @@ impl Hub {
                 }
             }
             BrokerSettings::Redis { url, stream } => {
-                let local = self::redis::Local {
-                    log: Arc::clone(&log),
-                    registry: Arc::clone(&registry),
-                    head: Arc::clone(&head),
-                };
-                match RedisBroker::start(url, stream, max_events, max_age, local) {
+                match RedisBroker::start(url, stream, max_events, max_age, local.clone()) {
                     Ok(b) => Broker::Redis(b),
                     Err(e) => {
                         tracing::error!(error = %e, "the redis broker cannot start");
@@ -442,9 +478,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 timing,
                 settings,
-                log,
-                registry,
-                head,
+                local,
                 metrics,
                 next_subscriber: AtomicU64::new(1),
                 broker,
@@ -476,23 +510,11 @@ impl Hub {
         };
         let inner = &*self.inner;
         let stored = match &inner.broker {
-            Broker::Memory => {
-                // Dispatchers with no stream are not woken for events they cannot deliver.
-                let idle = |shard| inner.registry.is_idle(shard);
-                match inner.log.append_past(batch.drain(..), idle) {
-                    Ok(appended) => {
-                        if appended.wake {
-                            self.wake_dispatchers();
-                        }
-                        Ok(appended.ids)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
+            Broker::Memory => inner.local.append(batch.drain(..)).map_err(HubError::from),
             Broker::Disk(disk) => {
                 // Refused before anything is written: a batch the dispatchers cannot take
                 // must not reach the disk either.
-                match inner.log.room() {
+                match inner.local.log.room() {
                     Ok(()) => disk.publish(std::mem::take(batch)).await,
                     Err(e) => Err(e.into()),
                 }
@@ -500,7 +522,7 @@ impl Hub {
             Broker::Redis(redis) => {
                 // Every instance's reader waits for its own dispatchers; this one's backlog
                 // is the signal a publisher here can act on.
-                match inner.log.room() {
+                match inner.local.log.room() {
                     Ok(()) => redis.publish(batch).await,
                     Err(e) => Err(e.into()),
                 }
@@ -516,13 +538,6 @@ impl Hub {
         Ok(ids)
     }
 
-    /// Tells the dispatchers that the log has grown.
-    fn wake_dispatchers(&self) {
-        self.inner
-            .head
-            .send_modify(|seq| *seq = seq.wrapping_add(1));
-    }
-
     /// Opens a stream: registers the subscriber, then takes the replay snapshot, so every
     /// event is delivered exactly once across the replay/live seam.
     pub fn subscribe(&self, req: SubscribeRequest) -> Subscription {
@@ -535,12 +550,12 @@ impl Hub {
             inner.settings.subscriber_buffer,
             inner.settings.slow_consumer,
         ));
-        inner.registry.insert(&sub);
+        inner.local.registry.insert(&sub);
         let resumed_from = match req.resume {
             Resume::After(id) => id,
             Resume::None | Resume::Since(_) => EventId::default(),
         };
-        let replay = inner.log.replay(&req.resume, |e| sub.filter.wants(e));
+        let replay = inner.local.log.replay(&req.resume, |e| sub.filter.wants(e));
         let mut head = replay.head;
         if let (Broker::Redis(_), Resume::After(after)) = (&inner.broker, req.resume) {
             // The client may have read its last event on an instance whose reader is ahead
@@ -559,7 +574,7 @@ impl Hub {
         }
         Subscription::new(
             sub,
-            Arc::clone(&inner.registry) as Arc<dyn subscriber::Unregister>,
+            Arc::clone(&inner.local.registry) as Arc<dyn subscriber::Unregister>,
             Arc::clone(&inner.metrics),
             preamble,
             replay.events,
@@ -575,13 +590,14 @@ impl Hub {
     /// With Redis, the other instances do the same when they read the control entry
     /// (queued while Redis is unreachable). Returns the streams ended on this instance.
     pub fn delete_topic(&self, topic: &str) -> usize {
-        self.inner.log.delete_topic(topic);
+        self.inner.local.log.delete_topic(topic);
         match &self.inner.broker {
             Broker::Redis(redis) => redis.delete_topic(topic),
             Broker::Disk(disk) => disk.delete_topic(topic),
             Broker::Memory | Broker::Unusable(..) => {}
         }
         self.inner
+            .local
             .registry
             .end_topic(topic, &End::TopicDeleted(topic.into()))
     }
@@ -593,6 +609,7 @@ impl Hub {
             redis.revoke(subject);
         }
         self.inner
+            .local
             .registry
             .end_where(|s| s.subject.as_deref() == Some(subject), &End::Revoked)
     }
@@ -609,6 +626,7 @@ impl Hub {
     /// `retry` plus its own share of `spread`.
     pub fn shutdown(&self, retry: Duration, spread: Duration) -> usize {
         self.inner
+            .local
             .registry
             .end_where(|_| true, &End::Shutdown { retry, spread })
     }
@@ -663,8 +681,8 @@ impl Hub {
 
     /// Counts for `/stats`.
     pub fn stats(&self) -> HubStats {
-        let (subscribers, topics) = self.inner.registry.counts();
-        let log = self.inner.log.stats();
+        let (subscribers, topics) = self.inner.local.registry.counts();
+        let log = self.inner.local.log.stats();
         let mut topics: Vec<_> = topics.into_iter().collect();
         topics.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         HubStats {

@@ -34,8 +34,8 @@
 
 mod segment;
 
-use super::log::{MemoryLog, encode, next_id, now_ms};
-use super::registry::Registry;
+use super::Local;
+use super::log::{encode, next_id, now_ms};
 use super::{Event, HubError, NewEvent};
 use crate::sse::EventId;
 use segment::Record;
@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// How often a broker that is down tries to write again without waiting for a publish.
@@ -84,14 +84,6 @@ pub(crate) enum Error {
         /// What the OS said.
         source: std::io::Error,
     },
-}
-
-/// What the broker shares with the rest of the hub.
-pub(crate) struct Local {
-    pub log: Arc<MemoryLog>,
-    /// This instance's subscribers: dispatchers with no stream are not woken.
-    pub registry: Arc<Registry>,
-    pub head: Arc<watch::Sender<u64>>,
 }
 
 /// Work for the writer.
@@ -497,16 +489,7 @@ impl Writer {
         }
         match written {
             Ok(()) => {
-                let registry = &self.local.registry;
-                if self
-                    .local
-                    .log
-                    .append_remote_past(events, |shard| registry.is_idle(shard))
-                {
-                    self.local
-                        .head
-                        .send_modify(|seq| *seq = seq.wrapping_add(1));
-                }
+                self.local.append_remote(events);
                 self.answered = answers.len();
                 self.answered_at = Instant::now();
                 for (done, ids) in answers {

@@ -29,8 +29,8 @@ mod reader;
 #[cfg(test)]
 mod tests;
 
-use super::log::{MemoryLog, now_ms};
-use super::registry::Registry;
+use super::Local;
+use super::log::now_ms;
 use super::{HubError, NewEvent};
 use crate::sse::EventId;
 use entry::Control;
@@ -40,7 +40,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// Longest a publish (or a control write) waits for Redis before answering 503.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,16 +74,6 @@ async fn bounded<T>(
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::Timeout(limit)),
     }
-}
-
-/// What the reader updates on this instance.
-pub(crate) struct Local {
-    /// The mirror of the stream.
-    pub log: Arc<MemoryLog>,
-    /// This instance's subscribers (control actions end some of them).
-    pub registry: Arc<Registry>,
-    /// Bumped after each append, to wake the dispatchers.
-    pub head: Arc<watch::Sender<u64>>,
 }
 
 /// What the publisher, the control writer and the reader share.

@@ -14,8 +14,9 @@
 //! stays in Redis, not in this process's memory.
 
 use super::entry::{self, Control, Entry, RawEntry};
-use super::{CONNECT_TIMEOUT, Error, Local, PUBLISH_TIMEOUT, Shared, bounded, random_u64};
+use super::{CONNECT_TIMEOUT, Error, PUBLISH_TIMEOUT, Shared, bounded, random_u64};
 use crate::hub::End;
+use crate::hub::Local;
 use crate::hub::log::now_ms;
 use crate::sse::EventId;
 use redis::aio::MultiplexedConnection;
@@ -254,7 +255,7 @@ impl Reader {
         self.local
             .log
             .load(events, horizon, EventId::new(created, 0));
-        self.local.head.send_modify(|n| *n = n.wrapping_add(1));
+        self.local.wake();
         self.cursor = Some(newest.unwrap_or_default());
         self.floor = newest.map_or(EventId::new(redis_now, 0), EventId::next);
         Ok(())
@@ -355,14 +356,8 @@ impl Reader {
     }
 
     fn flush(&self, events: &mut Vec<Arc<crate::hub::Event>>) {
-        let registry = &self.local.registry;
-        if !events.is_empty()
-            && self
-                .local
-                .log
-                .append_remote_past(events.drain(..), |shard| registry.is_idle(shard))
-        {
-            self.local.head.send_modify(|n| *n = n.wrapping_add(1));
+        if !events.is_empty() {
+            self.local.append_remote(events.drain(..));
         }
     }
 
