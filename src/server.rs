@@ -224,13 +224,13 @@ pub async fn serve_with<H: Handler>(
         let taken_over = taken_over.clone();
         tokio::spawn(async move {
             let held = Held(taken_over);
+            // Boxed: the fast path's future is large, and tokio moves a task's future
+            // (into its cell, and again with each change of stage) whole.
             let Some(Unserved {
                 stream,
                 read,
                 head_deadline,
-            }) = Arc::clone(&handler)
-                .take_over(stream, peer, options, held)
-                .await
+            }) = Box::pin(Arc::clone(&handler).take_over(stream, peer, options, held)).await
             else {
                 return;
             };

@@ -88,7 +88,10 @@ pub(super) async fn respond(
             // The first frames (`retry:`, a gap notice, the replay) go out with the head.
             // Polled with a waker that does nothing: the stream's task polls again first
             // thing, which takes whatever arrives meanwhile and leaves its own waker.
-            let mut pending = vec![Frame::Own(head.into()), Frame::Own(Bytes::new())];
+            // Room for the head, the size line, `retry:`, an id announcement and the chunk's
+            // end without growing (a replay may need more).
+            let mut pending = Vec::with_capacity(8);
+            pending.extend([Frame::Own(head.into()), Frame::Own(Bytes::new())]);
             let mut cx = Context::from_waker(Waker::noop());
             let ended = matches!(
                 events
@@ -152,6 +155,9 @@ pub(super) fn encode_head(parts: &hyper::http::response::Parts, out: &mut Vec<u8
 
 /// The most slices written in one vectored write (Linux takes up to 1,024).
 const MAX_IOV: usize = 256;
+
+/// Up to this many frames are written from a small slice array.
+const FEW_IOV: usize = 8;
 
 /// The most event frames taken at once: one chunk, with its size line and its CRLF, is
 /// then one vectored write.
@@ -249,12 +255,11 @@ impl StreamState {
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.pending.len() {
             let rest = &self.pending[self.written..];
-            let mut slices = [IoSlice::new(&[]); MAX_IOV];
-            let n = rest.len().min(MAX_IOV);
-            for (slice, frame) in slices.iter_mut().zip(rest) {
-                *slice = IoSlice::new(&frame[..]);
-            }
-            let poll = write_vectored(&self.io, cx, &slices[..n]);
+            let poll = if rest.len() <= FEW_IOV {
+                write_frames::<FEW_IOV>(&self.io, cx, rest)
+            } else {
+                write_frames::<MAX_IOV>(&self.io, cx, rest)
+            };
             match self.stall.watch(cx, poll) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(mut n)) => {
@@ -276,6 +281,22 @@ impl StreamState {
         self.pending.clear();
         Poll::Ready(Ok(()))
     }
+}
+
+/// Writes the first `N` (at most) of `frames` in one vectored write. `N` sizes the slice
+/// array on the stack, which is filled whole: a handful of frames (the usual case) should
+/// not pay for initializing [`MAX_IOV`] slices.
+fn write_frames<const N: usize>(
+    io: &TcpStream,
+    cx: &mut Context<'_>,
+    frames: &[Frame],
+) -> Poll<io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); N];
+    let n = frames.len().min(N);
+    for (slice, frame) in slices.iter_mut().zip(frames) {
+        *slice = IoSlice::new(&frame[..]);
+    }
+    write_vectored(io, cx, &slices[..n])
 }
 
 /// A vectored write to a socket others may write to as well (never at the same time).
