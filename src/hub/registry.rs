@@ -102,14 +102,22 @@ impl Index {
     /// Calls `f` with every subscriber of this shard that wants `ev` (a subscriber that
     /// follows it by several topics or patterns more than once: the queue skips repeats).
     fn each_target(&self, ev: &Event, mut f: impl FnMut(&Arc<Subscriber>)) {
+        self.each_follower(&ev.topics, |sub| {
+            if sub.filter.accepts_type(ev) {
+                f(sub);
+            }
+        });
+    }
+
+    /// Calls `f` with every subscriber of this shard that follows one of `topics`, by name
+    /// or pattern (more than once if by several).
+    fn each_follower(&self, topics: &[Box<str>], mut f: impl FnMut(&Arc<Subscriber>)) {
         let mut offer = |list: &Subs| {
             for sub in list.iter() {
-                if sub.filter.accepts_type(ev) {
-                    f(sub);
-                }
+                f(sub);
             }
         };
-        for topic in &*ev.topics {
+        for topic in topics {
             if let Some(list) = self.exact.get(&**topic) {
                 offer(list);
             }
@@ -341,40 +349,59 @@ impl Registry {
             // Written directly only when this dispatcher is caught up: behind, it queues,
             // and each stream's task sends what piled up in one write.
             let caught_up = batch.len() < READ_BATCH;
-            let last = batch.len();
-            for (i, ev) in batch.drain(..).enumerate() {
-                let mut fanned = Fanned::default();
-                if caught_up && i + 1 == last {
-                    // The writes take time: made with the shard unlocked, so streams can
-                    // come and go meanwhile, and with yields between them.
-                    shard
-                        .lock()
-                        .each_target(&ev, |s| targets.push(Arc::clone(s)));
-                    let now = Instant::now();
-                    for sub in targets.drain(..) {
-                        since_yield += fanned.deliver(&sub, &ev, metrics, Some(now));
-                        if since_yield >= YIELD_EVERY {
-                            since_yield = 0;
-                            tokio::task::yield_now().await;
-                        }
+            let queued = if caught_up {
+                batch.len().saturating_sub(1)
+            } else {
+                batch.len()
+            };
+            // Queued a run of events for the same topics at a time: each subscriber is
+            // locked and woken once per run, not once per event.
+            for run in batch[..queued].chunk_by(|a, b| a.topics == b.topics) {
+                let topics = &run[0].topics;
+                shard
+                    .lock()
+                    .each_follower(topics, |s| targets.push(Arc::clone(s)));
+                let mut delivered = 0;
+                for sub in targets.drain(..) {
+                    let n = sub.enqueue_run(run, metrics);
+                    delivered += n;
+                    since_yield += n;
+                    if since_yield >= YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
                     }
-                } else {
-                    let idx = shard.lock();
-                    idx.each_target(&ev, |s| {
-                        since_yield += fanned.deliver(s, &ev, metrics, None);
-                    });
+                }
+                // Per tenant: once per run and shard, not per subscriber.
+                metrics.tenants().delivered(topics, delivered);
+                since_yield += run.len() as u64;
+            }
+            if let Some(ev) = batch[queued..].first() {
+                // The writes take time: made with the shard unlocked, so streams can come
+                // and go meanwhile, and with yields between them.
+                let mut fanned = Fanned::default();
+                shard
+                    .lock()
+                    .each_target(ev, |s| targets.push(Arc::clone(s)));
+                let now = Instant::now();
+                for sub in targets.drain(..) {
+                    since_yield += fanned.deliver(&sub, ev, metrics, Some(now));
+                    if since_yield >= YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 metrics.delivered(fanned.written);
-                let delivered = fanned.queued + fanned.written;
-                // Per tenant: once per event and shard, not per subscriber.
-                metrics.tenants().delivered(&ev.topics, delivered);
-                // Reading counts too: a flood of events nobody here follows must not
-                // keep this worker thread from the connections either.
+                metrics
+                    .tenants()
+                    .delivered(&ev.topics, fanned.queued + fanned.written);
                 since_yield += 1;
-                if since_yield >= YIELD_EVERY {
-                    since_yield = 0;
-                    tokio::task::yield_now().await;
-                }
+            }
+            batch.clear();
+            // Reading counts too: a flood of events nobody here follows must not keep
+            // this worker thread from the connections either.
+            if since_yield >= YIELD_EVERY {
+                since_yield = 0;
+                tokio::task::yield_now().await;
             }
         }
     }

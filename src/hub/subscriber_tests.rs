@@ -285,3 +285,64 @@ async fn the_shard_heartbeat_writes_to_parked_streams_quiet_long_enough_and_no_o
     );
     assert!(wrote.try_recv().is_err());
 }
+
+/// The `data:` values of `frames`, in order.
+fn data_of(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let text = std::str::from_utf8(f).unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_queued_run_by_run_reaches_each_subscriber_once_in_order_and_filtered() {
+    // 300 events in one publish: more than a dispatcher reads at once, so it is behind and
+    // queues runs of events with the same topics. Runs of 20 on `a`, on `b`, on both; every
+    // fourth event typed `skip`.
+    let hub = hub(1000);
+    let subscribe_to = |topics: &[&str], types: Option<Vec<Box<str>>>| {
+        hub.subscribe(SubscribeRequest::new(Filter {
+            selectors: topics.iter().map(|t| Selector::parse(t).unwrap()).collect(),
+            types,
+        }))
+    };
+    let mut both = subscribe_to(&["a", "b"], Some(vec!["message".into()]));
+    let mut only_b = subscribe_to(&["b"], None);
+    let mut sentinel = subscribe_to(&["a", "b"], None);
+    for s in [&mut both, &mut only_b, &mut sentinel] {
+        take(s, 8).unwrap();
+    }
+    let topics_of = |i: usize| -> Vec<Box<str>> {
+        match (i / 20) % 3 {
+            0 => vec!["a".into()],
+            1 => vec!["b".into()],
+            _ => vec!["a".into(), "b".into()],
+        }
+    };
+    let events = (0..300)
+        .map(|i| NewEvent {
+            topics: topics_of(i),
+            event_type: (i % 4 == 0).then(|| "skip".into()),
+            data: i.to_string(),
+            close: false,
+        })
+        .collect();
+    hub.publish(events).await.unwrap();
+    dispatched(&mut sentinel, 300).await;
+
+    let want_both: Vec<String> = (0..300)
+        .filter(|i| i % 4 != 0)
+        .map(|i| i.to_string())
+        .collect();
+    let want_b: Vec<String> = (0..300)
+        .filter(|i| (i / 20) % 3 != 0)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(data_of(&take(&mut both, 1000).unwrap()), want_both);
+    assert_eq!(data_of(&take(&mut only_b, 1000).unwrap()), want_b);
+}
