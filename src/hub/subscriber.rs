@@ -733,6 +733,9 @@ impl Subscription {
             if refilled {
                 self.refill(cx, out);
             }
+            // Grown once for what goes out now (after a burst, hundreds of frames), not
+            // doubling along the way.
+            out.reserve(self.backlog.len().min(limit.saturating_sub(out.len())));
             while !self.finishing && out.len() < limit {
                 let Some(ev) = self.backlog.pop_front() else {
                     break;
