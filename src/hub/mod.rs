@@ -5,8 +5,9 @@
 //! The hub knows nothing of HTTP. Each event is encoded once into `Bytes` at publish and
 //! every subscriber queue holds a reference-counted pointer to it.
 //!
-//! With `broker: disk` (the `disk` submodule), a writer thread stores each batch in a
-//! directory before appending it to the log, and the log is read back from there at start.
+//! With `broker: disk` (the `disk` submodule), each batch is stored in a directory (by a
+//! writer thread, or with `sync: <duration>` by the publishes themselves, in groups) before
+//! it is appended to the log, and the log is read back from there at start.
 //! With `broker: redis` (the `redis` submodule), publishing writes to a Redis stream
 //! instead, and the log is this instance's mirror of that stream, filled by one reader
 //! task. Either way, everything downstream of the log (dispatchers, replay, the seam) is

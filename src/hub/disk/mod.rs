@@ -7,9 +7,11 @@
 //!   `write`, flushes once and only then appends them to the in-memory log and answers
 //!   each publisher: concurrent publishes share one flush (group commit), and no
 //!   subscriber ever sees an event that is not stored. With `sync: <duration>` there is
-//!   no flush to wait for: a large batch is written by its publish itself, under the
-//!   writer's lock (no hop to the thread), small ones are grouped by the thread, and the
-//!   thread flushes at least that often.
+//!   no flush to wait for, so no hop to the thread: publishes are grouped on the task
+//!   that serves them ([`DiskBroker::lead`]): the first to find no group forming lets the
+//!   others ready in the same turn of the scheduler add theirs, then writes them all with
+//!   one `write` under the writer's lock and answers them; the thread only flushes, at
+//!   least that often.
 //! - **Start-up** reads the segment files back into the log (the same log the memory
 //!   broker uses; dispatchers, replay and the seam are unchanged), so a client resuming
 //!   from before the restart gets everything after its id, and new ids follow the last one
@@ -29,7 +31,7 @@
 //!   history is read back (after the publishes before it, without waiting for a flush).
 //!
 //! The writer is an OS thread rather than a task because `fsync` blocks (a `write` to the
-//! page cache is as short as the memory broker's append, hence done inline with
+//! page cache is as short as the memory broker's append, hence done by the publishes with
 //! `sync: <duration>`); nothing here runs per subscriber.
 
 mod segment;
@@ -44,7 +46,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -54,14 +56,6 @@ const PROBE: Duration = Duration::from_secs(1);
 
 /// Largest segment file before a new one is started.
 const SEGMENT_BYTES: u64 = 64 << 20;
-
-/// With `sync: <duration>`, a publish of at least this many events writes its batch itself
-/// when the writer is free; smaller ones go to the writer thread, which groups them. A
-/// large batch amortizes its own `write`, and the hop would only add latency; single
-/// events from many publishers, each writing on its own, lost to the thread's grouping
-/// (`benches/disk.sh` 64 × 1: 42,672 events/s inline against 50,134 with `sync: always`,
-/// whose groups even wait for a flush).
-const INLINE_EVENTS: usize = 16;
 
 /// At most this many events are written in one group (bounds one write's buffer).
 const GROUP_EVENTS: usize = 65_536;
@@ -108,12 +102,22 @@ impl Job {
     }
 }
 
-/// The handle the hub keeps: publishes go to the writer thread.
+/// The publishes waiting for the leader of their group to write them (`sync: <duration>`).
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<Job>,
+    /// Whether a leader is on its way to write `jobs`.
+    led: bool,
+}
+
+/// The handle the hub keeps: with `sync: always`, publishes go to the writer thread.
 pub(crate) struct DiskBroker {
     tx: mpsc::Sender<Job>,
     /// With `sync: <duration>`, publishes write themselves (under this lock, like the
     /// memory broker's append): there is no flush to share, so no hop to a thread.
     inline: Option<Arc<Mutex<Writer>>>,
+    /// With `sync: <duration>`, the group being formed ([`DiskBroker::lead`]).
+    pending: Mutex<Pending>,
     up: Arc<AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// The writer, for tests to wait on (also with `sync: always`).
@@ -218,6 +222,7 @@ impl DiskBroker {
         Ok(Self {
             tx,
             inline,
+            pending: Mutex::default(),
             up,
             writer: Some(thread),
             #[cfg(test)]
@@ -229,20 +234,24 @@ impl DiskBroker {
     pub(super) async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
         let (done, answer) = oneshot::channel();
         let gone = || HubError::Unavailable("the disk writer stopped".into());
-        self.submit(Job::Publish {
+        let job = Job::Publish {
             batch,
             done,
             sent: Instant::now(),
-        })
-        .map_err(|()| gone())?;
+        };
+        match &self.inline {
+            Some(writer) => self.lead(writer, job).await,
+            None => self.tx.send(job).map_err(|_| gone())?,
+        }
         answer.await.map_err(|_| gone())?
     }
 
     /// Records that `topic` was deleted (in the background: the log already dropped it).
     pub(super) fn delete_topic(&self, topic: &str) {
         let job = Job::Delete(topic.into());
-        // Written before any publish this caller makes next, which might write inline.
         match &self.inline {
+            // Written now, like the log's deletion: before any publish this caller makes
+            // next, and before those still pending, which the log has not seen either.
             Some(writer) => lock(writer).commit(vec![job]),
             None => {
                 let _ = self.tx.send(job);
@@ -250,25 +259,26 @@ impl DiskBroker {
         }
     }
 
-    /// With `sync: <duration>`, commits a batch of at least [`INLINE_EVENTS`] here if the
-    /// writer is free; otherwise (and with `sync: always`) hands it to the writer thread,
-    /// which writes everything waiting in one go: concurrent publishes share one `write`
-    /// instead of queueing for the lock one by one, or each making its own.
-    fn submit(&self, job: Job) -> Result<(), ()> {
-        if let Some(writer) = &self.inline
-            && job.records() >= INLINE_EVENTS
-        {
-            let free = match writer.try_lock() {
-                Ok(w) => Some(w),
-                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(TryLockError::WouldBlock) => None,
+    /// With `sync: <duration>`, adds a publish to the group being formed; the first to
+    /// find none forming leads it: it lets the other publishes ready in this turn of the
+    /// scheduler add theirs, then writes them all in one go and answers them. Concurrent
+    /// publishes share one `write` with no hop to another thread (a wake-up each way
+    /// there and back cost more than the `write` itself). The group is written even if
+    /// the leader's future is dropped meanwhile ([`Leader`]).
+    async fn lead(&self, writer: &Mutex<Writer>, job: Job) {
+        let first = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            p.jobs.push(job);
+            !std::mem::replace(&mut p.led, true)
+        };
+        if first {
+            let leader = Leader {
+                pending: &self.pending,
+                writer,
             };
-            if let Some(mut w) = free {
-                w.commit(vec![job]);
-                return Ok(());
-            }
+            tokio::task::yield_now().await;
+            drop(leader);
         }
-        self.tx.send(job).map_err(drop)
     }
 
     /// Waits until the remover thread has dealt with every segment handed to it by the
@@ -289,6 +299,46 @@ impl DiskBroker {
     /// Whether the last write (or probe) succeeded.
     pub(super) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// The leader of a group of publishes (`sync: <duration>`): writes the group when dropped,
+/// whether its publish went on or was dropped (client gone), so that no publish of the
+/// group is lost or left waiting.
+struct Leader<'a> {
+    pending: &'a Mutex<Pending>,
+    writer: &'a Mutex<Writer>,
+}
+
+impl Drop for Leader<'_> {
+    /// Writes everything pending, [`GROUP_EVENTS`] at most per `write`, including what
+    /// publishes on other threads add meanwhile; then the next publish leads.
+    fn drop(&mut self) {
+        loop {
+            let group = {
+                let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut n = 0;
+                let take = p
+                    .jobs
+                    .iter()
+                    .take_while(|j| {
+                        let fits = n < GROUP_EVENTS;
+                        n += j.records();
+                        fits
+                    })
+                    .count();
+                if take == 0 {
+                    p.led = false;
+                    return;
+                }
+                if take == p.jobs.len() {
+                    std::mem::take(&mut p.jobs)
+                } else {
+                    p.jobs.drain(..take).collect()
+                }
+            };
+            lock(self.writer).commit(group);
+        }
     }
 }
 
@@ -846,8 +896,9 @@ fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 }
 
 /// The writer thread. With `sync: always` it takes the publishes queued for it and
-/// commits them in groups; with `sync: <duration>` (publishes write themselves) it
-/// flushes what they wrote at least that often. Either way it probes while down.
+/// commits them in groups; with `sync: <duration>` (publishes write themselves, nothing is
+/// queued for it) it flushes what they wrote at least that often. Either way it probes
+/// while down.
 fn run(writer: &Mutex<Writer>, rx: &mpsc::Receiver<Job>) {
     loop {
         let wait = lock(writer).wait();
@@ -863,9 +914,6 @@ fn run(writer: &Mutex<Writer>, rx: &mpsc::Receiver<Job>) {
                 }
                 w.gather(rx, &mut group, n);
                 w.commit(group);
-                drop(w);
-                // Publishes that found the writer busy (`sync: <duration>`) keep it busy.
-                flush_due(writer, false);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 {

@@ -88,10 +88,11 @@ async fn a_restart_keeps_the_history_and_a_resume_from_before_it_has_no_gap() {
     assert!(next[0] > published[published.len() - 1]);
 }
 
-#[tokio::test]
-async fn concurrent_publishes_are_all_stored_once_in_id_order() {
+/// 64 publishers of 1 to 3 events at a time, on two threads; then every acknowledged id
+/// is read back once, in id order.
+async fn concurrent_publishes_stored_once_in_id_order(every: Option<Duration>) {
     let dir = tempfile::tempdir().unwrap();
-    let (broker, _) = start(dir.path(), 10_000);
+    let (broker, _) = start_syncing(dir.path(), 10_000, every);
     let broker = Arc::new(broker);
     let tasks: Vec<_> = (0..64)
         .map(|i| {
@@ -116,8 +117,56 @@ async fn concurrent_publishes_are_all_stored_once_in_id_order() {
     }
     acked.sort();
     drop(broker);
-    let (_broker, log) = start(dir.path(), 10_000);
+    let (_broker, log) = start_syncing(dir.path(), 10_000, every);
     assert_eq!(history_after(&log, EventId::default()).0, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_all_stored_once_in_id_order() {
+    concurrent_publishes_stored_once_in_id_order(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_sync_interval_concurrent_publishes_are_all_stored_once_in_id_order() {
+    concurrent_publishes_stored_once_in_id_order(Some(Duration::from_millis(100))).await;
+}
+
+#[tokio::test]
+async fn a_group_whose_leader_is_dropped_is_still_written_and_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let every = Some(HOUR);
+    let (broker, log) = start_syncing(dir.path(), 100, every);
+    let mut leader = Box::pin(broker.publish(batch(1, "t")));
+    let mut joined = Box::pin(broker.publish(batch(2, "t")));
+    std::future::poll_fn(|cx| {
+        assert!(
+            leader.as_mut().poll(cx).is_pending(),
+            "the leader waits for the others"
+        );
+        assert!(
+            joined.as_mut().poll(cx).is_pending(),
+            "the second joins its group"
+        );
+        std::task::Poll::Ready(())
+    })
+    .await;
+    assert!(history_after(&log, EventId::default()).0.is_empty());
+    // The leader's client is gone: its group is written all the same, and answered.
+    drop(leader);
+    let Ok(answered) = tokio::time::timeout(Duration::from_secs(10), joined).await else {
+        panic!("the group of a dropped leader is never answered");
+    };
+    let ids = answered.unwrap();
+    let stored = history_after(&log, EventId::default()).0;
+    assert_eq!((stored.len(), &stored[1..]), (3, ids.as_slice()));
+    // The next publish leads a group of its own.
+    let next = broker.publish(batch(1, "t")).await.unwrap();
+    assert!(next[0] > ids[1]);
+    drop(broker);
+    let (_broker, log) = start_syncing(dir.path(), 100, every);
+    let mut all = stored;
+    all.extend(next);
+    assert_eq!(history_after(&log, EventId::default()).0, all);
 }
 
 #[tokio::test]
@@ -322,9 +371,8 @@ async fn with_a_sync_interval_publishes_write_themselves_and_a_restart_keeps_the
     let every = Some(Duration::from_millis(100));
     let (broker, _) = start_syncing(dir.path(), 256, every);
     let mut published = Vec::new();
-    // Large batches are written by the publish itself, small ones by the writer thread.
     for i in 0..30 {
-        let n = if i % 2 == 0 { super::INLINE_EVENTS } else { 3 };
+        let n = if i % 2 == 0 { 16 } else { 3 };
         published.extend(broker.publish(batch(n, "t")).await.unwrap());
     }
     broker.delete_topic("gone");
