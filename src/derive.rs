@@ -20,8 +20,8 @@ use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use std::ops::Range;
-use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use tokio::sync::Notify;
 
 /// The rules of the current configuration.
 #[derive(Default)]
@@ -41,6 +41,8 @@ struct Compiled {
     /// The topic, when the template is all literal text and a valid topic: filled and
     /// validated once, here.
     fixed_topic: Option<Box<str>>,
+    /// The topic names a response header: [`Matched::wants_header`] asks.
+    reads_headers: bool,
     /// The rule's `published` series, looked up at its first batch: then one increment a
     /// batch, not a lookup (and a key built) each time.
     published: OnceLock<Counter>,
@@ -88,6 +90,10 @@ impl Rules {
                     prefix,
                     names: names.into(),
                     fixed_topic,
+                    reads_headers: rule
+                        .topic
+                        .iter()
+                        .any(|part| matches!(part, TopicPart::ResponseHeader(_))),
                     published: OnceLock::new(),
                 })
             })
@@ -205,7 +211,7 @@ impl Matched {
     pub fn wants_header(&self, name: &str) -> bool {
         name.eq_ignore_ascii_case(LOCATION)
             || self.hits.iter().any(|hit| {
-                hit.compiled.rule.topic.iter().any(
+                hit.compiled.reads_headers && hit.compiled.rule.topic.iter().any(
                 |part| matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h)),
             )
             })
@@ -263,7 +269,7 @@ impl Matched {
                 continue;
             };
             // Whole now, before the response is relayed: what is left once it has been is a
-            // channel send (and, for a body rule, its data).
+            // push on the publisher's queue (and, for a body rule, its data).
             let event = NewEvent {
                 topics: vec![topic],
                 event_type: rule.event.as_deref().map(Into::into),
@@ -388,8 +394,7 @@ impl Drop for Publication {
                     }
                 }
             }
-            if let Err(full) = self.publisher.0.tx.try_send((event, compiled)) {
-                let (_, rule) = full.into_inner();
+            if let Err((_, rule)) = self.publisher.0.send((event, compiled)) {
                 metrics.derived(&rule.rule.name, "overloaded");
                 tracing::warn!(
                     rule = rule.rule.name,
@@ -414,77 +419,122 @@ const PUBLISHED: &str = "published";
 type Derived = (NewEvent, Arc<Compiled>);
 
 /// Publishes derived events in order and in batches, on one task: a request that matched
-/// a rule costs a channel send, not a task and a publish (and a wake of every dispatcher)
-/// of its own.
+/// a rule costs a push on a queue, not a task and a publish (and a wake of every
+/// dispatcher) of its own. The task lives as long as the runtime.
 #[derive(Clone)]
 pub struct Publisher(Arc<Queue>);
 
 /// The publishing task's queue, shared by every [`Publication`] (one count to take, where
-/// a sender and the metrics would be two).
+/// a queue and the metrics would be two). A vector under a lock rather than a channel: a
+/// push is one uncontended lock and no semaphore, and the vector keeps its capacity.
 struct Queue {
-    tx: mpsc::Sender<Derived>,
+    /// Events waiting for the publishing task, oldest first; at most [`QUEUE`].
+    waiting: Mutex<Vec<Derived>>,
+    /// Wakes the publishing task once `waiting` has events again.
+    ready: Notify,
     metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Vec<Derived>> {
+        // Nothing panics while holding it (pushes and drains): keep going rather than poison.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `derived` for the publishing task; gives it back when the queue is full.
+    fn send(&self, derived: Derived) -> Result<(), Derived> {
+        let mut waiting = self.lock();
+        if waiting.len() >= QUEUE {
+            return Err(derived);
+        }
+        let first = waiting.is_empty();
+        waiting.push(derived);
+        drop(waiting);
+        // Later events find the task woken already, or busy and reading again before it
+        // waits: only the first of a run wakes it.
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
 }
 
 impl Publisher {
     /// Starts the publishing task on the current runtime.
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(publish_all(rx, hub, Arc::clone(&metrics)));
-        Self(Arc::new(Queue { tx, metrics }))
+        let queue = Arc::new(Queue {
+            waiting: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            metrics,
+        });
+        tokio::spawn(publish_all(Arc::clone(&queue), hub));
+        Self(queue)
     }
 }
 
-async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
+async fn publish_all(queue: Arc<Queue>, hub: Hub) {
+    let metrics = &queue.metrics;
     // Allocated once: a batch's vectors are not small (16 events take over a KiB, which
     // makes glibc's malloc consolidate its free lists at each allocation).
-    let mut batch = Vec::with_capacity(BATCH);
     let mut events = Vec::with_capacity(BATCH);
     let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // The requests served in this turn of the scheduler send theirs too: waiting for
+    loop {
+        queue.ready.notified().await;
+        // The requests served in this turn of the scheduler queue theirs too: waiting for
         // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
-        // every dispatcher) once a turn rather than once a request. Sends meanwhile wake
+        // every dispatcher) once a turn rather than once a request. Pushes meanwhile wake
         // nothing.
-        if batch.len() < BATCH {
-            tokio::task::yield_now().await;
-            while batch.len() < BATCH
-                && let Ok(derived) = rx.try_recv()
+        tokio::task::yield_now().await;
+        loop {
             {
-                batch.push(derived);
-            }
-        }
-        for (event, rule) in batch.drain(..) {
-            events.push(event);
-            rules.push(rule);
-        }
-        let outcome = match hub.publish_from(&mut events).await {
-            Ok(_) => PUBLISHED,
-            Err(e) => {
-                tracing::warn!(events = rules.len(), error = %e, "derived events not published");
-                if matches!(e, crate::hub::HubError::Overloaded(..)) {
-                    "overloaded"
-                } else {
-                    "broker_unavailable"
+                let mut waiting = queue.lock();
+                let n = waiting.len().min(BATCH);
+                for (event, rule) in waiting.drain(..n) {
+                    events.push(event);
+                    rules.push(rule);
                 }
             }
-        };
-        // Counted by runs of one rule: a series looked up once a run, not once an event.
-        for run in rules.chunk_by(Arc::ptr_eq) {
-            if let Some(compiled) = run.first() {
-                let n = run.len() as u64;
-                if outcome == PUBLISHED {
-                    compiled
-                        .published
-                        .get_or_init(|| metrics.derived_counter(&compiled.rule.name, PUBLISHED))
-                        .inc_by(n);
-                } else {
-                    metrics.derived_n(&compiled.rule.name, outcome, n);
-                }
+            if events.is_empty() {
+                break;
             }
+            publish_batch(&hub, metrics, &mut events, &mut rules).await;
         }
-        rules.clear();
     }
+}
+
+/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty.
+async fn publish_batch(
+    hub: &Hub,
+    metrics: &Metrics,
+    events: &mut Vec<NewEvent>,
+    rules: &mut Vec<Arc<Compiled>>,
+) {
+    let outcome = match hub.publish_from(events).await {
+        Ok(_) => PUBLISHED,
+        Err(e) => {
+            tracing::warn!(events = rules.len(), error = %e, "derived events not published");
+            if matches!(e, crate::hub::HubError::Overloaded(..)) {
+                "overloaded"
+            } else {
+                "broker_unavailable"
+            }
+        }
+    };
+    // Counted by runs of one rule: a series looked up once a run, not once an event.
+    for run in rules.chunk_by(Arc::ptr_eq) {
+        if let Some(compiled) = run.first() {
+            let n = run.len() as u64;
+            if outcome == PUBLISHED {
+                compiled
+                    .published
+                    .get_or_init(|| metrics.derived_counter(&compiled.rule.name, PUBLISHED))
+                    .inc_by(n);
+            } else {
+                metrics.derived_n(&compiled.rule.name, outcome, n);
+            }
+        }
+    }
+    rules.clear();
 }
 
 /// The parameters of `path` under `template`, decoded; `None` when it does not match.
