@@ -106,6 +106,7 @@ impl Rules {
     /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
         let mut hits = Few::default();
+        let mut reads_headers = false;
         for compiled in &self.rules {
             if !path.starts_with(compiled.prefix.as_str())
                 || !compiled.rule.methods.iter().any(|m| m == method)
@@ -114,6 +115,7 @@ impl Rules {
             }
             if let Some(params) = match_path(&compiled.rule.path, path) {
                 let meta = Meta::request(method, path, compiled.params(&params));
+                reads_headers |= compiled.reads_headers;
                 hits.push(Hit {
                     compiled: Arc::clone(compiled),
                     params,
@@ -123,6 +125,7 @@ impl Rules {
         }
         (!hits.is_empty()).then_some(Matched {
             hits,
+            reads_headers,
             request_body: None,
             max_body: self.max_body,
         })
@@ -198,6 +201,8 @@ struct Hit {
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
     hits: Few<Hit>,
+    /// A hit's topic names a response header.
+    reads_headers: bool,
     request_body: Option<Bytes>,
     max_body: usize,
 }
@@ -209,12 +214,14 @@ impl Matched {
     /// Whether a matched rule reads the app's response header `name` (any case): `Location`
     /// for `meta`, or one its topic names.
     pub fn wants_header(&self, name: &str) -> bool {
+        let topic_reads = |hit: &Hit| {
+            hit.compiled.reads_headers
+                && hit.compiled.rule.topic.iter().any(|part| {
+                    matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h))
+                })
+        };
         name.eq_ignore_ascii_case(LOCATION)
-            || self.hits.iter().any(|hit| {
-                hit.compiled.reads_headers && hit.compiled.rule.topic.iter().any(
-                |part| matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h)),
-            )
-            })
+            || (self.reads_headers && self.hits.iter().any(topic_reads))
     }
 
     /// Whether a matched rule puts the request's body in its event.
