@@ -105,7 +105,7 @@ impl Rules {
     /// parameters and what their `meta` says of the request; `None`, without allocating,
     /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
-        let mut hits = Few::default();
+        let mut hits = Vec::new();
         let mut reads_headers = false;
         for compiled in &self.rules {
             if !path.starts_with(compiled.prefix.as_str())
@@ -116,6 +116,8 @@ impl Rules {
             if let Some(params) = match_path(&compiled.rule.path, path) {
                 let meta = Meta::request(method, path, compiled.params(&params));
                 reads_headers |= compiled.reads_headers;
+                // Most requests match one rule: room for it alone.
+                hits.reserve_exact(1);
                 hits.push(Hit {
                     compiled: Arc::clone(compiled),
                     params,
@@ -147,8 +149,8 @@ impl Compiled {
     }
 }
 
-/// Items of which there is usually one (the rules a request matched, their events): the
-/// first inline, any others on the heap.
+/// Items of which there is usually one (the events of a request's rules): the first
+/// inline, any others on the heap.
 struct Few<T> {
     first: Option<T>,
     more: Vec<T>,
@@ -200,7 +202,9 @@ struct Hit {
 
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
-    hits: Few<Hit>,
+    /// On the heap: inline, it would make every request's state larger (and slower to move),
+    /// whether it matched or not.
+    hits: Vec<Hit>,
     /// A hit's topic names a response header.
     reads_headers: bool,
     request_body: Option<Bytes>,
@@ -880,7 +884,7 @@ mod tests {
         let rules = Rules::new(&[rule], 1024);
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
-        let hit = m.hits.first.as_ref().unwrap();
+        let hit = m.hits.first().unwrap();
         assert_eq!(hit.meta.path(), "/t/acme/q/7");
         let meta = hit.meta.clone().answered(200, None);
         assert_eq!(
