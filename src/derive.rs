@@ -106,7 +106,6 @@ impl Rules {
     /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
         let mut hits = Vec::new();
-        let mut reads_headers = false;
         for compiled in &self.rules {
             if !path.starts_with(compiled.prefix.as_str())
                 || !compiled.rule.methods.iter().any(|m| m == method)
@@ -114,20 +113,17 @@ impl Rules {
                 continue;
             }
             if let Some(params) = match_path(&compiled.rule.path, path) {
-                let meta = Meta::request(method, path, compiled.params(&params));
-                reads_headers |= compiled.reads_headers;
                 // Most requests match one rule: room for it alone.
                 hits.reserve_exact(1);
-                hits.push(Hit {
-                    compiled: Arc::clone(compiled),
-                    params,
-                    meta,
-                });
+                hits.push(Hit::new(compiled, method, path, params));
             }
         }
-        (!hits.is_empty()).then_some(Matched {
+        if hits.is_empty() {
+            return None;
+        }
+        Some(Matched {
+            reads_headers: hits.iter().any(|hit| hit.compiled.reads_headers),
             hits,
-            reads_headers,
             request_body: None,
             max_body: self.max_body,
         })
@@ -198,6 +194,18 @@ struct Hit {
     params: Params,
     /// Its `meta`, as far as the request tells.
     meta: Meta,
+}
+
+impl Hit {
+    /// Out of line: the scan of the rules, which every request goes through, stays small.
+    #[inline(never)]
+    fn new(compiled: &Arc<Compiled>, method: &str, path: &str, params: Params) -> Self {
+        Self {
+            meta: Meta::request(method, path, compiled.params(&params)),
+            compiled: Arc::clone(compiled),
+            params,
+        }
+    }
 }
 
 /// A request some rules matched, waiting for the app's answer.
