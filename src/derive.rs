@@ -860,6 +860,40 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_keeps_order_and_gives_back_what_does_not_fit() {
+        let rule = DeriveRule {
+            name: "r".into(),
+            methods: vec!["POST".into()],
+            path: template("/items"),
+            status: vec![crate::config::StatusMatch::Class(2)],
+            topic: vec![TopicPart::Literal("items".into())],
+            event: None,
+            data: DeriveData::Meta,
+        };
+        let compiled = Arc::clone(&Rules::new(&[rule], 1024).rules[0]);
+        let queue = Queue {
+            waiting: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        for i in 0..QUEUE {
+            let event = NewEvent::new("items", &i.to_string());
+            assert!(queue.send((event, Arc::clone(&compiled))).is_ok());
+        }
+        let last = NewEvent::new("items", "one too many");
+        let (back, _) = queue.send((last, compiled)).unwrap_err();
+        assert_eq!(back.data, "one too many");
+        let waiting = queue.lock();
+        assert_eq!(waiting.len(), QUEUE);
+        assert!(
+            waiting
+                .iter()
+                .enumerate()
+                .all(|(i, (e, _))| e.data == i.to_string())
+        );
+    }
+
+    #[test]
     fn a_literal_topic_is_filled_once_and_only_if_valid() {
         let rule = |topic: &str| DeriveRule {
             name: "r".into(),
