@@ -18,8 +18,10 @@ use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::counter::Counter;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use tokio::sync::Notify;
 
 /// The rules of the current configuration.
 #[derive(Default)]
@@ -39,6 +41,11 @@ struct Compiled {
     /// The topic, when the template is all literal text and a valid topic: filled and
     /// validated once, here.
     fixed_topic: Option<Box<str>>,
+    /// The topic names a response header: [`Matched::wants_header`] asks.
+    reads_headers: bool,
+    /// The rule's `published` series, looked up at its first batch: then one increment a
+    /// batch, not a lookup (and a key built) each time.
+    published: OnceLock<Counter>,
 }
 
 impl Rules {
@@ -83,6 +90,11 @@ impl Rules {
                     prefix,
                     names: names.into(),
                     fixed_topic,
+                    reads_headers: rule
+                        .topic
+                        .iter()
+                        .any(|part| matches!(part, TopicPart::ResponseHeader(_))),
+                    published: OnceLock::new(),
                 })
             })
             .collect();
@@ -90,7 +102,8 @@ impl Rules {
     }
 
     /// The rules a request with `method` and (still encoded) `path` matches, with their
-    /// parameters; `None`, without allocating, when none does (the common case).
+    /// parameters and what their `meta` says of the request; `None`, without allocating,
+    /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
         let mut hits = Vec::new();
         for compiled in &self.rules {
@@ -100,19 +113,17 @@ impl Rules {
                 continue;
             }
             if let Some(params) = match_path(&compiled.rule.path, path) {
-                hits.push((Arc::clone(compiled), params));
+                // Most requests match one rule: room for it alone.
+                hits.reserve_exact(1);
+                hits.push(Hit::new(compiled, method, path, params));
             }
         }
         if hits.is_empty() {
             return None;
         }
-        let mut request = String::with_capacity(method.len() + path.len());
-        request.push_str(method);
-        request.push_str(path);
         Some(Matched {
+            reads_headers: hits.iter().any(|hit| hit.compiled.reads_headers),
             hits,
-            request,
-            method_len: method.len(),
             request_body: None,
             max_body: self.max_body,
         })
@@ -134,12 +145,76 @@ impl Compiled {
     }
 }
 
+/// Items of which there is usually one (the events of a request's rules): the first
+/// inline, any others on the heap.
+struct Few<T> {
+    first: Option<T>,
+    more: Vec<T>,
+}
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<T> Few<T> {
+    fn push(&mut self, item: T) {
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.more.push(item);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.first.iter().chain(&self.more)
+    }
+}
+
+impl<T> IntoIterator for Few<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.more)
+    }
+}
+
+/// A rule a request matched.
+struct Hit {
+    compiled: Arc<Compiled>,
+    params: Params,
+    /// Its `meta`, as far as the request tells.
+    meta: Meta,
+}
+
+impl Hit {
+    /// Out of line: the scan of the rules, which every request goes through, stays small.
+    #[inline(never)]
+    fn new(compiled: &Arc<Compiled>, method: &str, path: &str, params: Params) -> Self {
+        Self {
+            meta: Meta::request(method, path, compiled.params(&params)),
+            compiled: Arc::clone(compiled),
+            params,
+        }
+    }
+}
+
 /// A request some rules matched, waiting for the app's answer.
 pub struct Matched {
-    hits: Vec<(Arc<Compiled>, Params)>,
-    /// The request's method and (still encoded) path, one after the other: one allocation.
-    request: String,
-    method_len: usize,
+    /// On the heap: inline, it would make every request's state larger (and slower to move),
+    /// whether it matched or not.
+    hits: Vec<Hit>,
+    /// A hit's topic names a response header.
+    reads_headers: bool,
     request_body: Option<Bytes>,
     max_body: usize,
 }
@@ -148,30 +223,24 @@ pub struct Matched {
 const LOCATION: &str = "location";
 
 impl Matched {
-    fn method(&self) -> &str {
-        self.request.get(..self.method_len).unwrap_or_default()
-    }
-
-    fn path(&self) -> &str {
-        self.request.get(self.method_len..).unwrap_or_default()
-    }
-
     /// Whether a matched rule reads the app's response header `name` (any case): `Location`
     /// for `meta`, or one its topic names.
     pub fn wants_header(&self, name: &str) -> bool {
+        let topic_reads = |hit: &Hit| {
+            hit.compiled.reads_headers
+                && hit.compiled.rule.topic.iter().any(|part| {
+                    matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h))
+                })
+        };
         name.eq_ignore_ascii_case(LOCATION)
-            || self.hits.iter().any(|(c, _)| {
-                c.rule.topic.iter().any(
-                |part| matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h)),
-            )
-            })
+            || (self.reads_headers && self.hits.iter().any(topic_reads))
     }
 
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
         self.hits
             .iter()
-            .any(|(c, _)| c.rule.data == DeriveData::Request)
+            .any(|hit| hit.compiled.rule.data == DeriveData::Request)
     }
 
     /// The request's whole body, kept if a rule wants it and it fits.
@@ -191,8 +260,14 @@ impl Matched {
         publisher: &Publisher,
     ) -> Publication {
         let metrics = &publisher.0.metrics;
-        let mut pending = Vec::with_capacity(self.hits.len());
-        for (compiled, params) in &self.hits {
+        let location = header(LOCATION);
+        let mut pending = Few::default();
+        for Hit {
+            compiled,
+            params,
+            meta,
+        } in self.hits
+        {
             let rule = &compiled.rule;
             if !rule.status.iter().any(|s| s.matches(status)) {
                 metrics.derived(&rule.name, "no_match");
@@ -200,35 +275,29 @@ impl Matched {
             }
             let topic = match &compiled.fixed_topic {
                 Some(topic) => Some(topic.clone()),
-                None => fill_topic(&rule.topic, &compiled.params(params), &header)
+                None => fill_topic(&rule.topic, &compiled.params(&params), &header)
                     .map(String::into_boxed_str),
             };
             let Some(topic) = topic else {
                 metrics.derived(&rule.name, "invalid_topic");
                 tracing::warn!(
                     rule = rule.name,
-                    path = self.path(),
+                    path = meta.path(),
                     "derived topic is not a valid topic; nothing published"
                 );
                 continue;
             };
-            let meta = meta(
-                self.method(),
-                self.path(),
-                status,
-                compiled.params(params),
-                header(LOCATION),
-            );
             // Whole now, before the response is relayed: what is left once it has been is a
-            // channel send (and, for a body rule, its data).
+            // push on the publisher's queue (and, for a body rule, its data).
+            let event = NewEvent {
+                topics: vec![topic],
+                event_type: rule.event.as_deref().map(Into::into),
+                data: meta.answered(status, location),
+                close: false,
+            };
             pending.push(Pending {
-                rule: Arc::clone(compiled),
-                event: NewEvent {
-                    topics: vec![topic],
-                    event_type: rule.event.as_deref().map(Into::into),
-                    data: meta,
-                    close: false,
-                },
+                rule: compiled,
+                event,
             });
         }
         let wants_response = pending
@@ -255,7 +324,7 @@ struct Pending {
 /// Derived events waiting for the response to be relayed: published when dropped.
 pub struct Publication {
     publisher: Publisher,
-    pending: Vec<Pending>,
+    pending: Few<Pending>,
     request: Option<Bytes>,
     /// The response's body so far, while a rule wants it and it fits.
     response: Option<BytesMut>,
@@ -344,8 +413,7 @@ impl Drop for Publication {
                     }
                 }
             }
-            if let Err(full) = self.publisher.0.tx.try_send((event, compiled)) {
-                let (_, rule) = full.into_inner();
+            if let Err((_, rule)) = self.publisher.0.send((event, compiled)) {
                 metrics.derived(&rule.rule.name, "overloaded");
                 tracing::warn!(
                     rule = rule.rule.name,
@@ -363,73 +431,129 @@ const QUEUE: usize = 4096;
 /// dispatchers) once for many requests, few enough that a batch waits little.
 const BATCH: usize = 16;
 
+/// The outcome of a derived event the broker took.
+const PUBLISHED: &str = "published";
+
 /// An event and the rule it came from.
 type Derived = (NewEvent, Arc<Compiled>);
 
 /// Publishes derived events in order and in batches, on one task: a request that matched
-/// a rule costs a channel send, not a task and a publish (and a wake of every dispatcher)
-/// of its own.
+/// a rule costs a push on a queue, not a task and a publish (and a wake of every
+/// dispatcher) of its own. The task lives as long as the runtime.
 #[derive(Clone)]
 pub struct Publisher(Arc<Queue>);
 
 /// The publishing task's queue, shared by every [`Publication`] (one count to take, where
-/// a sender and the metrics would be two).
+/// a queue and the metrics would be two). A vector under a lock rather than a channel: a
+/// push is one uncontended lock and no semaphore, and the vector keeps its capacity.
 struct Queue {
-    tx: mpsc::Sender<Derived>,
+    /// Events waiting for the publishing task, oldest first; at most [`QUEUE`].
+    waiting: Mutex<Vec<Derived>>,
+    /// Wakes the publishing task once `waiting` has events again.
+    ready: Notify,
     metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Vec<Derived>> {
+        // Nothing panics while holding it (pushes and drains): keep going rather than poison.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `derived` for the publishing task; gives it back when the queue is full.
+    fn send(&self, derived: Derived) -> Result<(), Derived> {
+        let mut waiting = self.lock();
+        if waiting.len() >= QUEUE {
+            return Err(derived);
+        }
+        let first = waiting.is_empty();
+        waiting.push(derived);
+        drop(waiting);
+        // Later events find the task woken already, or busy and reading again before it
+        // waits: only the first of a run wakes it.
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
 }
 
 impl Publisher {
     /// Starts the publishing task on the current runtime.
     pub fn start(hub: Hub, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(publish_all(rx, hub, Arc::clone(&metrics)));
-        Self(Arc::new(Queue { tx, metrics }))
+        let queue = Arc::new(Queue {
+            waiting: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            metrics,
+        });
+        tokio::spawn(publish_all(Arc::clone(&queue), hub));
+        Self(queue)
     }
 }
 
-async fn publish_all(mut rx: mpsc::Receiver<Derived>, hub: Hub, metrics: Arc<Metrics>) {
+async fn publish_all(queue: Arc<Queue>, hub: Hub) {
+    let metrics = &queue.metrics;
     // Allocated once: a batch's vectors are not small (16 events take over a KiB, which
     // makes glibc's malloc consolidate its free lists at each allocation).
-    let mut batch = Vec::with_capacity(BATCH);
     let mut events = Vec::with_capacity(BATCH);
     let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        // The requests served in this turn of the scheduler send theirs too: waiting for
+    loop {
+        queue.ready.notified().await;
+        // The requests served in this turn of the scheduler queue theirs too: waiting for
         // the turn to end makes one batch of them, so that a busy proxy publishes (and wakes
-        // every dispatcher) once a turn rather than once a request. Sends meanwhile wake
+        // every dispatcher) once a turn rather than once a request. Pushes meanwhile wake
         // nothing.
-        if batch.len() < BATCH {
-            tokio::task::yield_now().await;
-            while batch.len() < BATCH
-                && let Ok(derived) = rx.try_recv()
+        tokio::task::yield_now().await;
+        loop {
             {
-                batch.push(derived);
-            }
-        }
-        for (event, rule) in batch.drain(..) {
-            events.push(event);
-            rules.push(rule);
-        }
-        let outcome = match hub.publish_from(&mut events).await {
-            Ok(_) => "published",
-            Err(e) => {
-                tracing::warn!(events = rules.len(), error = %e, "derived events not published");
-                if matches!(e, crate::hub::HubError::Overloaded(..)) {
-                    "overloaded"
-                } else {
-                    "broker_unavailable"
+                let mut waiting = queue.lock();
+                let n = waiting.len().min(BATCH);
+                for (event, rule) in waiting.drain(..n) {
+                    events.push(event);
+                    rules.push(rule);
                 }
             }
-        };
-        // Counted by runs of one rule: a series looked up once a run, not once an event.
-        for run in rules.chunk_by(Arc::ptr_eq) {
-            if let Some(compiled) = run.first() {
-                metrics.derived_n(&compiled.rule.name, outcome, run.len() as u64);
+            if events.is_empty() {
+                break;
+            }
+            publish_batch(&hub, metrics, &mut events, &mut rules).await;
+        }
+    }
+}
+
+/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty.
+async fn publish_batch(
+    hub: &Hub,
+    metrics: &Metrics,
+    events: &mut Vec<NewEvent>,
+    rules: &mut Vec<Arc<Compiled>>,
+) {
+    let outcome = match hub.publish_from(events).await {
+        Ok(_) => PUBLISHED,
+        Err(e) => {
+            tracing::warn!(events = rules.len(), error = %e, "derived events not published");
+            if matches!(e, crate::hub::HubError::Overloaded(..)) {
+                "overloaded"
+            } else {
+                "broker_unavailable"
             }
         }
-        rules.clear();
+    };
+    // Counted by runs of one rule: a series looked up once a run, not once an event.
+    for run in rules.chunk_by(Arc::ptr_eq) {
+        if let Some(compiled) = run.first() {
+            let n = run.len() as u64;
+            if outcome == PUBLISHED {
+                compiled
+                    .published
+                    .get_or_init(|| metrics.derived_counter(&compiled.rule.name, PUBLISHED))
+                    .inc_by(n);
+            } else {
+                metrics.derived_n(&compiled.rule.name, outcome, n);
+            }
+        }
     }
+    rules.clear();
 }
 
 /// The parameters of `path` under `template`, decoded; `None` when it does not match.
@@ -507,7 +631,95 @@ fn fill_topic<'p, 'h>(
 }
 
 /// The `meta` data of a derived event, as JSON: `location` (when the app sent one),
-/// `method`, `params`, `path` and `status`, keys in this (sorted) order.
+/// `method`, `params`, `path` and `status`, keys in this (sorted) order. Written in two
+/// steps, so that only one buffer is allocated: what the request says when it matches a
+/// rule ([`Meta::request`]), the app's answer once it arrives ([`Meta::answered`]).
+#[derive(Clone)]
+struct Meta {
+    /// `{"method":…,"params":{…},"path":…,"status":`
+    json: Vec<u8>,
+    /// Where the path's JSON string is in `json`.
+    path: Range<usize>,
+}
+
+/// What the app's answer adds to [`Meta`]: `"location":` and its string (after the
+/// opening brace), the status and the closing brace. Room for them is kept from the start.
+const ANSWER_ROOM: usize = 32;
+
+impl Meta {
+    /// The part the request tells: method, parameters (sorted by name) and path.
+    fn request<'p>(
+        method: &str,
+        path: &str,
+        params: impl Iterator<Item = (&'p str, &'p str)>,
+    ) -> Self {
+        let mut json = Vec::with_capacity(64 + method.len() + 3 * path.len() + ANSWER_ROOM);
+        json.extend_from_slice(b"{\"method\":");
+        json_string(&mut json, method);
+        json.extend_from_slice(b",\"params\":{");
+        for (i, (name, value)) in params.enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json_string(&mut json, name);
+            json.push(b':');
+            json_string(&mut json, value);
+        }
+        json.extend_from_slice(b"},\"path\":");
+        let start = json.len();
+        json_string(&mut json, path);
+        let path = start..json.len();
+        json.extend_from_slice(b",\"status\":");
+        Self { json, path }
+    }
+
+    /// The request's path, for a log line (decoded back from its JSON string).
+    fn path(&self) -> String {
+        self.json
+            .get(self.path.clone())
+            .and_then(|s| serde_json::from_slice(s).ok())
+            .unwrap_or_default()
+    }
+
+    /// The whole JSON, with the app's `status` and `location` (if it sent one).
+    fn answered(mut self, status: u16, location: Option<&str>) -> String {
+        let json = &mut self.json;
+        if let Some(location) = location {
+            // Written at the end, then turned into place after the opening brace.
+            let end = json.len();
+            json.extend_from_slice(b"\"location\":");
+            json_string(json, location);
+            json.push(b',');
+            let added = json.len() - end;
+            if let Some(after_brace) = json.get_mut(1..) {
+                after_brace.rotate_right(added);
+            }
+        }
+        push_u16(json, status);
+        json.push(b'}');
+        // Every piece is UTF-8: the text of `&str`s, escaped.
+        String::from_utf8(self.json)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+/// Appends `n` in decimal (what serde_json writes for it).
+fn push_u16(out: &mut Vec<u8>, mut n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The whole `meta` JSON at once (the two steps of [`Meta`] in one).
+#[cfg(test)]
 fn meta<'p>(
     method: &str,
     path: &str,
@@ -515,32 +727,7 @@ fn meta<'p>(
     params: impl Iterator<Item = (&'p str, &'p str)>,
     location: Option<&str>,
 ) -> String {
-    let mut out = Vec::with_capacity(64 + 2 * path.len());
-    out.push(b'{');
-    if let Some(location) = location {
-        out.extend_from_slice(b"\"location\":");
-        json_string(&mut out, location);
-        out.push(b',');
-    }
-    out.extend_from_slice(b"\"method\":");
-    json_string(&mut out, method);
-    out.extend_from_slice(b",\"params\":{");
-    for (i, (name, value)) in params.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_string(&mut out, name);
-        out.push(b':');
-        json_string(&mut out, value);
-    }
-    out.extend_from_slice(b"},\"path\":");
-    json_string(&mut out, path);
-    out.extend_from_slice(b",\"status\":");
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &status);
-    out.push(b'}');
-    // Every piece is UTF-8: the text of `&str`s, escaped.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    Meta::request(method, path, params).answered(status, location)
 }
 
 /// Appends `s` as a JSON string.
@@ -673,6 +860,40 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_keeps_order_and_gives_back_what_does_not_fit() {
+        let rule = DeriveRule {
+            name: "r".into(),
+            methods: vec!["POST".into()],
+            path: template("/items"),
+            status: vec![crate::config::StatusMatch::Class(2)],
+            topic: vec![TopicPart::Literal("items".into())],
+            event: None,
+            data: DeriveData::Meta,
+        };
+        let compiled = Arc::clone(&Rules::new(&[rule], 1024).rules[0]);
+        let queue = Queue {
+            waiting: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        for i in 0..QUEUE {
+            let event = NewEvent::new("items", &i.to_string());
+            assert!(queue.send((event, Arc::clone(&compiled))).is_ok());
+        }
+        let last = NewEvent::new("items", "one too many");
+        let (back, _) = queue.send((last, compiled)).unwrap_err();
+        assert_eq!(back.data, "one too many");
+        let waiting = queue.lock();
+        assert_eq!(waiting.len(), QUEUE);
+        assert!(
+            waiting
+                .iter()
+                .enumerate()
+                .all(|(i, (e, _))| e.data == i.to_string())
+        );
+    }
+
+    #[test]
     fn a_literal_topic_is_filled_once_and_only_if_valid() {
         let rule = |topic: &str| DeriveRule {
             name: "r".into(),
@@ -705,8 +926,9 @@ mod tests {
         let rules = Rules::new(&[rule], 1024);
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
-        let (compiled, params) = &m.hits[0];
-        let meta = meta("POST", m.path(), 200, compiled.params(params), None);
+        let hit = m.hits.first().unwrap();
+        assert_eq!(hit.meta.path(), "/t/acme/q/7");
+        let meta = hit.meta.clone().answered(200, None);
         assert_eq!(
             meta,
             r#"{"method":"POST","params":{"id":"7","tenant":"acme"},"path":"/t/acme/q/7","status":200}"#

@@ -113,3 +113,21 @@ proptest! {
         prop_assert_eq!(&evs[0].data, &expected);
     }
 }
+
+#[test]
+fn numbers_are_written_in_decimal() {
+    for n in [
+        0,
+        7,
+        10,
+        99,
+        100,
+        101,
+        1_732_320_000_000,
+        9_999_999_999_999,
+        u64::MAX,
+    ] {
+        let mut buf = itoa_buf();
+        assert_eq!(fmt_u64(&mut buf, n), n.to_string().as_bytes(), "{n}");
+    }
+}
