@@ -19,6 +19,7 @@ use crate::publish::body_as_data;
 use crate::response::Tap;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
+use smallvec::SmallVec;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::Notify;
@@ -145,49 +146,6 @@ impl Compiled {
     }
 }
 
-/// Items of which there is usually one (the events of a request's rules): the first
-/// inline, any others on the heap.
-struct Few<T> {
-    first: Option<T>,
-    more: Vec<T>,
-}
-
-impl<T> Default for Few<T> {
-    fn default() -> Self {
-        Self {
-            first: None,
-            more: Vec::new(),
-        }
-    }
-}
-
-impl<T> Few<T> {
-    fn push(&mut self, item: T) {
-        if self.first.is_none() {
-            self.first = Some(item);
-        } else {
-            self.more.push(item);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.first.is_none()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &T> {
-        self.first.iter().chain(&self.more)
-    }
-}
-
-impl<T> IntoIterator for Few<T> {
-    type Item = T;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.more)
-    }
-}
-
 /// A rule a request matched.
 struct Hit {
     compiled: Arc<Compiled>,
@@ -261,7 +219,7 @@ impl Matched {
     ) -> Publication {
         let metrics = &publisher.0.metrics;
         let location = header(LOCATION);
-        let mut pending = Few::default();
+        let mut pending: SmallVec<[Pending; 1]> = SmallVec::new();
         for Hit {
             compiled,
             params,
@@ -324,7 +282,8 @@ struct Pending {
 /// Derived events waiting for the response to be relayed: published when dropped.
 pub struct Publication {
     publisher: Publisher,
-    pending: Few<Pending>,
+    /// Usually one (one rule matched): inline.
+    pending: SmallVec<[Pending; 1]>,
     request: Option<Bytes>,
     /// The response's body so far, while a rule wants it and it fits.
     response: Option<BytesMut>,

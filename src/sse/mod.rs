@@ -154,46 +154,11 @@ pub fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
 }
 
 fn write_id(buf: &mut BytesMut, id: EventId) {
-    let mut itoa = itoa_buf();
-    buf.put_slice(fmt_u64(&mut itoa, id.ms));
+    // itoa (already built for serde_json) writes two digits a step.
+    let mut digits = itoa::Buffer::new();
+    buf.put_slice(digits.format(id.ms).as_bytes());
     buf.put_u8(b'-');
-    buf.put_slice(fmt_u64(&mut itoa, id.seq));
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-/// `"00"`, `"01"` … `"99"`: [`fmt_u64`] writes two digits a step (an id's 13-digit
-/// milliseconds take 6 divisions, not 13).
-static PAIRS: [u8; 200] = {
-    let mut pairs = [0u8; 200];
-    let mut n = 0;
-    while n < 100 {
-        pairs[2 * n] = b'0' + (n / 10) as u8;
-        pairs[2 * n + 1] = b'0' + (n % 10) as u8;
-        n += 1;
-    }
-    pairs
-};
-
-fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut i = buf.len();
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        let pair = n as usize * 2;
-        i -= 2;
-        buf[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    } else {
-        i -= 1;
-        buf[i] = b'0' + n as u8;
-    }
-    &buf[i..]
+    buf.put_slice(digits.format(id.seq).as_bytes());
 }
 
 fn put_data(buf: &mut BytesMut, data: &str) {

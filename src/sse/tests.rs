@@ -115,7 +115,7 @@ proptest! {
 }
 
 #[test]
-fn numbers_are_written_in_decimal() {
+fn ids_are_written_in_decimal() {
     for n in [
         0,
         7,
@@ -127,7 +127,11 @@ fn numbers_are_written_in_decimal() {
         9_999_999_999_999,
         u64::MAX,
     ] {
-        let mut buf = itoa_buf();
-        assert_eq!(fmt_u64(&mut buf, n), n.to_string().as_bytes(), "{n}");
+        let id = EventId::new(n, n / 7);
+        assert_eq!(
+            &encode_id(id)[..],
+            format!("id: {n}-{}\n\n", n / 7).as_bytes(),
+            "{n}"
+        );
     }
 }
