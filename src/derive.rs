@@ -818,18 +818,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_queue_keeps_order_and_gives_back_what_does_not_fit() {
-        let rule = DeriveRule {
+    /// A rule for POSTs to `path` answered 2xx, publishing meta to the literal `topic`.
+    fn post_rule(path: &str, topic: &str) -> DeriveRule {
+        DeriveRule {
             name: "r".into(),
             methods: vec!["POST".into()],
-            path: template("/items"),
+            path: template(path),
             status: vec![crate::config::StatusMatch::Class(2)],
-            topic: vec![TopicPart::Literal("items".into())],
+            topic: vec![TopicPart::Literal(topic.into())],
             event: None,
             data: DeriveData::Meta,
-        };
-        let compiled = Arc::clone(&Rules::new(&[rule], 1024).rules[0]);
+        }
+    }
+
+    #[test]
+    fn the_queue_keeps_order_and_gives_back_what_does_not_fit() {
+        let compiled = Arc::clone(&Rules::new(&[post_rule("/items", "items")], 1024).rules[0]);
         let queue = Queue {
             waiting: Mutex::new(Vec::new()),
             ready: Notify::new(),
@@ -854,15 +858,7 @@ mod tests {
 
     #[test]
     fn a_literal_topic_is_filled_once_and_only_if_valid() {
-        let rule = |topic: &str| DeriveRule {
-            name: "r".into(),
-            methods: vec!["POST".into()],
-            path: template("/items"),
-            status: vec![crate::config::StatusMatch::Class(2)],
-            topic: vec![TopicPart::Literal(topic.into())],
-            event: None,
-            data: DeriveData::Meta,
-        };
+        let rule = |topic| post_rule("/items", topic);
         let rules = Rules::new(&[rule("items/all"), rule("not a topic")], 1024);
         assert_eq!(rules.rules[0].fixed_topic.as_deref(), Some("items/all"));
         assert_eq!(
@@ -873,16 +869,7 @@ mod tests {
 
     #[test]
     fn meta_lists_params_by_name() {
-        let rule = DeriveRule {
-            name: "r".into(),
-            methods: vec!["POST".into()],
-            path: template("/t/{tenant}/q/{id}"),
-            status: vec![crate::config::StatusMatch::Class(2)],
-            topic: vec![TopicPart::Literal("t".into())],
-            event: None,
-            data: DeriveData::Meta,
-        };
-        let rules = Rules::new(&[rule], 1024);
+        let rules = Rules::new(&[post_rule("/t/{tenant}/q/{id}", "t")], 1024);
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
         let hit = m.hits.first().unwrap();
