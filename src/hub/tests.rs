@@ -265,17 +265,22 @@ fn the_redis_reader_waits_for_room_and_is_woken_when_the_dispatchers_catch_up() 
     assert_eq!(again.as_mut().poll(&mut cx), Poll::Ready(false));
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_stream() {
-    use super::{Filter, Hub, HubError, HubSettings, Selector, SubscribeRequest};
-    use std::task::{Context, Poll, Waker};
-    let settings = HubSettings {
+/// A hub with a history of 10 events, `shards` dispatchers and no heartbeat to speak of.
+fn small_hub(shards: usize) -> super::Hub {
+    let settings = super::HubSettings {
         history_max_events: 10,
         heartbeat: Duration::from_secs(3600),
-        shards: 1,
-        ..HubSettings::default()
+        shards,
+        ..super::HubSettings::default()
     };
-    let hub = Hub::start(settings, Arc::new(crate::metrics::Metrics::default()));
+    super::Hub::start(settings, Arc::new(crate::metrics::Metrics::default()))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_stream() {
+    use super::{Filter, HubError, Selector, SubscribeRequest};
+    use std::task::{Context, Poll, Waker};
+    let hub = small_hub(1);
     let mut b = hub.subscribe(SubscribeRequest::new(Filter {
         selectors: vec![Selector::parse("b").unwrap()],
         types: None,
@@ -315,15 +320,9 @@ async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_st
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_misses_nothing() {
-    use super::{Filter, Hub, HubSettings, Selector, SubscribeRequest};
+    use super::{Filter, Selector, SubscribeRequest};
     use std::task::{Context, Poll, Waker};
-    let settings = HubSettings {
-        history_max_events: 10,
-        heartbeat: Duration::from_secs(3600),
-        shards: 2,
-        ..HubSettings::default()
-    };
-    let hub = Hub::start(settings, Arc::new(crate::metrics::Metrics::default()));
+    let hub = small_hub(2);
     // On this single thread no dispatcher runs until the test yields: with no stream, none
     // has anything to read, and publishing goes on past the history's bound.
     for _ in 0..3 {
