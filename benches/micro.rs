@@ -94,7 +94,7 @@ struct Setup {
 
 fn filter(topic: &str) -> Filter {
     Filter {
-        selectors: vec![Selector::parse(topic).expect("valid topic")],
+        selectors: vec![Selector::parse(topic).expect("valid topic")].into(),
         types: None,
     }
 }

@@ -10,10 +10,12 @@
 //! accept backlog, and serving resumes as soon as descriptors are free.
 
 mod accept;
+mod poller;
 mod sockets;
 mod stalled;
 
 use accept::Acceptor;
+pub(crate) use poller::Socket;
 use sockets::Rewind;
 pub(crate) use sockets::{SendTimeout, Stall};
 
@@ -82,8 +84,25 @@ pub struct Unserved {
 }
 
 /// Held by a connection served outside hyper for as long as it is open: the drain on
-/// shutdown waits until every one has been dropped.
-pub struct Held(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
+/// shutdown waits until every one has been dropped. It also carries the listener's
+/// [`poller::Poller`], to which an event stream's socket moves ([`Held::adopt`]).
+pub struct Held {
+    _drain: tokio::sync::mpsc::Sender<()>,
+    poller: Option<poller::Poller>,
+}
+
+impl Held {
+    /// Moves an event stream's socket from tokio's reactor to the listener's own epoll set,
+    /// which keeps a few bytes per socket where tokio keeps a few hundred.
+    pub(crate) fn adopt(&self, stream: TcpStream) -> std::io::Result<Arc<Socket>> {
+        match &self.poller {
+            Some(poller) => poller.adopt(stream),
+            None => Err(std::io::Error::other(
+                "the stream socket poller did not start",
+            )),
+        }
+    }
+}
 
 /// The most concurrent HTTP/2 streams a client may open on one connection (nginx 128,
 /// h2o 100): what one connection can hold of the instance is bounded.
@@ -213,6 +232,11 @@ pub async fn serve_with<H: Handler>(
     // Connections served outside hyper each hold a sender; the drain waits for all of them.
     let (taken_over, mut taken_over_done) = tokio::sync::mpsc::channel::<()>(1);
     let mut acceptor = Acceptor::new(listener);
+    let poller = poller::Poller::start()
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "cannot create the stream socket poller; event streams on this listener will be closed");
+        })
+        .ok();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = acceptor.accept() => accepted,
@@ -221,9 +245,11 @@ pub async fn serve_with<H: Handler>(
         let watcher = graceful.watcher();
         let builder = Arc::clone(&main_builder);
         let handler = Arc::clone(&handler);
-        let taken_over = taken_over.clone();
+        let held = Held {
+            _drain: taken_over.clone(),
+            poller: poller.clone(),
+        };
         tokio::spawn(async move {
-            let held = Held(taken_over);
             // Boxed: the fast path's future is large, and tokio moves a task's future
             // (into its cell, and again with each change of stage) whole.
             let Some(Unserved {

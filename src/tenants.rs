@@ -360,7 +360,7 @@ impl Collector for Tenants {
 #[derive(Default)]
 pub struct TenantSlot {
     slot: u64,
-    entries: Vec<Arc<Entry>>,
+    entries: Box<[Arc<Entry>]>,
 }
 
 impl Drop for TenantSlot {

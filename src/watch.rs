@@ -58,7 +58,7 @@ struct Followed {
 /// Held by a stream for as long as it follows its watched topics.
 pub struct Following {
     inner: Arc<Inner>,
-    topics: Vec<Box<str>>,
+    topics: Box<[Box<str>]>,
 }
 
 impl Watcher {
@@ -141,7 +141,7 @@ impl Watcher {
         }
         (!mine.is_empty()).then(|| Following {
             inner: Arc::clone(&self.inner),
-            topics: mine,
+            topics: mine.into(),
         })
     }
 }

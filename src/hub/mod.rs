@@ -18,7 +18,7 @@
 //! use ssegate::hub::{Hub, HubSettings, NewEvent, SubscribeRequest, Filter, Resume, Selector};
 //! let hub = Hub::start(HubSettings::default(), Default::default());
 //! let mut sub = hub.subscribe(SubscribeRequest::new(Filter {
-//!     selectors: vec![Selector::parse("job/1").unwrap()], types: None }));
+//!     selectors: [Selector::parse("job/1").unwrap()].into(), types: None }));
 //! let ids = hub.publish(vec![NewEvent::new("job/1", "done")]).await.unwrap();
 //! let first = std::future::poll_fn(|cx| sub.poll_chunk(cx)).await.unwrap(); // retry:
 //! let event = std::future::poll_fn(|cx| sub.poll_chunk(cx)).await.unwrap();
@@ -408,6 +408,8 @@ struct Inner {
     /// The log, the subscribers and the dispatchers' wake-up (the brokers hold a clone).
     local: Local,
     metrics: Arc<Metrics>,
+    /// Handed to each subscription.
+    subscriptions: Arc<subscriber::Shared>,
     next_subscriber: AtomicU64,
     broker: Broker,
 }
@@ -475,12 +477,18 @@ impl Hub {
                 }
             }
         };
+        let subscriptions = Arc::new(subscriber::Shared {
+            registry: Arc::clone(&local.registry) as Arc<dyn subscriber::Unregister>,
+            metrics: Arc::clone(&metrics),
+            timing: Arc::clone(&timing),
+        });
         Self {
             inner: Arc::new(Inner {
                 timing,
                 settings,
                 local,
                 metrics,
+                subscriptions,
                 next_subscriber: AtomicU64::new(1),
                 broker,
             }),
@@ -575,14 +583,12 @@ impl Hub {
         }
         Subscription::new(
             sub,
-            Arc::clone(&inner.local.registry) as Arc<dyn subscriber::Unregister>,
-            Arc::clone(&inner.metrics),
+            Arc::clone(&inner.subscriptions),
             preamble,
             replay.events,
             head,
             replay.resumable_head,
             resumed_from,
-            Arc::clone(&inner.timing),
             req.expires,
         )
     }

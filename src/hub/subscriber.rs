@@ -81,9 +81,9 @@ fn mix(x: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// The topics and patterns followed.
-    pub selectors: Vec<Selector>,
+    pub selectors: Box<[Selector]>,
     /// Only these event types (untyped events count as `message`); `None` for all.
-    pub types: Option<Vec<Box<str>>>,
+    pub types: Option<Box<[Box<str>]>>,
 }
 
 impl Filter {
@@ -127,8 +127,22 @@ struct Queue {
     /// Who writes to the connection next.
     writer: Writer,
     /// When the connection was last written to (by the task or a dispatcher), while
-    /// parked: the shard's heartbeat writes a comment once it has been quiet for long.
-    wrote_at: Option<Instant>,
+    /// parked ([`stamp`]; 0 for never): the shard's heartbeat writes a comment once it has
+    /// been quiet for long.
+    wrote_at: u64,
+    /// The connection, if dispatchers may write to it while the stream is parked
+    /// ([`Subscription::write_directly`]).
+    direct: Option<Arc<dyn DirectWrite>>,
+}
+
+/// `at` in milliseconds since the first stamp taken by the process, plus one (0 means
+/// never): a stream's last write time in 8 bytes instead of an `Option<Instant>`'s 16.
+fn stamp(at: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(at.saturating_duration_since(epoch).as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
 }
 
 /// Who writes to a stream's connection.
@@ -136,10 +150,12 @@ enum Writer {
     /// The stream's task (always, for a connection dispatchers may not write to).
     Task,
     /// A dispatcher, while the task is parked with nothing to write: it writes a live
-    /// event itself instead of queueing it and waking the task.
-    Parked(Parked),
-    /// The task, which first writes this unwritten rest of a dispatcher's write cut short.
-    Cut(Bytes),
+    /// event itself instead of queueing it and waking the task. Events up to this id were
+    /// already sent (or replayed): never written again.
+    Parked(EventId),
+    /// The task, which first writes this unwritten rest of a dispatcher's write cut short
+    /// (rare: boxed, so that every idle stream's slot stays the size of `Parked`).
+    Cut(Box<Bytes>),
 }
 
 impl Queue {
@@ -155,17 +171,17 @@ impl Queue {
     /// cut short leaves the rest for the task to write first and unparks the stream: the
     /// task's waker is then returned, to be woken once the lock is released.
     fn write_parked(&mut self, chunk: &Bytes, now: Instant) -> Wrote {
-        let Writer::Parked(parked) = &self.writer else {
+        let (Writer::Parked(_), Some(direct)) = (&self.writer, &self.direct) else {
             return Wrote::Refused;
         };
-        match parked.writer.try_write(chunk) {
+        match direct.try_write(chunk) {
             Written::All => {
-                self.wrote_at = Some(now);
+                self.wrote_at = stamp(now);
                 Wrote::Whole
             }
             Written::Part(rest) => {
-                self.wrote_at = Some(now);
-                self.writer = Writer::Cut(rest);
+                self.wrote_at = stamp(now);
+                self.writer = Writer::Cut(Box::new(rest));
                 Wrote::Cut(self.waker.take())
             }
             Written::Nothing => Wrote::Refused,
@@ -198,13 +214,6 @@ impl Wrote {
             Self::Refused => false,
         }
     }
-}
-
-/// A parked stream's connection, as a dispatcher may write to it.
-struct Parked {
-    writer: Arc<dyn DirectWrite>,
-    /// Events up to this id were already sent (or replayed): never written again.
-    after: EventId,
 }
 
 /// A chunked HTTP/1.1 response body a dispatcher may write an event to itself, without
@@ -285,7 +294,8 @@ pub(crate) struct Subscriber {
     pub filter: Filter,
     /// The `sub` claim of the token that authorized the stream, for revocation.
     pub subject: Option<Box<str>>,
-    capacity: usize,
+    /// `subscriber_buffer` (at least one): u32 keeps the idle subscriber small.
+    capacity: u32,
     policy: SlowConsumer,
     queue: Mutex<Queue>,
 }
@@ -302,7 +312,7 @@ impl Subscriber {
             id,
             filter,
             subject,
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
             policy,
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
@@ -311,9 +321,14 @@ impl Subscriber {
                 end: None,
                 waker: None,
                 writer: Writer::Task,
-                wrote_at: None,
+                wrote_at: 0,
+                direct: None,
             }),
         }
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity as usize
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -339,7 +354,7 @@ impl Subscriber {
         q.last_enqueued = ev.id;
         if let Some(now) = direct
             && q.events.is_empty()
-            && matches!(&q.writer, Writer::Parked(p) if ev.id > p.after)
+            && matches!(q.writer, Writer::Parked(after) if ev.id > after)
             && !self.filter.closed_by(ev)
         {
             let wrote = q.write_parked(&ev.chunk, now);
@@ -364,7 +379,7 @@ impl Subscriber {
     /// slow-consumer policy when the queue is full.
     fn push(&self, q: &mut Queue, ev: &Arc<Event>, metrics: &Metrics) {
         q.take_back();
-        if q.events.len() >= self.capacity {
+        if q.events.len() >= self.capacity() {
             match self.policy {
                 SlowConsumer::Disconnect => {
                     q.events.clear();
@@ -413,7 +428,7 @@ impl Subscriber {
         let mut queued = 0;
         let mut q = self.lock();
         // Grown once for the run, not doubling along it (bounded by the buffer).
-        let room = self.capacity.saturating_sub(q.events.len());
+        let room = self.capacity().saturating_sub(q.events.len());
         q.events.reserve(run.len().min(room));
         for ev in run {
             if q.end.is_some() {
@@ -439,7 +454,7 @@ impl Subscriber {
     /// heartbeat (bytes are on their way), and the task learns of it at its next write.
     pub(crate) fn beat(&self, now: Instant, quiet_since: Instant) -> bool {
         let mut q = self.lock();
-        if q.wrote_at.is_some_and(|t| t > quiet_since) {
+        if q.wrote_at > stamp(quiet_since) {
             return false;
         }
         let wrote = q.write_parked(&Bytes::from_static(chunked::HEARTBEAT), now);
@@ -476,13 +491,11 @@ const MAX_FRAMES: usize = 256;
 /// (the client went away) removes the subscriber from the hub at once.
 pub struct Subscription {
     sub: Arc<Subscriber>,
-    registry: Arc<dyn Unregister>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
     /// What goes out before the live events; dropped once it is out.
     opening: Option<Box<Opening>>,
-    /// The newest event id at subscription time: the replay covers everything up to it,
-    /// so live events up to it are duplicates (or predate the stream) and are skipped.
-    head: EventId,
+    /// The newest event id handed out, or, once the opening is out, the replay's head if
+    /// newer: live events up to it are duplicates (or predate the stream) and are skipped.
     last_sent: EventId,
     /// Events taken from the queue and not yet handed out. Refilled only once empty, so
     /// queue and backlog together never hold more than twice `subscriber_buffer`.
@@ -494,14 +507,23 @@ pub struct Subscription {
     heartbeat: Option<Pin<Box<Sleep>>>,
     /// Frames were handed out since the stream last parked.
     handed_out: bool,
-    timing: Arc<Timing>,
     expires: Option<Pin<Box<Sleep>>>,
     finishing: bool,
     done: bool,
     /// Events handed out since the delivery counter was last updated.
     counted: u64,
-    /// The connection, if its writer lets dispatchers write to it ([`Self::park`]).
-    direct: Option<Arc<dyn DirectWrite>>,
+    /// Its writer lets dispatchers write to the connection ([`Self::park`]).
+    direct: bool,
+}
+
+/// What every subscription of one hub shares: one pointer per stream, not three.
+pub(crate) struct Shared {
+    /// Where a subscription removes its subscriber when dropped.
+    pub registry: Arc<dyn Unregister>,
+    /// Counts deliveries.
+    pub metrics: Arc<Metrics>,
+    /// The heartbeat interval (reloadable).
+    pub timing: Arc<Timing>,
 }
 
 /// What a stream sends before its live events: `retry:` and perhaps a gap notice, the
@@ -509,6 +531,8 @@ pub struct Subscription {
 struct Opening {
     preamble: VecDeque<Bytes>,
     replay: std::vec::IntoIter<Arc<Event>>,
+    /// The newest event id at subscription time: the replay covers everything up to it.
+    head: EventId,
     /// Sent as an id-only block once the replay is done, if the client knows no later id.
     announce: Option<EventId>,
     /// The id the client resumed from, if any: an announced id must never move it back.
@@ -519,45 +543,43 @@ impl Subscription {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         sub: Arc<Subscriber>,
-        registry: Arc<dyn Unregister>,
-        metrics: Arc<Metrics>,
+        shared: Arc<Shared>,
         preamble: VecDeque<Bytes>,
         replay: Vec<Arc<Event>>,
         head: EventId,
         announce: Option<EventId>,
         resumed_from: EventId,
-        timing: Arc<Timing>,
         expires: Option<Instant>,
     ) -> Self {
+        let heartbeat = shared.timing.heartbeat();
         Self {
             sub,
-            registry,
-            metrics,
+            shared,
             opening: Some(Box::new(Opening {
                 preamble,
                 replay: replay.into_iter(),
+                head,
                 announce,
                 resumed_from,
             })),
-            head,
             last_sent: EventId::default(),
             backlog: VecDeque::new(),
             end: None,
-            heartbeat: Some(Box::pin(tokio::time::sleep(timing.heartbeat()))),
+            heartbeat: Some(Box::pin(tokio::time::sleep(heartbeat))),
             handed_out: false,
-            timing,
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
             finishing: false,
             done: false,
             counted: 0,
-            direct: None,
+            direct: false,
         }
     }
 
     /// Lets dispatchers write live events and heartbeats to `writer` themselves while this
     /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes.
     pub(crate) fn write_directly(&mut self, writer: Arc<dyn DirectWrite>) {
-        self.direct = Some(writer);
+        self.sub.lock().direct = Some(writer);
+        self.direct = true;
         self.heartbeat = None;
         self.handed_out = true;
     }
@@ -568,34 +590,38 @@ impl Subscription {
     /// `poll_frames` has just returned `Pending` and everything it handed out before is
     /// written; the task must then write nothing before calling [`Self::unpark`].
     pub(crate) fn park(&mut self) {
-        let Some(writer) = &self.direct else {
-            return;
-        };
-        if self.done || self.finishing || !self.backlog.is_empty() || self.end.is_some() {
+        if !self.direct
+            || self.opening.is_some()
+            || self.done
+            || self.finishing
+            || !self.backlog.is_empty()
+            || self.end.is_some()
+        {
             return;
         }
         let mut q = self.sub.lock();
         if self.handed_out {
             self.handed_out = false;
-            q.wrote_at = Some(Instant::now());
+            q.wrote_at = stamp(Instant::now());
         }
         if q.events.is_empty() && q.end.is_none() && matches!(q.writer, Writer::Task) {
-            q.writer = Writer::Parked(Parked {
-                writer: Arc::clone(writer),
-                after: self.last_sent.max(self.head),
-            });
+            q.writer = Writer::Parked(self.last_sent);
+            // A parked stream may stay idle for hours: it keeps no queue buffers (the
+            // dispatchers write its next events themselves, or queue into a new one).
+            q.events = VecDeque::new();
+            self.backlog = VecDeque::new();
         }
     }
 
     /// Takes the connection back from the dispatchers before the task writes anything:
     /// returns the unwritten rest of a dispatcher's write cut short, to be written first.
     pub(crate) fn unpark(&mut self) -> Bytes {
-        if self.direct.is_none() {
+        if !self.direct {
             return Bytes::new();
         }
         let mut q = self.sub.lock();
         match std::mem::replace(&mut q.writer, Writer::Task) {
-            Writer::Cut(rest) => rest,
+            Writer::Cut(rest) => *rest,
             Writer::Task | Writer::Parked(_) => Bytes::new(),
         }
     }
@@ -642,25 +668,30 @@ impl Subscription {
             }
             if self.finishing || opening.replay.len() > 0 || out.len() >= limit {
                 self.opening = Some(opening);
-            } else if let Some(head) = opening.announce
-                && self.last_sent.max(opening.resumed_from) < head
-            {
-                // A client cut before it ever received an event (or whose replay matched
-                // none) would otherwise reconnect without an id, or with an old one, and
-                // miss or re-scan what was published in between.
-                out.push(Frame::Own(sse::encode_id(head)));
+            } else {
+                if let Some(head) = opening.announce
+                    && self.last_sent.max(opening.resumed_from) < head
+                {
+                    // A client cut before it ever received an event (or whose replay
+                    // matched none) would otherwise reconnect without an id, or with an old
+                    // one, and miss or re-scan what was published in between.
+                    out.push(Frame::Own(sse::encode_id(head)));
+                }
+                self.last_sent = self.last_sent.max(opening.head);
             }
         }
         if self.opening.is_none() && !self.finishing && out.len() < limit {
             self.drain_live(cx, out, limit);
         }
         if out.len() > start {
-            self.metrics.delivered(std::mem::take(&mut self.counted));
+            self.shared
+                .metrics
+                .delivered(std::mem::take(&mut self.counted));
             self.handed_out = true;
             if let Some(heartbeat) = &mut self.heartbeat {
                 heartbeat
                     .as_mut()
-                    .reset(Instant::now() + self.timing.heartbeat());
+                    .reset(Instant::now() + self.shared.timing.heartbeat());
             }
             return Poll::Ready(Some(()));
         }
@@ -680,7 +711,7 @@ impl Subscription {
         {
             heartbeat
                 .as_mut()
-                .reset(Instant::now() + self.timing.heartbeat());
+                .reset(Instant::now() + self.shared.timing.heartbeat());
             out.push(Frame::Own(Bytes::from_static(sse::HEARTBEAT)));
             return Poll::Ready(Some(()));
         }
@@ -727,7 +758,6 @@ impl Subscription {
     }
 
     fn drain_live(&mut self, cx: &mut Context<'_>, out: &mut Vec<Frame>, limit: usize) {
-        self.last_sent = self.last_sent.max(self.head);
         loop {
             let refilled = self.backlog.is_empty() && self.end.is_none();
             if refilled {
@@ -790,11 +820,13 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if self.direct.is_some() {
+        if self.direct {
             // The connection closes with its stream, not when the dispatchers let go.
-            self.sub.lock().writer = Writer::Task;
+            let mut q = self.sub.lock();
+            q.writer = Writer::Task;
+            q.direct = None;
         }
-        self.registry.unregister(&self.sub);
+        self.shared.registry.unregister(&self.sub);
     }
 }
 

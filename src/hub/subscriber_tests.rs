@@ -25,7 +25,7 @@ fn hub(buffer: usize) -> Hub {
 
 fn subscribe(hub: &Hub, topic: &str) -> Subscription {
     hub.subscribe(SubscribeRequest::new(Filter {
-        selectors: vec![Selector::parse(topic).unwrap()],
+        selectors: vec![Selector::parse(topic).unwrap()].into(),
         types: None,
     }))
 }
@@ -308,7 +308,7 @@ async fn a_burst_queued_run_by_run_reaches_each_subscriber_once_in_order_and_fil
     let subscribe_to = |topics: &[&str], types: Option<Vec<Box<str>>>| {
         hub.subscribe(SubscribeRequest::new(Filter {
             selectors: topics.iter().map(|t| Selector::parse(t).unwrap()).collect(),
-            types,
+            types: types.map(Into::into),
         }))
     };
     let mut both = subscribe_to(&["a", "b"], Some(vec!["message".into()]));

@@ -282,7 +282,7 @@ async fn the_hub_refuses_a_publish_while_its_dispatcher_is_behind_and_cuts_no_st
     use std::task::{Context, Poll, Waker};
     let hub = small_hub(1);
     let mut b = hub.subscribe(SubscribeRequest::new(Filter {
-        selectors: vec![Selector::parse("b").unwrap()],
+        selectors: vec![Selector::parse("b").unwrap()].into(),
         types: None,
     }));
     // On this single thread the dispatcher runs only when the test yields: ten events wait.
@@ -331,7 +331,7 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
     }
     let subscribe = || {
         hub.subscribe(SubscribeRequest::new(Filter {
-            selectors: vec![Selector::parse("a").unwrap()],
+            selectors: vec![Selector::parse("a").unwrap()].into(),
             types: None,
         }))
     };

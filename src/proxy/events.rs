@@ -140,7 +140,10 @@ pub fn parse_request(
     };
 
     Ok(SubscribeRequest {
-        filter: Filter { selectors, types },
+        filter: Filter {
+            selectors: selectors.into(),
+            types: types.map(Into::into),
+        },
         resume,
         resume_raw,
         subject: None,

@@ -293,7 +293,12 @@ impl Public {
         let subscription = self.hub.subscribe(sub_req);
         self.metrics.connections_add(1);
         // After the subscription: a first poll's event reaches this stream.
-        let following = self.watcher.follow(watched.iter().map(|t| &**t));
+        // Boxed: most streams follow no watched topic, and the guard of every idle stream
+        // should not carry the room for one.
+        let following = self
+            .watcher
+            .follow(watched.iter().map(|t| &**t))
+            .map(Box::new);
         let guard = (
             ConnectionGauge(Arc::clone(&self.metrics)),
             slot,

@@ -17,7 +17,7 @@
 use crate::chunked;
 use crate::hub::{DirectWrite, Frame, Written};
 use crate::response::{Body, EventBody};
-use crate::server::{Held, Stall};
+use crate::server::{Held, Socket, Stall};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
@@ -27,9 +27,9 @@ use std::io;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The most of an app's refusal body (`auth.mode: upstream`) passed on here.
@@ -81,7 +81,13 @@ pub(super) async fn respond(
     let bytes = match body {
         Body::Stream(mut events) => {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            let io = Arc::new(stream);
+            let io = match held.adopt(stream) {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(error = %e, "event stream closed: its socket could not be watched");
+                    return;
+                }
+            };
             events
                 .subscription
                 .write_directly(Arc::clone(&io) as Arc<dyn DirectWrite>);
@@ -186,16 +192,16 @@ fn frame_chunk(pending: &mut Vec<Frame>, at: usize, ends: bool) {
 /// event's chunk, one shared buffer, in one `send()`. A write cut short leaves the rest
 /// as a view of the same buffer.
 ///
-/// The socket is written directly, not through tokio's readiness check (`try_io`), whose
-/// two reads of the socket's cold readiness state `perf` put at ~4.5% of a fan-out's CPU.
-/// A full socket leaves tokio's readiness set: the stream's task, which then writes,
-/// finds it stale on its first attempt and clears it (no wake-up can be missed).
-impl DirectWrite for TcpStream {
+/// The socket is written directly, without a readiness check (two reads of the socket's
+/// cold readiness state were ~4.5% of a fan-out's CPU under `perf`). A full socket leaves
+/// its readiness set: the stream's task, which then writes, finds it stale on its first
+/// attempt and clears it (no wake-up can be missed).
+impl DirectWrite for Socket {
     fn try_write(&self, chunk: &Bytes) -> Written {
-        match socket2::SockRef::from(self).send(chunk) {
-            Ok(n) if n == chunk.len() => Written::All,
-            Ok(0) | Err(_) => Written::Nothing,
-            Ok(n) => Written::Part(chunk.slice(n..)),
+        match self.send_now(chunk) {
+            n if n == chunk.len() => Written::All,
+            0 => Written::Nothing,
+            n => Written::Part(chunk.slice(n..)),
         }
     }
 }
@@ -218,7 +224,7 @@ struct Stream(Box<StreamState>);
 struct StreamState {
     /// The socket, shared with the dispatchers (which write only while the stream is
     /// parked).
-    io: Arc<TcpStream>,
+    io: Arc<Socket>,
     /// A write that makes no progress for the send timeout fails.
     stall: Stall,
     events: EventBody,
@@ -233,23 +239,6 @@ struct StreamState {
 }
 
 impl StreamState {
-    /// Ready once the client has gone: it sends nothing after its request, so EOF or an
-    /// error means it left; stray bytes are read and ignored.
-    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut probe = [0u8; 16];
-        loop {
-            if ready!(self.io.poll_read_ready(cx)).is_err() {
-                return Poll::Ready(());
-            }
-            match self.io.try_read(&mut probe) {
-                Ok(0) => return Poll::Ready(()),
-                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(()),
-                // Stray bytes, or a spurious wake-up (readiness is cleared: polled again).
-                Ok(_) | Err(_) => {}
-            }
-        }
-    }
-
     /// Writes `pending` out. Pending while the client does not take it, and an error once
     /// it has taken nothing for the send timeout ([`Stall`]).
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -287,7 +276,7 @@ impl StreamState {
 /// array on the stack, which is filled whole: a handful of frames (the usual case) should
 /// not pay for initializing [`MAX_IOV`] slices.
 fn write_frames<const N: usize>(
-    io: &TcpStream,
+    io: &Socket,
     cx: &mut Context<'_>,
     frames: &[Frame],
 ) -> Poll<io::Result<usize>> {
@@ -296,32 +285,7 @@ fn write_frames<const N: usize>(
     for (slice, frame) in slices.iter_mut().zip(frames) {
         *slice = IoSlice::new(&frame[..]);
     }
-    write_vectored(io, cx, &slices[..n])
-}
-
-/// A vectored write to a socket others may write to as well (never at the same time).
-fn write_vectored(
-    io: &TcpStream,
-    cx: &mut Context<'_>,
-    slices: &[IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    loop {
-        ready!(io.poll_write_ready(cx))?;
-        match send_vectored(io, slices) {
-            // The readiness was stale (or a dispatcher filled the socket): wait again.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            done => return Poll::Ready(done),
-        }
-    }
-}
-
-/// A non-blocking vectored write as `sendmsg()`: the socket layer directly, not
-/// `writev()` through the file layer (whose file lookup and position lock cost ~9% of a
-/// fan-out's CPU). Keeps tokio's readiness right: `WouldBlock` clears it.
-fn send_vectored(io: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
-    io.try_io(Interest::WRITABLE, || {
-        socket2::SockRef::from(io).send_vectored(slices)
-    })
+    io.poll_send_vectored(cx, &slices[..n])
 }
 
 impl Future for Stream {
@@ -329,7 +293,7 @@ impl Future for Stream {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self.0;
-        if this.poll_gone(cx).is_ready() {
+        if this.io.poll_gone(cx).is_ready() {
             return Poll::Ready(());
         }
         // The socket is the dispatchers' while parked: take it back before writing, and

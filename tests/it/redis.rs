@@ -305,7 +305,7 @@ async fn revoking_a_subject_on_one_instance_ends_its_streams_on_every_instance()
     .await;
     let request = |subject: &str| {
         let mut r = SubscribeRequest::new(Filter {
-            selectors: vec![Selector::parse("t").unwrap()],
+            selectors: vec![Selector::parse("t").unwrap()].into(),
             types: None,
         });
         r.subject = Some(subject.into());

@@ -1,0 +1,287 @@
+//! Readiness for long-lived event stream sockets from an epoll set of ssegate's own,
+//! instead of tokio's registration.
+//!
+//! tokio keeps a `ScheduledIo` per registered socket (256 bytes, cache-line aligned, behind
+//! an `Arc`), sized for sockets that are read and written all the time. An event stream's
+//! socket is written mostly by the dispatchers while it is parked and read only to learn
+//! that the client left, so what it needs from a reactor is small: a few readiness bits and
+//! its task's waker. [`Poller`] keeps exactly that in the socket's own allocation
+//! ([`Socket`]), and one thread per listener waits on the epoll set and wakes the tasks
+//! whose sockets changed. Those events are rare (a client leaving, a full socket draining):
+//! the thread sleeps while streams are idle and while the dispatchers write to them.
+//!
+//! Readiness follows tokio's rules: edge-triggered events set bits, an operation that
+//! would block clears them, and a tick taken with the bits keeps an event that arrives
+//! between the operation and the clearing from being lost.
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use std::io::{self, IoSlice, Read};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+
+/// The socket can be read (or the peer closed, or an error is pending).
+const READ: u32 = 1;
+/// The socket can be written (or an error is pending).
+const WRITE: u32 = 2;
+/// The rest of [`Socket::ready`] counts readiness events.
+const TICK: u32 = 4;
+
+/// Events taken from the epoll set per pass.
+const EVENTS: usize = 256;
+
+/// The token of [`Shared::stop`]; sockets' tokens are their slots' indexes.
+const STOP: Token = Token(usize::MAX);
+
+/// The epoll set that event stream sockets are moved to once their response head is
+/// decided. Dropping the last handle (the listener's, and each socket's) stops its thread.
+#[derive(Clone)]
+pub(crate) struct Poller(Arc<Shared>);
+
+struct Shared {
+    registry: mio::Registry,
+    sockets: Mutex<Slots>,
+    stop: mio::Waker,
+}
+
+/// The registered sockets, by token.
+#[derive(Default)]
+struct Slots {
+    by_token: Vec<Option<Weak<Socket>>>,
+    free: Vec<usize>,
+}
+
+impl Shared {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.sockets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // If this fails the thread is already gone.
+        let _ = self.stop.wake();
+    }
+}
+
+impl Poller {
+    /// A new epoll set and the thread that waits on it.
+    pub(crate) fn start() -> io::Result<Self> {
+        let poll = mio::Poll::new()?;
+        let registry = poll.registry().try_clone()?;
+        let stop = mio::Waker::new(poll.registry(), STOP)?;
+        let shared = Arc::new(Shared {
+            registry,
+            sockets: Mutex::default(),
+            stop,
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("ssegate-poller".into())
+            .spawn(move || wait(poll, &weak))?;
+        Ok(Self(shared))
+    }
+
+    /// Moves `stream` from tokio's reactor to this epoll set.
+    pub(crate) fn adopt(&self, stream: tokio::net::TcpStream) -> io::Result<Arc<Socket>> {
+        let io = stream.into_std()?;
+        let fd = io.as_raw_fd();
+        let mut slots = self.0.slots();
+        let token = match slots.free.pop() {
+            Some(t) => t,
+            None => {
+                slots.by_token.push(None);
+                slots.by_token.len() - 1
+            }
+        };
+        let socket = Arc::new(Socket {
+            io,
+            // Writable until a write says otherwise: a new stream writes its head at once.
+            // Whether the client already left is reported by the registration itself.
+            ready: AtomicU32::new(WRITE),
+            waker: Mutex::new(None),
+            token,
+            poller: self.clone(),
+        });
+        slots.by_token[token] = Some(Arc::downgrade(&socket));
+        drop(slots);
+        // On failure the socket is dropped, which frees its token again.
+        self.0.registry.register(
+            &mut SourceFd(&fd),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(socket)
+    }
+}
+
+/// Waits for readiness events on the epoll set and wakes the tasks of their sockets,
+/// until the last [`Poller`] handle is gone.
+fn wait(mut poll: mio::Poll, shared: &Weak<Shared>) {
+    let mut events = Events::with_capacity(EVENTS);
+    let mut woken = Vec::with_capacity(EVENTS);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "the stream socket poller failed; streams learn of closed clients only when a write fails");
+            return;
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let slots = shared.slots();
+        for event in &events {
+            if event.token() == STOP {
+                continue;
+            }
+            let mut bits = 0;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                bits |= READ;
+            }
+            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                bits |= WRITE;
+            }
+            let socket = slots
+                .by_token
+                .get(event.token().0)
+                .and_then(|s| s.as_ref()?.upgrade());
+            if let Some(socket) = socket {
+                woken.push((socket, bits));
+            }
+        }
+        drop(slots);
+        drop(shared);
+        // Outside the lock: dropping the last reference to a socket frees its token.
+        for (socket, bits) in woken.drain(..) {
+            socket.became_ready(bits);
+        }
+    }
+}
+
+/// An event stream's socket, registered with a [`Poller`]: shared by the stream's task and
+/// the dispatchers that write to it while the stream is parked. Closed when dropped.
+pub(crate) struct Socket {
+    io: std::net::TcpStream,
+    /// [`READ`] and [`WRITE`], plus a count of readiness events in multiples of [`TICK`].
+    ready: AtomicU32,
+    /// The stream task's waker, woken on any readiness event.
+    waker: Mutex<Option<Waker>>,
+    token: usize,
+    poller: Poller,
+}
+
+/// The readiness seen by a poll: the tick it carries decides whether a `WouldBlock` may
+/// clear it.
+#[derive(Clone, Copy)]
+struct Seen(u32);
+
+impl Socket {
+    fn became_ready(&self, bits: u32) {
+        let _ = self
+            .ready
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                Some((r & !(READ | WRITE)).wrapping_add(TICK) | (r & (READ | WRITE)) | bits)
+            });
+        let waker = self
+            .waker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ready once one of `bits` is set; otherwise the task is woken at the next event.
+    fn poll_ready(&self, cx: &mut Context<'_>, bits: u32) -> Poll<Seen> {
+        let r = self.ready.load(Ordering::Acquire);
+        if r & bits != 0 {
+            return Poll::Ready(Seen(r));
+        }
+        {
+            let mut waker = self.waker.lock().unwrap_or_else(PoisonError::into_inner);
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        // An event between the first look and the waker's registration woke nobody.
+        let r = self.ready.load(Ordering::Acquire);
+        if r & bits != 0 {
+            Poll::Ready(Seen(r))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Clears `bits` after an operation would have blocked, unless an event came since
+    /// `seen` was taken.
+    fn clear(&self, seen: Seen, bits: u32) {
+        let _ = self.ready.compare_exchange(
+            seen.0,
+            seen.0 & !bits,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    /// Ready once the client has gone: it sends nothing after its request, so EOF or an
+    /// error means it left; stray bytes are read and ignored.
+    pub(crate) fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut probe = [0u8; 16];
+        loop {
+            let Poll::Ready(seen) = self.poll_ready(cx, READ) else {
+                return Poll::Pending;
+            };
+            match (&self.io).read(&mut probe) {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(seen, READ),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// A vectored write as `sendmsg()` once the socket is writable (the socket layer
+    /// directly, not `writev()` through the file layer, whose file lookup and position lock
+    /// cost ~9% of a fan-out's CPU).
+    pub(crate) fn poll_send_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let Poll::Ready(seen) = self.poll_ready(cx, WRITE) else {
+                return Poll::Pending;
+            };
+            match socket2::SockRef::from(&self.io).send_vectored(slices) {
+                // Stale readiness (or a dispatcher filled the socket): wait for the next.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(seen, WRITE),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    /// One `send()` that does not wait: how much of `buf` the socket took (0 when it is
+    /// full or failed; the task finds out which at its next write).
+    pub(crate) fn send_now(&self, buf: &[u8]) -> usize {
+        socket2::SockRef::from(&self.io).send(buf).unwrap_or(0)
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // Closing the descriptor (after this) takes it out of the epoll set.
+        let shared = &self.poller.0;
+        let mut slots = shared.slots();
+        if let Some(slot) = slots.by_token.get_mut(self.token) {
+            *slot = None;
+            slots.free.push(self.token);
+        }
+    }
+}
