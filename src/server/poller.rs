@@ -285,3 +285,111 @@ impl Drop for Socket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::future::poll_fn;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair: the client, and the server's side adopted by `poller`.
+    async fn pair(poller: &Poller) -> (TcpStream, Arc<Socket>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, poller.adopt(server).unwrap())
+    }
+
+    /// Fails the test instead of hanging it if a wake-up is lost.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("a readiness event woke the task")
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_is_seen_and_stray_bytes_are_not_a_leave() {
+        let poller = Poller::start().unwrap();
+        let (mut client, socket) = pair(&poller).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            socket.poll_gone(&mut cx).is_pending(),
+            "connected: not gone"
+        );
+        // Stray bytes wake the task, which reads them and waits again: polled until they
+        // have been taken from the socket, never gone.
+        client.write_all(b"stray").await.unwrap();
+        within(poll_fn(|cx| {
+            assert!(
+                socket.poll_gone(cx).is_pending(),
+                "stray bytes are not a leave"
+            );
+            let mut peek = [0u8; 8];
+            match socket.io.peek(&mut peek) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Ready(()),
+                _ => Poll::Pending,
+            }
+        }))
+        .await;
+        drop(client);
+        within(poll_fn(|cx| socket.poll_gone(cx))).await;
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_is_written_again_once_the_client_reads() {
+        let poller = Poller::start().unwrap();
+        let (mut client, socket) = pair(&poller).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0usize;
+        let mut cx = Context::from_waker(Waker::noop());
+        // The client reads nothing: the socket fills up.
+        while let Poll::Ready(n) = socket.poll_send_vectored(&mut cx, &[IoSlice::new(&chunk)]) {
+            sent += n.unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0usize;
+            while got < sent + chunk.len() {
+                got += client.read(&mut buf).await.unwrap();
+            }
+            got
+        });
+        let more = within(poll_fn(|cx| {
+            socket.poll_send_vectored(cx, &[IoSlice::new(&[b'y'; 64 * 1024])])
+        }))
+        .await
+        .unwrap();
+        assert!(more > 0);
+        // The rest of the last chunk, so the reader's count is met.
+        let mut rest = 64 * 1024 - more;
+        while rest > 0 {
+            rest -= within(poll_fn(|cx| {
+                socket.poll_send_vectored(cx, &[IoSlice::new(&vec![b'y'; rest])])
+            }))
+            .await
+            .unwrap();
+        }
+        assert_eq!(within(reader).await.unwrap(), sent + 64 * 1024);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_reused_and_the_thread_stops_with_the_last_handle() {
+        let poller = Poller::start().unwrap();
+        let (_c1, s1) = pair(&poller).await;
+        let token = s1.token;
+        drop(s1);
+        let (c2, s2) = pair(&poller).await;
+        assert_eq!(s2.token, token, "a freed slot is taken again");
+        drop(c2);
+        within(poll_fn(|cx| s2.poll_gone(cx))).await;
+        let stopped = Arc::downgrade(&poller.0);
+        drop(poller);
+        drop(s2);
+        assert!(stopped.upgrade().is_none(), "nothing holds the poller");
+    }
+}
