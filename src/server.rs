@@ -87,16 +87,20 @@ pub struct Unserved {
 /// shutdown waits until every one has been dropped. It also carries the listener's
 /// [`poller::Poller`], to which an event stream's socket moves ([`Held::adopt`]).
 pub struct Held {
-    _drain: tokio::sync::mpsc::Sender<()>,
+    drain: Drain,
     poller: Option<poller::Poller>,
 }
 
+/// The part of [`Held`] an event stream keeps once its socket is adopted.
+pub(crate) struct Drain(#[allow(dead_code)] tokio::sync::mpsc::Sender<()>);
+
 impl Held {
     /// Moves an event stream's socket from tokio's reactor to the listener's own epoll set,
-    /// which keeps a few bytes per socket where tokio keeps a few hundred.
-    pub(crate) fn adopt(&self, stream: TcpStream) -> std::io::Result<Arc<Socket>> {
+    /// which keeps a few bytes per socket where tokio keeps a few hundred. The stream
+    /// holds the returned [`Drain`] until it ends.
+    pub(crate) fn adopt(self, stream: TcpStream) -> std::io::Result<(Arc<Socket>, Drain)> {
         match &self.poller {
-            Some(poller) => poller.adopt(stream),
+            Some(poller) => Ok((poller.adopt(stream)?, self.drain)),
             None => Err(std::io::Error::other(
                 "the stream socket poller did not start",
             )),
@@ -246,7 +250,7 @@ pub async fn serve_with<H: Handler>(
         let builder = Arc::clone(&main_builder);
         let handler = Arc::clone(&handler);
         let held = Held {
-            _drain: taken_over.clone(),
+            drain: Drain(taken_over.clone()),
             poller: poller.clone(),
         };
         tokio::spawn(async move {

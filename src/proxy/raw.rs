@@ -17,7 +17,7 @@
 use crate::chunked;
 use crate::hub::{DirectWrite, Frame, Written};
 use crate::response::{Body, EventBody};
-use crate::server::{Held, Socket, Stall};
+use crate::server::{Drain, Held, Socket, Stall};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::header::{CONNECTION, CONTENT_LENGTH};
@@ -81,8 +81,8 @@ pub(super) async fn respond(
     let bytes = match body {
         Body::Stream(mut events) => {
             head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-            let io = match held.adopt(stream) {
-                Ok(io) => io,
+            let (io, drain) = match held.adopt(stream) {
+                Ok(adopted) => adopted,
                 Err(e) => {
                     tracing::debug!(error = %e, "event stream closed: its socket could not be watched");
                     return;
@@ -111,9 +111,8 @@ pub(super) async fn respond(
                 stall: Stall::new(send_timeout),
                 events: *events,
                 pending,
-                written: 0,
                 ended,
-                _held: held,
+                _drain: drain,
             });
             // Most heads go out in one write here; the rest is the new task's first job.
             if matches!(conn.poll_write_pending(&mut cx), Poll::Ready(Err(_))) {
@@ -231,44 +230,51 @@ struct StreamState {
     /// The frames of the write in progress (shared with every other subscriber); no buffer
     /// while parked.
     pending: Vec<Frame>,
-    /// How many of `pending` are fully written.
-    written: usize,
     /// The subscription is over: write what is pending, then close.
     ended: bool,
-    _held: Held,
+    _drain: Drain,
 }
 
 impl StreamState {
     /// Writes `pending` out. Pending while the client does not take it, and an error once
     /// it has taken nothing for the send timeout ([`Stall`]).
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.pending.len() {
-            let rest = &self.pending[self.written..];
+        let mut written = 0;
+        let outcome = loop {
+            let rest = &self.pending[written..];
+            if rest.is_empty() {
+                break Poll::Ready(Ok(()));
+            }
             let poll = if rest.len() <= FEW_IOV {
                 write_frames::<FEW_IOV>(&self.io, cx, rest)
             } else {
                 write_frames::<MAX_IOV>(&self.io, cx, rest)
             };
             match self.stall.watch(cx, poll) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(0)) => break Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(mut n)) => {
                     while n > 0 {
-                        let frame = &mut self.pending[self.written];
+                        let frame = &mut self.pending[written];
                         if n < frame.len() {
                             frame.advance(n);
                             break;
                         }
                         n -= frame.len();
-                        self.written += 1;
+                        written += 1;
                     }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => break Poll::Ready(Err(e)),
+                Poll::Pending => break Poll::Pending,
             }
+        };
+        // A write cut short keeps the rest, in order, for the next poll (rare: a full
+        // socket); the stream's state keeps no cursor.
+        if written == self.pending.len() {
+            self.pending.clear();
+        } else {
+            self.pending.drain(..written);
         }
-        self.written = 0;
-        self.pending.clear();
-        Poll::Ready(Ok(()))
+        outcome
     }
 }
 
@@ -300,7 +306,7 @@ impl Future for Stream {
         // finish first what a dispatcher's write left half done.
         let rest = this.events.subscription.unpark();
         if !rest.is_empty() {
-            this.pending.insert(this.written, Frame::Own(rest));
+            this.pending.insert(0, Frame::Own(rest));
         }
         loop {
             match this.poll_write_pending(cx) {

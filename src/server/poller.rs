@@ -32,7 +32,8 @@ const TICK: u32 = 4;
 /// Events taken from the epoll set per pass.
 const EVENTS: usize = 256;
 
-/// The token of [`Shared::stop`]; sockets' tokens are their slots' indexes.
+/// The token of [`Shared::stop`]; a socket's token is its descriptor's number, unique
+/// among open sockets (a slot is freed before its descriptor is closed).
 const STOP: Token = Token(usize::MAX);
 
 /// The epoll set that event stream sockets are moved to once their response head is
@@ -50,7 +51,6 @@ struct Shared {
 #[derive(Default)]
 struct Slots {
     by_token: Vec<Option<Weak<Socket>>>,
-    free: Vec<usize>,
 }
 
 impl Shared {
@@ -88,23 +88,19 @@ impl Poller {
     pub(crate) fn adopt(&self, stream: tokio::net::TcpStream) -> io::Result<Arc<Socket>> {
         let io = stream.into_std()?;
         let fd = io.as_raw_fd();
-        let mut slots = self.0.slots();
-        let token = match slots.free.pop() {
-            Some(t) => t,
-            None => {
-                slots.by_token.push(None);
-                slots.by_token.len() - 1
-            }
-        };
+        let token = usize::try_from(fd).map_err(|_| io::Error::other("negative descriptor"))?;
         let socket = Arc::new(Socket {
             io,
             // Writable until a write says otherwise: a new stream writes its head at once.
             // Whether the client already left is reported by the registration itself.
             ready: AtomicU32::new(WRITE),
             waker: Mutex::new(None),
-            token,
             poller: self.clone(),
         });
+        let mut slots = self.0.slots();
+        if slots.by_token.len() <= token {
+            slots.by_token.resize(token + 1, None);
+        }
         slots.by_token[token] = Some(Arc::downgrade(&socket));
         drop(slots);
         // On failure the socket is dropped, which frees its token again.
@@ -170,7 +166,6 @@ pub(crate) struct Socket {
     ready: AtomicU32,
     /// The stream task's waker, woken on any readiness event.
     waker: Mutex<Option<Waker>>,
-    token: usize,
     poller: Poller,
 }
 
@@ -276,12 +271,11 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        // Closing the descriptor (after this) takes it out of the epoll set.
-        let shared = &self.poller.0;
-        let mut slots = shared.slots();
-        if let Some(slot) = slots.by_token.get_mut(self.token) {
+        // Closing the descriptor (after this) takes it out of the epoll set; a socket that
+        // takes its number afterwards takes its slot.
+        let slot = usize::try_from(self.io.as_raw_fd()).unwrap_or(usize::MAX);
+        if let Some(slot) = self.poller.0.slots().by_token.get_mut(slot) {
             *slot = None;
-            slots.free.push(self.token);
         }
     }
 }
@@ -378,13 +372,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tokens_are_reused_and_the_thread_stops_with_the_last_handle() {
+    async fn slots_follow_descriptors_and_the_thread_stops_with_the_last_handle() {
         let poller = Poller::start().unwrap();
+        let slot = |socket: &Arc<Socket>| {
+            let fd = usize::try_from(socket.io.as_raw_fd()).unwrap();
+            poller.0.slots().by_token[fd].clone()
+        };
         let (_c1, s1) = pair(&poller).await;
-        let token = s1.token;
+        let fd1 = usize::try_from(s1.io.as_raw_fd()).unwrap();
+        assert!(slot(&s1).is_some_and(|w| w.ptr_eq(&Arc::downgrade(&s1))));
         drop(s1);
+        assert!(
+            poller.0.slots().by_token[fd1].is_none(),
+            "a dropped socket frees its slot"
+        );
         let (c2, s2) = pair(&poller).await;
-        assert_eq!(s2.token, token, "a freed slot is taken again");
+        assert!(slot(&s2).is_some_and(|w| w.ptr_eq(&Arc::downgrade(&s2))));
         drop(c2);
         within(poll_fn(|cx| s2.poll_gone(cx))).await;
         let stopped = Arc::downgrade(&poller.0);
