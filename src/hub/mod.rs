@@ -552,14 +552,13 @@ impl Hub {
     pub fn subscribe(&self, req: SubscribeRequest) -> Subscription {
         let inner = &self.inner;
         let id = inner.next_subscriber.fetch_add(1, Ordering::Relaxed);
-        let sub = Arc::new(Subscriber::new(
+        let sub = inner.local.registry.insert(Subscriber::new(
             id,
             req.filter,
             req.subject,
             inner.settings.subscriber_buffer,
             inner.settings.slow_consumer,
         ));
-        inner.local.registry.insert(&sub);
         let resumed_from = match req.resume {
             Resume::After(id) => id,
             Resume::None | Resume::Since(_) => EventId::default(),

@@ -68,26 +68,40 @@ impl Subs {
 /// no map of all subscribers is kept (at 19,000 streams it was ~26 bytes each).
 #[derive(Default)]
 struct Index {
-    exact: HashMap<Box<str>, Subs>,
-    prefix: HashMap<Box<str>, Subs>,
+    exact: HashMap<Arc<str>, Subs>,
+    prefix: HashMap<Arc<str>, Subs>,
     /// Subscribers that follow nothing (the hub allows them; they still end with the rest).
     none: Subs,
     streams: usize,
 }
 
 impl Index {
-    fn insert(&mut self, sub: &Arc<Subscriber>) {
+    /// Indexes a new subscriber. Its topic and pattern names become the index's own
+    /// shared copies where the index has them: a thousand followers of one topic hold
+    /// one copy of its name, not a thousand.
+    fn insert(&mut self, mut sub: Subscriber) -> Arc<Subscriber> {
+        for sel in &mut sub.filter.selectors {
+            let (map, name) = match sel {
+                Selector::Exact(t) => (&self.exact, t),
+                Selector::Prefix(p) => (&self.prefix, p),
+            };
+            if let Some((shared, _)) = map.get_key_value(&**name) {
+                *name = Arc::clone(shared);
+            }
+        }
+        let sub = Arc::new(sub);
         for sel in &sub.filter.selectors {
-            let (map, key) = match sel {
+            let (map, name) = match sel {
                 Selector::Exact(t) => (&mut self.exact, t),
                 Selector::Prefix(p) => (&mut self.prefix, p),
             };
-            map.entry(key.clone()).or_default().insert(sub);
+            map.entry(Arc::clone(name)).or_default().insert(&sub);
         }
         if sub.filter.selectors.is_empty() {
-            self.none.insert(sub);
+            self.none.insert(&sub);
         }
         self.streams += 1;
+        sub
     }
 
     /// Calls `f` with each subscriber of the shard once: in the list of its first
@@ -244,11 +258,13 @@ impl Registry {
         &self.shards[usize::try_from(id % n).unwrap_or(0)]
     }
 
-    pub(crate) fn insert(&self, sub: &Arc<Subscriber>) {
+    /// Registers a new subscriber, which the registry then shares.
+    pub(crate) fn insert(&self, sub: Subscriber) -> Arc<Subscriber> {
         let shard = self.shard(sub.id);
         let mut index = shard.lock();
-        index.insert(sub);
+        let sub = index.insert(sub);
         shard.streams.store(index.streams, Ordering::Relaxed);
+        sub
     }
 
     pub(crate) fn remove(&self, sub: &Subscriber) {
@@ -319,10 +335,10 @@ impl Registry {
             let idx = shard.lock();
             subs += idx.streams;
             for (t, l) in &idx.exact {
-                *topics.entry(t.clone()).or_default() += l.len();
+                *topics.entry(Box::from(&**t)).or_default() += l.len();
             }
             for (p, l) in &idx.prefix {
-                let name = Selector::Prefix(p.clone()).to_string();
+                let name = Selector::Prefix(Arc::clone(p)).to_string();
                 *topics.entry(name.into()).or_default() += l.len();
             }
         }

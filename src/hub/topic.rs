@@ -1,6 +1,7 @@
 //! Topic names and subscription patterns.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest accepted topic, in bytes.
 pub const MAX_TOPIC_LEN: usize = 256;
@@ -37,13 +38,14 @@ pub fn validate_topic(t: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// What a subscriber follows: one exact topic, or every topic under a prefix.
+/// What a subscriber follows: one exact topic, or every topic under a prefix. The name is
+/// shared: the hub's index hands a new subscriber the copy its other followers use.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
     /// Exactly this topic.
-    Exact(Box<str>),
+    Exact(Arc<str>),
     /// Every topic starting with this prefix (`tenant/` for `tenant/*`; empty for `*`).
-    Prefix(Box<str>),
+    Prefix(Arc<str>),
 }
 
 impl Selector {

@@ -277,7 +277,7 @@ impl Public {
             tokio::time::Instant::now() + left
         });
 
-        let watched: Vec<Box<str>> = if self.watcher.is_active() {
+        let watched: Vec<Arc<str>> = if self.watcher.is_active() {
             sub_req
                 .filter
                 .selectors
