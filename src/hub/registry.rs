@@ -26,26 +26,54 @@ use tokio::time::Instant;
 /// The subscribers of one topic or prefix: a vector for the dispatcher to walk, and each
 /// one's place in it, so that adding and removing one is O(1) however many follow the
 /// topic (a linear scan made 100,000 streams leaving one topic O(n²) under the lock the
-/// dispatcher needs).
+/// dispatcher needs). A subscriber keeps its place in the list of its first selector
+/// itself ([`Subscriber::home`]); `place` holds the places of those here by a later one
+/// (a map of every place was ~26 bytes per idle stream).
 #[derive(Default)]
 struct Subs {
     list: Vec<Arc<Subscriber>>,
     place: HashMap<u64, usize>,
 }
 
+/// Whether a subscriber is in a [`Subs`] by its first selector or by a later one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum By {
+    First,
+    Later,
+}
+
 impl Subs {
-    fn insert(&mut self, sub: &Arc<Subscriber>) {
-        if let std::collections::hash_map::Entry::Vacant(e) = self.place.entry(sub.id) {
-            e.insert(self.list.len());
-            self.list.push(Arc::clone(sub));
+    fn insert(&mut self, sub: &Arc<Subscriber>, by: By) {
+        let at = self.list.len();
+        match by {
+            By::First => sub.home.store(place(at), Ordering::Relaxed),
+            By::Later => match self.place.entry(sub.id) {
+                // Followed by two of its selectors: listed once.
+                std::collections::hash_map::Entry::Occupied(_) => return,
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(at);
+                }
+            },
         }
+        self.list.push(Arc::clone(sub));
     }
 
-    fn remove(&mut self, id: u64) {
-        if let Some(i) = self.place.remove(&id) {
-            self.list.swap_remove(i);
-            if let Some(moved) = self.list.get(i) {
-                self.place.insert(moved.id, i);
+    fn remove(&mut self, sub: &Subscriber, by: By) {
+        let at = match by {
+            By::First => sub.home.load(Ordering::Relaxed) as usize,
+            By::Later => match self.place.remove(&sub.id) {
+                Some(at) => at,
+                None => return,
+            },
+        };
+        if self.list.get(at).is_none_or(|s| s.id != sub.id) {
+            return;
+        }
+        self.list.swap_remove(at);
+        if let Some(moved) = self.list.get(at) {
+            match self.place.get_mut(&moved.id) {
+                Some(p) => *p = at,
+                None => moved.home.store(place(at), Ordering::Relaxed),
             }
         }
     }
@@ -75,6 +103,25 @@ struct Index {
     streams: usize,
 }
 
+/// Each of `selectors` with how a subscriber following them is listed under it: by its
+/// first, or by a later one (a repeat of the first is left out: it names the same list).
+fn by_first(selectors: &[Selector]) -> impl Iterator<Item = (&Selector, By)> {
+    let first = selectors.first();
+    selectors
+        .iter()
+        .enumerate()
+        .filter_map(move |(i, sel)| match i {
+            0 => Some((sel, By::First)),
+            _ if Some(sel) == first => None,
+            _ => Some((sel, By::Later)),
+        })
+}
+
+/// A list index as a subscriber's [`Subscriber::home`] (no list holds 4 billion).
+fn place(at: usize) -> u32 {
+    u32::try_from(at).unwrap_or(u32::MAX)
+}
+
 impl Index {
     /// Indexes a new subscriber. Its topic and pattern names become the index's own
     /// shared copies where the index has them: a thousand followers of one topic hold
@@ -90,15 +137,15 @@ impl Index {
             }
         }
         let sub = Arc::new(sub);
-        for sel in &sub.filter.selectors {
+        for (sel, by) in by_first(&sub.filter.selectors) {
             let (map, name) = match sel {
                 Selector::Exact(t) => (&mut self.exact, t),
                 Selector::Prefix(p) => (&mut self.prefix, p),
             };
-            map.entry(Arc::clone(name)).or_default().insert(&sub);
+            map.entry(Arc::clone(name)).or_default().insert(&sub, by);
         }
         if sub.filter.selectors.is_empty() {
-            self.none.insert(&sub);
+            self.none.insert(&sub, By::First);
         }
         self.streams += 1;
         sub
@@ -126,13 +173,13 @@ impl Index {
     }
 
     fn remove(&mut self, sub: &Subscriber) {
-        for sel in &sub.filter.selectors {
+        for (sel, by) in by_first(&sub.filter.selectors) {
             let (map, key) = match sel {
                 Selector::Exact(t) => (&mut self.exact, t),
                 Selector::Prefix(p) => (&mut self.prefix, p),
             };
             if let Some(list) = map.get_mut(key) {
-                list.remove(sub.id);
+                list.remove(sub, by);
                 if list.is_empty() {
                     // A topic nobody follows holds no memory.
                     map.remove(key);
@@ -140,7 +187,7 @@ impl Index {
             }
         }
         if sub.filter.selectors.is_empty() {
-            self.none.remove(sub.id);
+            self.none.remove(sub, By::First);
         }
         self.streams -= 1;
     }
@@ -489,5 +536,82 @@ async fn heartbeats(registry: Weak<Registry>, shard: usize, timing: Arc<Timing>)
         if targets.capacity() > 1024 {
             targets = Vec::new();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::hub::SlowConsumer;
+    use crate::hub::subscriber::Filter;
+
+    fn subscriber(id: u64, selectors: &[&str]) -> Subscriber {
+        let filter = Filter {
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::parse(s).unwrap())
+                .collect(),
+            types: None,
+        };
+        Subscriber::new(id, filter, None, 8, SlowConsumer::Disconnect)
+    }
+
+    fn followers(index: &Index, topic: &str) -> Vec<u64> {
+        let mut ids = Vec::new();
+        index.each_follower(&[topic.into()], |s| ids.push(s.id));
+        ids.sort_unstable();
+        ids
+    }
+
+    fn everyone(index: &Index) -> Vec<u64> {
+        let mut ids = Vec::new();
+        index.each(|s| ids.push(s.id));
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn subscribers_leaving_in_any_order_leave_every_list_exact() {
+        let mut index = Index::default();
+        let shapes: [&[&str]; 7] = [
+            &["a"],
+            &["a", "b"],
+            &["b", "a"],
+            &["a", "a"],
+            &["b", "b", "a"],
+            &["x/*", "a"],
+            &["a"],
+        ];
+        let subs: Vec<_> = (0..shapes.len())
+            .map(|i| index.insert(subscriber(i as u64, shapes[i])))
+            .collect();
+        assert_eq!(
+            followers(&index, "a"),
+            [0, 1, 2, 3, 4, 5, 6],
+            "each listed once"
+        );
+        assert_eq!(followers(&index, "b"), [1, 2, 4]);
+        assert_eq!(followers(&index, "x/1"), [5]);
+        assert_eq!(everyone(&index), [0, 1, 2, 3, 4, 5, 6], "each counted once");
+
+        // Leaving from the front, the middle and the back moves others around in "a".
+        for (gone, id) in [0usize, 3, 6, 1].into_iter().enumerate() {
+            index.remove(&subs[id]);
+            let left: Vec<u64> = (0..7u64)
+                .filter(|i| ![0, 3, 6, 1][..=gone].contains(&(*i as usize)))
+                .collect();
+            assert_eq!(followers(&index, "a"), left);
+            assert_eq!(everyone(&index), left);
+        }
+        assert_eq!(followers(&index, "b"), [2, 4]);
+        for id in [2usize, 4, 5] {
+            index.remove(&subs[id]);
+        }
+        assert!(
+            index.exact.is_empty() && index.prefix.is_empty(),
+            "no list is left behind"
+        );
+        assert_eq!(index.streams, 0);
     }
 }

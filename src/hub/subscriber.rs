@@ -9,10 +9,14 @@ use crate::sse::{self, EventId};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+
+/// [`Subscriber::limit`]'s bit for [`SlowConsumer::DropOldest`].
+const DROP_OLDEST: u32 = 1 << 31;
 
 /// Why the server ends a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,9 +298,12 @@ pub(crate) struct Subscriber {
     pub filter: Filter,
     /// The `sub` claim of the token that authorized the stream, for revocation.
     pub subject: Option<Box<str>>,
-    /// `subscriber_buffer` (at least one): u32 keeps the idle subscriber small.
-    capacity: u32,
-    policy: SlowConsumer,
+    /// `subscriber_buffer` (at least one, at most 2³¹ - 1), and the slow-consumer policy in
+    /// the top bit ([`DROP_OLDEST`]): with [`Self::home`], 8 bytes.
+    limit: u32,
+    /// Its place in the registry's list of its first topic or pattern (written under that
+    /// shard's lock).
+    pub(crate) home: AtomicU32,
     queue: Mutex<Queue>,
 }
 
@@ -312,8 +319,13 @@ impl Subscriber {
             id,
             filter,
             subject,
-            capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
-            policy,
+            limit: u32::try_from(capacity.clamp(1, (DROP_OLDEST - 1) as usize))
+                .unwrap_or(DROP_OLDEST - 1)
+                | match policy {
+                    SlowConsumer::Disconnect => 0,
+                    SlowConsumer::DropOldest => DROP_OLDEST,
+                },
+            home: AtomicU32::new(0),
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
                 dropped: 0,
@@ -328,7 +340,15 @@ impl Subscriber {
     }
 
     fn capacity(&self) -> usize {
-        self.capacity as usize
+        (self.limit & !DROP_OLDEST) as usize
+    }
+
+    fn policy(&self) -> SlowConsumer {
+        if self.limit & DROP_OLDEST == 0 {
+            SlowConsumer::Disconnect
+        } else {
+            SlowConsumer::DropOldest
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -380,7 +400,7 @@ impl Subscriber {
     fn push(&self, q: &mut Queue, ev: &Arc<Event>, metrics: &Metrics) {
         q.take_back();
         if q.events.len() >= self.capacity() {
-            match self.policy {
+            match self.policy() {
                 SlowConsumer::Disconnect => {
                     q.events.clear();
                     q.end = Some(Box::new(End::Overflow));
@@ -391,7 +411,7 @@ impl Subscriber {
                     {
                         tracing::warn!(
                             subscriber = self.id,
-                            buffer = self.capacity,
+                            buffer = self.capacity(),
                             suppressed,
                             "slow consumer disconnected: its queue is full; it will resume from history"
                         );
@@ -405,7 +425,7 @@ impl Subscriber {
                     {
                         tracing::warn!(
                             subscriber = self.id,
-                            buffer = self.capacity,
+                            buffer = self.capacity(),
                             suppressed,
                             "slow consumer: dropping its oldest queued events"
                         );
