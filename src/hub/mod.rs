@@ -480,7 +480,6 @@ impl Hub {
         let subscriptions = Arc::new(subscriber::Shared {
             registry: Arc::clone(&local.registry) as Arc<dyn subscriber::Unregister>,
             metrics: Arc::clone(&metrics),
-            timing: Arc::clone(&timing),
         });
         Self {
             inner: Arc::new(Inner {

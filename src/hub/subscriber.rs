@@ -2,7 +2,7 @@
 //! (drained by the connection that serves it).
 
 use super::topic::Selector;
-use super::{Event, SlowConsumer, Timing};
+use super::{Event, SlowConsumer};
 use crate::chunked;
 use crate::metrics::Metrics;
 use crate::sse::{self, EventId};
@@ -130,14 +130,18 @@ struct Queue {
     waker: Option<Waker>,
     /// Who writes to the connection next.
     writer: Writer,
-    /// When the connection was last written to (by the task or a dispatcher), while
-    /// parked ([`stamp`]; 0 for never): the shard's heartbeat writes a comment once it has
-    /// been quiet for long.
+    /// When the connection was last written to (by the task or a dispatcher) ([`stamp`]),
+    /// or [`BEAT_DUE`]: the shard's heartbeat writes a comment to a parked stream that has
+    /// been quiet for long, or has the task of one that is not parked write it.
     wrote_at: u64,
     /// The connection, if dispatchers may write to it while the stream is parked
     /// ([`Subscription::write_directly`]).
     direct: Option<Arc<dyn DirectWrite>>,
 }
+
+/// [`Queue::wrote_at`] once the shard's heartbeat has asked the stream's task to write a
+/// heartbeat (later than any stamp: no second request until it is written).
+const BEAT_DUE: u64 = u64::MAX;
 
 /// `at` in milliseconds since the first stamp taken by the process, plus one (0 means
 /// never): a stream's last write time in 8 bytes instead of an `Option<Instant>`'s 16.
@@ -145,8 +149,9 @@ fn stamp(at: Instant) -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(at.saturating_duration_since(epoch).as_millis())
-        .unwrap_or(u64::MAX - 1)
-        .saturating_add(1)
+        .unwrap_or(BEAT_DUE - 2)
+        .min(BEAT_DUE - 2)
+        + 1
 }
 
 /// Who writes to a stream's connection.
@@ -333,7 +338,8 @@ impl Subscriber {
                 end: None,
                 waker: None,
                 writer: Writer::Task,
-                wrote_at: 0,
+                // Quiet from now: the first heartbeat comes an interval after subscribing.
+                wrote_at: stamp(Instant::now()),
                 direct: None,
             }),
         }
@@ -471,11 +477,25 @@ impl Subscriber {
 
     /// Writes a heartbeat comment if the stream is parked and its connection has been
     /// quiet since `quiet_since`; returns whether it did. A socket that is full needs no
-    /// heartbeat (bytes are on their way), and the task learns of it at its next write.
+    /// heartbeat (bytes are on their way), and the task learns of it at its next write. A
+    /// stream that only its task writes (served by hyper) has its task write the comment:
+    /// no timer per stream.
     pub(crate) fn beat(&self, now: Instant, quiet_since: Instant) -> bool {
         let mut q = self.lock();
         if q.wrote_at > stamp(quiet_since) {
             return false;
+        }
+        if q.direct.is_none() {
+            if q.end.is_some() {
+                return false;
+            }
+            q.wrote_at = BEAT_DUE;
+            let waker = q.waker.take();
+            drop(q);
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return true;
         }
         let wrote = q.write_parked(&Bytes::from_static(chunked::HEARTBEAT), now);
         drop(q);
@@ -522,9 +542,6 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Event>>,
     /// The end taken from the queue, sent once the backlog is out.
     end: Option<Box<End>>,
-    /// The stream's own heartbeat timer; `None` once dispatchers may write to the
-    /// connection: the shard's heartbeat then writes to it while it is parked.
-    heartbeat: Option<Pin<Box<Sleep>>>,
     /// Frames were handed out since the stream last parked.
     handed_out: bool,
     expires: Option<Pin<Box<Sleep>>>,
@@ -542,8 +559,6 @@ pub(crate) struct Shared {
     pub registry: Arc<dyn Unregister>,
     /// Counts deliveries.
     pub metrics: Arc<Metrics>,
-    /// The heartbeat interval (reloadable).
-    pub timing: Arc<Timing>,
 }
 
 /// What a stream sends before its live events: `retry:` and perhaps a gap notice, the
@@ -571,7 +586,6 @@ impl Subscription {
         resumed_from: EventId,
         expires: Option<Instant>,
     ) -> Self {
-        let heartbeat = shared.timing.heartbeat();
         Self {
             sub,
             shared,
@@ -585,7 +599,6 @@ impl Subscription {
             last_sent: EventId::default(),
             backlog: VecDeque::new(),
             end: None,
-            heartbeat: Some(Box::pin(tokio::time::sleep(heartbeat))),
             handed_out: false,
             expires: expires.map(|at| Box::pin(tokio::time::sleep_until(at))),
             finishing: false,
@@ -596,11 +609,10 @@ impl Subscription {
     }
 
     /// Lets dispatchers write live events and heartbeats to `writer` themselves while this
-    /// stream is parked ([`Self::park`]); the stream's own heartbeat timer goes.
+    /// stream is parked ([`Self::park`]).
     pub(crate) fn write_directly(&mut self, writer: Arc<dyn DirectWrite>) {
         self.sub.lock().direct = Some(writer);
         self.direct = true;
-        self.heartbeat = None;
         self.handed_out = true;
     }
 
@@ -708,11 +720,6 @@ impl Subscription {
                 .metrics
                 .delivered(std::mem::take(&mut self.counted));
             self.handed_out = true;
-            if let Some(heartbeat) = &mut self.heartbeat {
-                heartbeat
-                    .as_mut()
-                    .reset(Instant::now() + self.shared.timing.heartbeat());
-            }
             return Poll::Ready(Some(()));
         }
         if self.finishing {
@@ -725,15 +732,6 @@ impl Subscription {
             self.sub.end(End::Expired);
             self.expires = None;
             return self.poll_frames(cx, out, max);
-        }
-        if let Some(heartbeat) = &mut self.heartbeat
-            && heartbeat.as_mut().poll(cx).is_ready()
-        {
-            heartbeat
-                .as_mut()
-                .reset(Instant::now() + self.shared.timing.heartbeat());
-            out.push(Frame::Own(Bytes::from_static(sse::HEARTBEAT)));
-            return Poll::Ready(Some(()));
         }
         Poll::Pending
     }
@@ -823,12 +821,23 @@ impl Subscription {
         std::mem::swap(&mut self.backlog, &mut q.events);
         // Events are queued only before an end is set, so they go out first, then the end.
         self.end = q.end.take();
+        // A stream only its task writes: what it handed out since is written (or on its
+        // way), and a heartbeat the shard asked for goes out unless events do.
+        let beat =
+            !self.direct && (std::mem::take(&mut self.handed_out) || q.wrote_at == BEAT_DUE) && {
+                let due = q.wrote_at == BEAT_DUE;
+                q.wrote_at = stamp(Instant::now());
+                due && self.backlog.is_empty() && self.end.is_none()
+            };
         // Always leave the waker, even when events were taken: they may all be skipped as
         // already sent (the replay covered them), and the next enqueue must wake us then.
         if self.end.is_none() && !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             q.waker = Some(cx.waker().clone());
         }
         drop(q);
+        if beat {
+            out.push(Frame::Own(Bytes::from_static(sse::HEARTBEAT)));
+        }
         if dropped > 0 {
             out.push(Frame::Own(sse::encode_control(
                 "ssegate.overflow",

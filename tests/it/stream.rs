@@ -368,6 +368,45 @@ async fn heartbeat_after_silence() {
     assert!(c.raw.windows(5).any(|w| w == b": hb\n"));
 }
 
+/// An HTTP/2 stream is written by hyper, not parked: the shard's heartbeat has its task
+/// write the comment (there is no timer per stream), and an event still follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_after_silence_over_http2() {
+    let (gw, _up) = sidecar_with(|c| c.events.heartbeat = Duration::from_millis(100)).await;
+    let tcp = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get("http://test.local/events?topic=hb2")
+        .body(())
+        .unwrap();
+    let (resp, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, resp).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut raw = Vec::new();
+    let mut read_until = async |needle: &[u8]| {
+        while !raw.windows(needle.len()).any(|w| w == needle) {
+            let chunk = tokio::time::timeout(DEADLINE, body.data())
+                .await
+                .expect("data within the deadline")
+                .expect("the stream stays open")
+                .unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            raw.extend_from_slice(&chunk);
+        }
+    };
+    read_until(b": hb\n").await;
+    publish_ok(gw.admin, r#"{"topic":"hb2","data":"after"}"#).await;
+    read_until(b"data: after\n").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_ends_exact_streams_after_the_event_and_pattern_streams_stay() {
     let (gw, _up) = sidecar_with(|_| {}).await;
