@@ -47,6 +47,35 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
     (chunk, frame)
 }
 
+/// How many bytes [`build_around`] needs for a frame of `frame_len` bytes: size line, frame
+/// and CRLF.
+pub fn chunk_len(frame_len: usize) -> usize {
+    hex_line(frame_len, &mut [0u8; LINE_MAX]) + frame_len + CRLF.len()
+}
+
+/// [`build`] of the frame `head`, `body`, `tail`, in `body`'s own allocation: moved up to
+/// make room for the size line and `head`. Nothing is allocated when `body` has room for
+/// the whole chunk ([`chunk_len`]); it grows when it has not.
+pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> (Bytes, Bytes) {
+    let frame_len = head.len() + body.len() + tail.len();
+    if frame_len == 0 {
+        return (Bytes::new(), Bytes::new());
+    }
+    let mut line = [0u8; LINE_MAX];
+    let n = hex_line(frame_len, &mut line);
+    let (moved, before) = (body.len() + tail.len() + CRLF.len(), n + head.len());
+    body.reserve_exact(before + tail.len() + CRLF.len());
+    body.extend_from_slice(tail);
+    body.extend_from_slice(CRLF);
+    body.resize(moved + before, 0);
+    body.copy_within(..moved, before);
+    body[..n].copy_from_slice(&line[..n]);
+    body[n..before].copy_from_slice(head);
+    let chunk = Bytes::from(body);
+    let frame = chunk.slice(n..chunk.len() - CRLF.len());
+    (chunk, frame)
+}
+
 /// The longest size line: 16 hex digits and CRLF.
 const LINE_MAX: usize = 18;
 
@@ -167,6 +196,30 @@ mod tests {
             let inner = chunk.as_ptr() as usize + size_line(len).len();
             assert_eq!(frame.as_ptr() as usize, inner);
         }
+    }
+
+    #[test]
+    fn a_chunk_built_around_a_body_is_the_chunk_built_anew() {
+        for len in [0usize, 1, 15, 255, 4095, 4096, 70_000] {
+            let body = vec![b'x'; len];
+            let frame = [&b"head "[..], &body, b" tail"].concat();
+            let (want_chunk, want_frame) = build(len, |buf| buf.extend_from_slice(&frame));
+            for room in [0, chunk_len(frame.len()) - len] {
+                let mut owned = Vec::with_capacity(len + room);
+                owned.extend_from_slice(&body);
+                let at = owned.as_ptr() as usize;
+                let (chunk, framed) = build_around(owned, b"head ", b" tail");
+                assert_eq!(
+                    (&chunk, &framed),
+                    (&want_chunk, &want_frame),
+                    "{len} {room}"
+                );
+                if room > 0 {
+                    assert_eq!(chunk.as_ptr() as usize, at, "in place: {len}");
+                }
+            }
+        }
+        assert!(build_around(Vec::new(), b"", b"").0.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! [`Matched::answered`] with what they parsed.
 
 use crate::config::{DeriveData, DeriveRule, PathPart, TopicPart};
-use crate::hub::{Hub, NewEvent, validate_topic};
+use crate::hub::{self, Hub, NewEvent, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
@@ -44,6 +44,8 @@ struct Compiled {
     fixed_topic: Option<Box<str>>,
     /// The topic names a response header: [`Matched::wants_header`] asks.
     reads_headers: bool,
+    /// What its events' data needs after it to be framed in place ([`hub::frame_room`]).
+    frame_room: usize,
     /// The rule's `published` series, looked up at its first batch: then one increment a
     /// batch, not a lookup (and a key built) each time.
     published: OnceLock<Counter>,
@@ -87,6 +89,7 @@ impl Rules {
                     .flatten()
                     .map(String::into_boxed_str);
                 Arc::new(Compiled {
+                    frame_room: hub::frame_room(rule.event.as_deref()),
                     rule: rule.clone(),
                     prefix,
                     names: names.into(),
@@ -159,7 +162,7 @@ impl Hit {
     #[inline(never)]
     fn new(compiled: &Arc<Compiled>, method: &str, path: &str, params: Params) -> Self {
         Self {
-            meta: Meta::request(method, path, compiled.params(&params)),
+            meta: Meta::request(method, path, compiled.params(&params), compiled.frame_room),
             compiled: Arc::clone(compiled),
             params,
         }
@@ -592,51 +595,62 @@ fn fill_topic<'p, 'h>(
 /// The `meta` data of a derived event, as JSON: `location` (when the app sent one),
 /// `method`, `params`, `path` and `status`, keys in this (sorted) order. Written in two
 /// steps, so that only one buffer is allocated: what the request says when it matches a
-/// rule ([`Meta::request`]), the app's answer once it arrives ([`Meta::answered`]).
+/// rule ([`Meta::request`]), the app's answer once it arrives ([`Meta::answered`]). The
+/// buffer keeps room after the JSON for the hub to frame the event in it.
 #[derive(Clone)]
 struct Meta {
     /// `{"method":…,"params":{…},"path":…,"status":`
-    json: Vec<u8>,
+    json: String,
     /// Where the path's JSON string is in `json`.
     path: Range<usize>,
+    /// Room kept after the whole JSON ([`crate::hub::frame_room`]).
+    room: usize,
 }
 
-/// What the app's answer adds to [`Meta`]: `"location":` and its string (after the
-/// opening brace), the status and the closing brace. Room for them is kept from the start.
-const ANSWER_ROOM: usize = 32;
+/// What the app's answer adds to [`Meta`] without a `Location`: the status and the closing
+/// brace. Room for them is kept from the start.
+const STATUS_ROOM: usize = 6;
 
 impl Meta {
-    /// The part the request tells: method, parameters (sorted by name) and path.
+    /// The part the request tells: method, parameters (sorted by name) and path; `room`
+    /// bytes are kept free after the whole JSON.
     fn request<'p>(
         method: &str,
         path: &str,
-        params: impl Iterator<Item = (&'p str, &'p str)>,
+        params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
+        room: usize,
     ) -> Self {
-        let mut json = Vec::with_capacity(64 + method.len() + 3 * path.len() + ANSWER_ROOM);
-        json.extend_from_slice(b"{\"method\":");
+        // Exact when nothing needs escaping: the keys, the strings and their quotes.
+        let strings: usize = params
+            .clone()
+            .map(|(name, value)| name.len() + value.len() + 6)
+            .sum();
+        let len = 40 + method.len() + 2 + strings + path.len() + 2;
+        let mut json = String::with_capacity(len + STATUS_ROOM + room);
+        json.push_str("{\"method\":");
         json_string(&mut json, method);
-        json.extend_from_slice(b",\"params\":{");
+        json.push_str(",\"params\":{");
         for (i, (name, value)) in params.enumerate() {
             if i > 0 {
-                json.push(b',');
+                json.push(',');
             }
             json_string(&mut json, name);
-            json.push(b':');
+            json.push(':');
             json_string(&mut json, value);
         }
-        json.extend_from_slice(b"},\"path\":");
+        json.push_str("},\"path\":");
         let start = json.len();
         json_string(&mut json, path);
         let path = start..json.len();
-        json.extend_from_slice(b",\"status\":");
-        Self { json, path }
+        json.push_str(",\"status\":");
+        Self { json, path, room }
     }
 
     /// The request's path, for a log line (decoded back from its JSON string).
     fn path(&self) -> String {
         self.json
             .get(self.path.clone())
-            .and_then(|s| serde_json::from_slice(s).ok())
+            .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default()
     }
 
@@ -644,63 +658,53 @@ impl Meta {
     fn answered(mut self, status: u16, location: Option<&str>) -> String {
         let json = &mut self.json;
         if let Some(location) = location {
-            // Written at the end, then turned into place after the opening brace.
-            let end = json.len();
-            json.extend_from_slice(b"\"location\":");
-            json_string(json, location);
-            json.push(b',');
-            let added = json.len() - end;
-            if let Some(after_brace) = json.get_mut(1..) {
-                after_brace.rotate_right(added);
+            // After the opening brace, the last piece first.
+            let escaped;
+            let (key, value, comma) = if needs_no_escape(location) {
+                ("\"location\":\"", location, "\",")
+            } else {
+                escaped = serde_json::to_string(location).unwrap_or_default();
+                ("\"location\":", escaped.as_str(), ",")
+            };
+            json.reserve_exact(key.len() + value.len() + comma.len() + STATUS_ROOM + self.room);
+            for piece in [comma, value, key] {
+                json.insert_str("{".len(), piece);
             }
         }
-        push_u16(json, status);
-        json.push(b'}');
-        // Every piece is UTF-8: the text of `&str`s, escaped.
-        String::from_utf8(self.json)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        let mut digits = itoa::Buffer::new();
+        json.push_str(digits.format(status));
+        json.push('}');
+        self.json
     }
 }
-
-/// Appends `n` in decimal (what serde_json writes for it).
-fn push_u16(out: &mut Vec<u8>, mut n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// The whole `meta` JSON at once (the two steps of [`Meta`] in one).
 #[cfg(test)]
 fn meta<'p>(
     method: &str,
     path: &str,
     status: u16,
-    params: impl Iterator<Item = (&'p str, &'p str)>,
+    params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
     location: Option<&str>,
 ) -> String {
-    Meta::request(method, path, params).answered(status, location)
+    Meta::request(method, path, params, 0).answered(status, location)
 }
 
 /// Appends `s` as a JSON string.
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Methods and most paths need no escape (serde_json escapes control characters, `"`
-    // and `\` only): copied as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+fn json_string(out: &mut String, s: &str) {
+    if needs_no_escape(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     } else {
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(out, s);
+        // Serializing a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
+}
+
+/// Whether `s` is its own JSON string's content: serde_json escapes control characters,
+/// `"` and `\` only, so methods and most paths are copied as they are.
+fn needs_no_escape(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
@@ -801,6 +805,18 @@ mod tests {
     }
 
     #[test]
+    fn meta_keeps_room_for_its_frame_after_the_json() {
+        let room = hub::frame_room(Some("changed"));
+        for location in [None, Some("/items/7"), Some("/items/\"7\"\n")] {
+            let params = [("id", "7")].into_iter();
+            let m = Meta::request("POST", "/items/7", params, room).answered(201, location);
+            assert!(m.capacity() >= m.len() + room, "{location:?}");
+            let params = [("id", "7")].into_iter();
+            assert_eq!(m, meta("POST", "/items/7", 201, params, location));
+        }
+    }
+
+    #[test]
     fn json_strings_are_what_serde_json_writes() {
         for s in [
             "",
@@ -812,9 +828,9 @@ mod tests {
             "\n",
             "\u{1f}x",
         ] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             json_string(&mut out, s);
-            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            assert_eq!(out.into_bytes(), serde_json::to_vec(s).unwrap(), "{s:?}");
         }
     }
 

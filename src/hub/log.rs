@@ -162,7 +162,7 @@ pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
         ev.topics.into_boxed_slice(),
         ev.event_type,
         ev.close,
-        &ev.data,
+        ev.data,
     ))
 }
 

@@ -27,7 +27,7 @@ fn event(id: EventId, topic: &str) -> Arc<Event> {
         vec![topic.into()].into_boxed_slice(),
         None,
         false,
-        topic,
+        topic.to_owned(),
     ))
 }
 
@@ -365,5 +365,51 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
         for (frame, id) in text[2..].iter().zip(&ids) {
             assert_eq!(*frame, format!("id: {id}\ndata: live\n\n"));
         }
+    }
+}
+
+#[test]
+fn data_with_room_after_it_is_framed_in_place_as_any_other_would_be() {
+    for id in [EventId::new(now_ms(), 12), super::ROOMY_ID] {
+        frame_in_place(id);
+    }
+    // An id longer than there is room for: copied.
+    let long = EventId::new(u64::MAX, u64::MAX);
+    let mut roomy = String::with_capacity(2 + super::frame_room(None));
+    roomy.push_str("{}");
+    let at = roomy.as_ptr() as usize;
+    let ev = Event::encode(
+        long,
+        vec!["a".into()].into_boxed_slice(),
+        None,
+        false,
+        roomy,
+    );
+    assert_eq!(ev.frame, sse::encode_event(long, None, "{}"));
+    assert_ne!(ev.chunk.as_ptr() as usize, at);
+}
+
+fn frame_in_place(id: EventId) {
+    for (event_type, data) in [
+        (None, r#"{"a":1}"#),
+        (Some("derived"), "one line"),
+        (Some(&*"t".repeat(64)), ""),
+        (None, "two\nlines"),
+    ] {
+        let encode = |data: String| {
+            let t = event_type.map(Box::from);
+            Event::encode(id, vec!["a".into()].into_boxed_slice(), t, false, data)
+        };
+        let mut roomy = String::with_capacity(data.len() + super::frame_room(event_type));
+        roomy.push_str(data);
+        let at = roomy.as_ptr() as usize;
+        let (copied, framed) = (encode(data.to_owned()), encode(roomy));
+        assert_eq!(framed.frame, sse::encode_event(id, event_type, data));
+        assert_eq!(
+            (&framed.frame, &framed.chunk),
+            (&copied.frame, &copied.chunk)
+        );
+        let in_place = framed.chunk.as_ptr() as usize == at;
+        assert_eq!(in_place, !data.contains('\n'), "{data:?}");
     }
 }

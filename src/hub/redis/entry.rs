@@ -295,6 +295,6 @@ pub(crate) fn decode(entry_id: EventId, fields: Vec<Value>) -> Result<Entry, Mal
     };
     let data = data.ok_or(Malformed("an event has no data"))?;
     Ok(Entry::Event(Arc::new(Event::encode(
-        entry_id, topics, event_type, close, &data,
+        entry_id, topics, event_type, close, data,
     ))))
 }
