@@ -40,8 +40,8 @@ struct Compiled {
     /// position in the template (and in [`Params`]).
     names: Box<[(String, usize)]>,
     /// The topic, when the template is all literal text and a valid topic: filled and
-    /// validated once, here.
-    fixed_topic: Option<Box<str>>,
+    /// validated once, here, and shared by the rule's events.
+    fixed_topic: Option<Arc<str>>,
     /// The topic names a response header: [`Matched::wants_header`] asks.
     reads_headers: bool,
     /// What its events' data needs after it to be framed in place ([`hub::frame_room`]).
@@ -87,7 +87,7 @@ impl Rules {
                     .all(|part| matches!(part, TopicPart::Literal(_)))
                     .then(|| fill_topic(&rule.topic, &no_params, &|_| None))
                     .flatten()
-                    .map(String::into_boxed_str);
+                    .map(Arc::from);
                 Arc::new(Compiled {
                     frame_room: hub::frame_room(rule.event.as_deref()),
                     rule: rule.clone(),
@@ -235,9 +235,8 @@ impl Matched {
                 continue;
             }
             let topic = match &compiled.fixed_topic {
-                Some(topic) => Some(topic.clone()),
-                None => fill_topic(&rule.topic, &compiled.params(&params), &header)
-                    .map(String::into_boxed_str),
+                Some(topic) => Some(Arc::clone(topic)),
+                None => fill_topic(&rule.topic, &compiled.params(&params), &header).map(Arc::from),
             };
             let Some(topic) = topic else {
                 metrics.derived(&rule.name, "invalid_topic");
@@ -251,7 +250,7 @@ impl Matched {
             // Whole now, before the response is relayed: what is left once it has been is a
             // push on the publisher's queue (and, for a body rule, its data).
             let event = NewEvent {
-                topics: vec![topic],
+                topics: smallvec::smallvec![topic],
                 event_type: rule.event.as_deref().map(Into::into),
                 data: meta.answered(status, location),
                 close: false,

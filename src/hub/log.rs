@@ -159,7 +159,7 @@ pub(crate) fn next_id(last: EventId, now: u64) -> EventId {
 pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
     Arc::new(Event::encode(
         id,
-        ev.topics.into_boxed_slice(),
+        ev.topics,
         ev.event_type,
         ev.close,
         ev.data,

@@ -45,6 +45,7 @@ use crate::sse::{self, EventId};
 use bytes::Bytes;
 use log::{Bounds, MemoryLog};
 use registry::Registry;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,13 +151,18 @@ impl Default for HubSettings {
     }
 }
 
+/// An event's topics: one is kept inline (most events have one), and each is a shared
+/// string, so that events to one topic need not each copy it (a `derive` rule's events
+/// share the rule's).
+pub type Topics = SmallVec<[Arc<str>; 1]>;
+
 /// A published event, encoded once and shared by every subscriber it reaches.
 #[derive(Debug)]
 pub struct Event {
     /// Its id, unique and increasing across all topics.
     pub id: EventId,
     /// The topics it was published to (one event, one id, even for several topics).
-    pub topics: Box<[Box<str>]>,
+    pub topics: Topics,
     /// Its SSE event type, if any.
     pub event_type: Option<Box<str>>,
     /// Whether it ends the streams of its topics.
@@ -174,7 +180,7 @@ impl Event {
     /// buffer; other data is copied into a new one.
     pub(crate) fn encode(
         id: EventId,
-        topics: Box<[Box<str>]>,
+        topics: Topics,
         event_type: Option<Box<str>>,
         close: bool,
         data: String,
@@ -203,7 +209,7 @@ impl Event {
     /// An event whose frame was encoded before (read back from disk), copied once.
     pub(crate) fn with_frame(
         id: EventId,
-        topics: Box<[Box<str>]>,
+        topics: Topics,
         event_type: Option<Box<str>>,
         close: bool,
         frame: &[u8],
@@ -216,7 +222,7 @@ impl Event {
     /// The event whose frame `write` puts into a buffer of about `hint` bytes.
     fn build(
         id: EventId,
-        topics: Box<[Box<str>]>,
+        topics: Topics,
         event_type: Option<Box<str>>,
         close: bool,
         hint: usize,
@@ -257,7 +263,7 @@ const ROOMY_ID: EventId = EventId::new(9_999_999_999_999, 999_999);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
     /// Exact topics, at least one, no duplicates.
-    pub topics: Vec<Box<str>>,
+    pub topics: Topics,
     /// The SSE event type.
     pub event_type: Option<Box<str>>,
     /// The data, sent as one `data:` line per line.
@@ -270,7 +276,7 @@ impl NewEvent {
     /// An untyped event on one topic.
     pub fn new(topic: &str, data: &str) -> Self {
         Self {
-            topics: vec![topic.into()],
+            topics: smallvec::smallvec![topic.into()],
             event_type: None,
             data: data.to_owned(),
             close: false,
@@ -534,7 +540,7 @@ impl Hub {
         let n = batch.len() as u64;
         let tenants = self.inner.metrics.tenants();
         // The topics, kept only to count per tenant once the batch is stored.
-        let topics: Vec<Vec<Box<str>>> = if tenants.enabled() {
+        let topics: Vec<Topics> = if tenants.enabled() {
             batch.iter().map(|e| e.topics.clone()).collect()
         } else {
             Vec::new()

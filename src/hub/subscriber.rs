@@ -111,7 +111,7 @@ impl Filter {
             && ev.topics.iter().any(|t| {
                 self.selectors
                     .iter()
-                    .any(|s| matches!(s, Selector::Exact(x) if x == t))
+                    .any(|s| matches!(s, Selector::Exact(x) if **x == **t))
             })
     }
 }

@@ -24,7 +24,7 @@ fn mirror(max_events: usize) -> MemoryLog {
 fn event(id: EventId, topic: &str) -> Arc<Event> {
     Arc::new(Event::encode(
         id,
-        vec![topic.into()].into_boxed_slice(),
+        smallvec::smallvec![topic.into()],
         None,
         false,
         topic.to_owned(),
@@ -378,13 +378,7 @@ fn data_with_room_after_it_is_framed_in_place_as_any_other_would_be() {
     let mut roomy = String::with_capacity(2 + super::frame_room(None));
     roomy.push_str("{}");
     let at = roomy.as_ptr() as usize;
-    let ev = Event::encode(
-        long,
-        vec!["a".into()].into_boxed_slice(),
-        None,
-        false,
-        roomy,
-    );
+    let ev = Event::encode(long, smallvec::smallvec!["a".into()], None, false, roomy);
     assert_eq!(ev.frame, sse::encode_event(long, None, "{}"));
     assert_ne!(ev.chunk.as_ptr() as usize, at);
 }
@@ -398,7 +392,7 @@ fn frame_in_place(id: EventId) {
     ] {
         let encode = |data: String| {
             let t = event_type.map(Box::from);
-            Event::encode(id, vec!["a".into()].into_boxed_slice(), t, false, data)
+            Event::encode(id, smallvec::smallvec!["a".into()], t, false, data)
         };
         let mut roomy = String::with_capacity(data.len() + super::frame_room(event_type));
         roomy.push_str(data);
