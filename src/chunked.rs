@@ -39,7 +39,7 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
         return (Bytes::new(), Bytes::new());
     }
     let mut line = [0u8; LINE_MAX];
-    let n = hex_line(len, &mut line);
+    let n = line_into(len, &mut line);
     buf[ROOM - n..ROOM].copy_from_slice(&line[..n]);
     buf.put_slice(CRLF);
     let chunk = buf.freeze().slice(ROOM - n..);
@@ -50,7 +50,11 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
 /// How many bytes [`build_around`] needs for a frame of `frame_len` bytes: size line, frame
 /// and CRLF.
 pub fn chunk_len(frame_len: usize) -> usize {
-    hex_line(frame_len, &mut [0u8; LINE_MAX]) + frame_len + CRLF.len()
+    let line = match SIZE_LINES.get(frame_len) {
+        Some(_) => digits(frame_len) + CRLF.len(),
+        None => hex_line(frame_len, &mut [0u8; LINE_MAX]),
+    };
+    line + frame_len + CRLF.len()
 }
 
 /// [`build`] of the frame `head`, `body`, `tail`, in `body`'s own allocation: moved up to
@@ -62,7 +66,7 @@ pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> (Bytes, Byte
         return (Bytes::new(), Bytes::new());
     }
     let mut line = [0u8; LINE_MAX];
-    let n = hex_line(frame_len, &mut line);
+    let n = line_into(frame_len, &mut line);
     let (moved, before) = (body.len() + tail.len() + CRLF.len(), n + head.len());
     body.reserve_exact(before + tail.len() + CRLF.len());
     body.extend_from_slice(tail);
@@ -121,6 +125,17 @@ pub fn size_line(len: usize) -> Bytes {
             let n = hex_line(len, &mut line);
             Bytes::copy_from_slice(&line[..n])
         }
+    }
+}
+
+/// [`hex_line`], from [`SIZE_LINES`] when it has the line.
+fn line_into(n: usize, out: &mut [u8; LINE_MAX]) -> usize {
+    match SIZE_LINES.get(n) {
+        Some(line) => {
+            out[..line.len()].copy_from_slice(line);
+            digits(n) + CRLF.len()
+        }
+        None => hex_line(n, out),
     }
 }
 

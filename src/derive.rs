@@ -17,6 +17,7 @@ use crate::hub::{self, Hub, NewEvent, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
+use crate::sse::EventId;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use smallvec::SmallVec;
@@ -458,6 +459,8 @@ async fn publish_all(queue: Arc<Queue>, hub: Hub) {
     // makes glibc's malloc consolidate its free lists at each allocation).
     let mut events = Vec::with_capacity(BATCH);
     let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
+    // The ids the hub gives them, which nothing reads.
+    let mut ids = Vec::with_capacity(BATCH);
     loop {
         queue.ready.notified().await;
         // The requests served in this turn of the scheduler queue theirs too: waiting for
@@ -477,19 +480,23 @@ async fn publish_all(queue: Arc<Queue>, hub: Hub) {
             if events.is_empty() {
                 break;
             }
-            publish_batch(&hub, metrics, &mut events, &mut rules).await;
+            publish_batch(&hub, metrics, &mut events, &mut rules, &mut ids).await;
         }
     }
 }
 
-/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty.
+/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty
+/// (and `ids`, where the hub puts their ids).
 async fn publish_batch(
     hub: &Hub,
     metrics: &Metrics,
     events: &mut Vec<NewEvent>,
     rules: &mut Vec<Arc<Compiled>>,
+    ids: &mut Vec<EventId>,
 ) {
-    let outcome = match hub.publish_from(events).await {
+    let published = hub.publish_from(events, ids).await;
+    ids.clear();
+    let outcome = match published {
         Ok(_) => PUBLISHED,
         Err(e) => {
             tracing::warn!(events = rules.len(), error = %e, "derived events not published");

@@ -407,18 +407,20 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    /// Appends a new batch and wakes the dispatchers that have streams to give it to.
+    /// Appends a new batch (its ids added to `ids`) and wakes the dispatchers that have
+    /// streams to give it to.
     fn append(
         &self,
         batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
-    ) -> Result<Vec<EventId>, Backlog> {
-        let appended = self
+        ids: &mut Vec<EventId>,
+    ) -> Result<(), Backlog> {
+        let wake = self
             .log
-            .append_past(batch, |shard| self.registry.is_idle(shard))?;
-        if appended.wake {
+            .append_past(batch, ids, |shard| self.registry.is_idle(shard))?;
+        if wake {
             self.wake();
         }
-        Ok(appended.ids)
+        Ok(())
     }
 
     /// Appends events that already have their ids (stored on disk, read from Redis) and
@@ -528,15 +530,19 @@ impl Hub {
     /// the dispatchers. Refused with [`HubError::Overloaded`] while the dispatchers are a
     /// whole history behind; a batch larger than the history is taken whole otherwise.
     pub async fn publish(&self, mut batch: Vec<NewEvent>) -> Result<Vec<EventId>, HubError> {
-        self.publish_from(&mut batch).await
+        let mut ids = Vec::with_capacity(batch.len());
+        self.publish_from(&mut batch, &mut ids).await?;
+        Ok(ids)
     }
 
     /// [`Hub::publish`] of the events in `batch`, which it leaves empty (whatever the outcome)
-    /// with its capacity, for a caller that publishes batch after batch from one vector.
+    /// with its capacity, their ids added to `ids`: for a caller that publishes batch after
+    /// batch from the same vectors.
     pub(crate) async fn publish_from(
         &self,
         batch: &mut Vec<NewEvent>,
-    ) -> Result<Vec<EventId>, HubError> {
+        ids: &mut Vec<EventId>,
+    ) -> Result<(), HubError> {
         let n = batch.len() as u64;
         let tenants = self.inner.metrics.tenants();
         // The topics, kept only to count per tenant once the batch is stored.
@@ -547,12 +553,18 @@ impl Hub {
         };
         let inner = &*self.inner;
         let stored = match &inner.broker {
-            Broker::Memory => inner.local.append(batch.drain(..)).map_err(HubError::from),
+            Broker::Memory => inner
+                .local
+                .append(batch.drain(..), ids)
+                .map_err(HubError::from),
             Broker::Disk(disk) => {
                 // Refused before anything is written: a batch the dispatchers cannot take
                 // must not reach the disk either.
                 match inner.local.log.room() {
-                    Ok(()) => disk.publish(std::mem::take(batch)).await,
+                    Ok(()) => disk
+                        .publish(std::mem::take(batch))
+                        .await
+                        .map(|s| ids.extend(s)),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -560,19 +572,19 @@ impl Hub {
                 // Every instance's reader waits for its own dispatchers; this one's backlog
                 // is the signal a publisher here can act on.
                 match inner.local.log.room() {
-                    Ok(()) => redis.publish(batch).await,
+                    Ok(()) => redis.publish(batch).await.map(|s| ids.extend(s)),
                     Err(e) => Err(e.into()),
                 }
             }
             Broker::Unusable(_, e) => Err(HubError::Unavailable(e.clone())),
         };
         batch.clear();
-        let ids = stored?;
+        stored?;
         self.inner.metrics.published(n);
         for t in &topics {
             tenants.published(t);
         }
-        Ok(ids)
+        Ok(())
     }
 
     /// Opens a stream: registers the subscriber, then takes the replay snapshot, so every
