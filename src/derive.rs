@@ -21,7 +21,6 @@ use crate::sse::EventId;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use smallvec::SmallVec;
-use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::Notify;
 
@@ -29,8 +28,6 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Rules {
     rules: Vec<Arc<Compiled>>,
-    /// `publish.max_event_bytes`: a body larger than this is not put in an event.
-    max_body: usize,
 }
 
 struct Compiled {
@@ -47,6 +44,8 @@ struct Compiled {
     reads_headers: bool,
     /// What its events' data needs after it to be framed in place ([`hub::frame_room`]).
     frame_room: usize,
+    /// `publish.max_event_bytes`: a body larger than this is not put in an event.
+    max_body: usize,
     /// The rule's `published` series, looked up at its first batch: then one increment a
     /// batch, not a lookup (and a key built) each time.
     published: OnceLock<Counter>,
@@ -91,6 +90,7 @@ impl Rules {
                     .map(Arc::from);
                 Arc::new(Compiled {
                     frame_room: hub::frame_room(rule.event.as_deref()),
+                    max_body,
                     rule: rule.clone(),
                     prefix,
                     names: names.into(),
@@ -103,14 +103,14 @@ impl Rules {
                 })
             })
             .collect();
-        Self { rules, max_body }
+        Self { rules }
     }
 
     /// The rules a request with `method` and (still encoded) `path` matches, with their
     /// parameters and what their `meta` says of the request; `None`, without allocating,
     /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
-        let mut hits = Vec::new();
+        let mut matched: Option<Matched> = None;
         for compiled in &self.rules {
             if !path.starts_with(compiled.prefix.as_str())
                 || !compiled.rule.methods.iter().any(|m| m == method)
@@ -118,20 +118,14 @@ impl Rules {
                 continue;
             }
             if let Some(params) = match_path(&compiled.rule.path, path) {
-                // Most requests match one rule: room for it alone.
-                hits.reserve_exact(1);
-                hits.push(Hit::new(compiled, method, path, params));
+                let hit = Hit::new(compiled, method, path, params);
+                match &mut matched {
+                    None => matched = Some(Matched::new(hit)),
+                    Some(m) => m.add(hit),
+                }
             }
         }
-        if hits.is_empty() {
-            return None;
-        }
-        Some(Matched {
-            reads_headers: hits.iter().any(|hit| hit.compiled.reads_headers),
-            hits,
-            request_body: None,
-            max_body: self.max_body,
-        })
+        matched
     }
 }
 
@@ -153,7 +147,7 @@ impl Compiled {
 /// A rule a request matched.
 struct Hit {
     compiled: Arc<Compiled>,
-    params: Params,
+    params: Box<[String]>,
     /// Its `meta`, as far as the request tells.
     meta: Meta,
 }
@@ -165,26 +159,62 @@ impl Hit {
         Self {
             meta: Meta::request(method, path, compiled.params(&params), compiled.frame_room),
             compiled: Arc::clone(compiled),
-            params,
+            // Sized exactly by `match_path`: no copy.
+            params: params.into_boxed_slice(),
         }
     }
 }
 
-/// A request some rules matched, waiting for the app's answer.
+/// A request some rules matched, waiting for the app's answer. The first hit is held
+/// inline (a matched request usually matches one rule, and its `meta` is the one
+/// allocation it needs); what fewer requests need is boxed, so that every request's state,
+/// matched or not, stays as small (and as quick to move) as it was with the hits on the
+/// heap.
 pub struct Matched {
-    /// On the heap: inline, it would make every request's state larger (and slower to move),
-    /// whether it matched or not.
-    hits: Vec<Hit>,
+    first: Hit,
+    more: Option<Box<More>>,
     /// A hit's topic names a response header.
     reads_headers: bool,
+}
+
+/// What few matched requests have: more rules matched, and a request body kept for an
+/// event.
+#[derive(Default)]
+struct More {
+    hits: Vec<Hit>,
     request_body: Option<Bytes>,
-    max_body: usize,
 }
 
 /// The response header `meta` carries.
 const LOCATION: &str = "location";
 
 impl Matched {
+    fn new(first: Hit) -> Self {
+        Self {
+            reads_headers: first.compiled.reads_headers,
+            first,
+            more: None,
+        }
+    }
+
+    /// Adds a hit after the first.
+    #[inline(never)]
+    fn add(&mut self, hit: Hit) {
+        self.reads_headers |= hit.compiled.reads_headers;
+        self.more.get_or_insert_with(Box::default).hits.push(hit);
+    }
+
+    /// The hits, in the order of the rules.
+    fn hits(&self) -> impl Iterator<Item = &Hit> {
+        let more = self.more.iter().flat_map(|m| m.hits.iter());
+        std::iter::once(&self.first).chain(more)
+    }
+
+    /// `publish.max_event_bytes` (every rule has it).
+    fn max_body(&self) -> usize {
+        self.first.compiled.max_body
+    }
+
     /// Whether a matched rule reads the app's response header `name` (any case): `Location`
     /// for `meta`, or one its topic names.
     pub fn wants_header(&self, name: &str) -> bool {
@@ -194,21 +224,20 @@ impl Matched {
                     matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h))
                 })
         };
-        name.eq_ignore_ascii_case(LOCATION)
-            || (self.reads_headers && self.hits.iter().any(topic_reads))
+        name.eq_ignore_ascii_case(LOCATION) || (self.reads_headers && self.hits().any(topic_reads))
     }
 
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
-        self.hits
-            .iter()
+        self.hits()
             .any(|hit| hit.compiled.rule.data == DeriveData::Request)
     }
 
     /// The request's whole body, kept if a rule wants it and it fits.
     pub fn request_body(&mut self, body: &[u8]) {
-        if self.wants_request_body() && body.len() <= self.max_body {
-            self.request_body = Some(Bytes::copy_from_slice(body));
+        if self.wants_request_body() && body.len() <= self.max_body() {
+            self.more.get_or_insert_with(Box::default).request_body =
+                Some(Bytes::copy_from_slice(body));
         }
     }
 
@@ -223,12 +252,17 @@ impl Matched {
     ) -> Publication {
         let metrics = &publisher.0.metrics;
         let location = header(LOCATION);
+        let max_body = self.max_body();
         let mut pending: SmallVec<[Pending; 1]> = SmallVec::new();
+        let (more, request) = match self.more {
+            Some(more) => (more.hits, more.request_body),
+            None => (Vec::new(), None),
+        };
         for Hit {
             compiled,
             params,
             meta,
-        } in self.hits
+        } in std::iter::once(self.first).chain(more)
         {
             let rule = &compiled.rule;
             if !rule.status.iter().any(|s| s.matches(status)) {
@@ -267,10 +301,10 @@ impl Matched {
         Publication {
             publisher: publisher.clone(),
             pending,
-            request: self.request_body,
+            request,
             response: wants_response.then(BytesMut::new),
             chunked: false,
-            max_body: self.max_body,
+            max_body,
         }
     }
 }
@@ -527,7 +561,12 @@ async fn publish_batch(
 /// The parameters of `path` under `template`, decoded; `None` when it does not match.
 fn match_path(template: &[PathPart], path: &str) -> Option<Params> {
     let mut segments = path.strip_prefix('/')?.split('/');
-    let mut params = Vec::new();
+    // Exactly as many as it will hold: kept as they are, without a copy (see `Hit`).
+    let placeholders = template
+        .iter()
+        .filter(|part| !matches!(part, PathPart::Literal(_)))
+        .count();
+    let mut params = Vec::with_capacity(placeholders);
     for part in template {
         match part {
             PathPart::Literal(l) => {
@@ -607,11 +646,13 @@ fn fill_topic<'p, 'h>(
 struct Meta {
     /// `{"method":…,"params":{…},"path":…,"status":`
     json: String,
-    /// Where the path's JSON string is in `json`.
-    path: Range<usize>,
     /// Room kept after the whole JSON ([`crate::hub::frame_room`]).
     room: usize,
 }
+
+/// What comes before the path's JSON string in [`Meta`]: the end of `params`, whose
+/// strings are escaped (a `"` in one is `\"`), so that this is its first occurrence.
+const BEFORE_PATH: &str = "},\"path\":";
 
 /// What the app's answer adds to [`Meta`] without a `Location`: the status and the closing
 /// brace. Room for them is kept from the start.
@@ -644,20 +685,20 @@ impl Meta {
             json.push(':');
             json_string(&mut json, value);
         }
-        json.push_str("},\"path\":");
-        let start = json.len();
+        json.push_str(BEFORE_PATH);
         json_string(&mut json, path);
-        let path = start..json.len();
         json.push_str(",\"status\":");
-        Self { json, path, room }
+        Self { json, room }
     }
 
     /// The request's path, for a log line (decoded back from its JSON string).
     fn path(&self) -> String {
-        self.json
-            .get(self.path.clone())
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default()
+        let Some((_, rest)) = self.json.split_once(BEFORE_PATH) else {
+            return String::new();
+        };
+        // The string, and whatever follows it.
+        let mut strings = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+        strings.next().and_then(Result::ok).unwrap_or_default()
     }
 
     /// The whole JSON, with the app's `status` and `location` (if it sent one).
@@ -823,6 +864,41 @@ mod tests {
     }
 
     #[test]
+    fn the_path_is_found_after_params_that_look_like_it() {
+        let params = [("a", "x},\"path\":\"/no"), ("b", "}")].into_iter();
+        let m = Meta::request("POST", "/y\"z", params, 0);
+        assert_eq!(m.path(), "/y\"z");
+    }
+
+    #[test]
+    fn a_match_is_no_larger_than_its_hits_on_the_heap_would_be() {
+        // A vector, a flag, an optional body and `max_body`: what every request carried.
+        assert!(std::mem::size_of::<Option<Matched>>() <= 72);
+    }
+
+    #[test]
+    fn every_rule_a_request_matches_publishes() {
+        let rules = Rules::new(
+            &[
+                post_rule("/i/{id}", "a"),
+                post_rule("/x", "b"),
+                post_rule("/i/{n}", "c"),
+            ],
+            1024,
+        );
+        let mut m = rules.matching("POST", "/i/7").unwrap();
+        assert!(!m.wants_request_body());
+        m.request_body(b"ignored");
+        let metas: Vec<String> = m
+            .hits()
+            .map(|h| h.meta.clone().answered(201, None))
+            .collect();
+        assert_eq!(metas.len(), 2);
+        assert!(metas[0].contains(r#""params":{"id":"7"}"#), "{metas:?}");
+        assert!(metas[1].contains(r#""params":{"n":"7"}"#), "{metas:?}");
+    }
+
+    #[test]
     fn json_strings_are_what_serde_json_writes() {
         for s in [
             "",
@@ -894,7 +970,7 @@ mod tests {
         let rules = Rules::new(&[post_rule("/t/{tenant}/q/{id}", "t")], 1024);
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
-        let hit = m.hits.first().unwrap();
+        let hit = &m.first;
         assert_eq!(hit.meta.path(), "/t/acme/q/7");
         let meta = hit.meta.clone().answered(200, None);
         assert_eq!(
