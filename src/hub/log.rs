@@ -295,7 +295,7 @@ impl MemoryLog {
     }
 
     fn push(&self, st: &mut State, event: Arc<Event>) {
-        let size = event.frame.len();
+        let size = event.frame().len();
         st.last_id = event.id;
         st.ring.push_back(Slot {
             id: event.id,
@@ -378,7 +378,7 @@ impl MemoryLog {
         let Some(slot) = st.ring.get(st.index(st.history_seq)) else {
             return false;
         };
-        let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame.len()));
+        let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame().len()));
         st.history_bytes -= size;
         st.horizon = st.horizon.max(id.next());
         st.history_seq += 1;
@@ -545,7 +545,7 @@ impl MemoryLog {
         let mut freed = 0;
         for (i, slot) in st.ring.iter_mut().enumerate() {
             if slot.event.as_ref().is_some_and(|e| e.is_only_in(topic)) {
-                let size = slot.event.take().map_or(0, |e| e.frame.len());
+                let size = slot.event.take().map_or(0, |e| e.frame().len());
                 if i >= history {
                     freed += size;
                 }

@@ -379,7 +379,7 @@ fn data_with_room_after_it_is_framed_in_place_as_any_other_would_be() {
     roomy.push_str("{}");
     let at = roomy.as_ptr() as usize;
     let ev = Event::encode(long, smallvec::smallvec!["a".into()], None, false, roomy);
-    assert_eq!(ev.frame, sse::encode_event(long, None, "{}"));
+    assert_eq!(ev.frame(), sse::encode_event(long, None, "{}"));
     assert_ne!(ev.chunk.as_ptr() as usize, at);
 }
 
@@ -398,12 +398,28 @@ fn frame_in_place(id: EventId) {
         roomy.push_str(data);
         let at = roomy.as_ptr() as usize;
         let (copied, framed) = (encode(data.to_owned()), encode(roomy));
-        assert_eq!(framed.frame, sse::encode_event(id, event_type, data));
+        assert_eq!(framed.frame(), sse::encode_event(id, event_type, data));
         assert_eq!(
-            (&framed.frame, &framed.chunk),
-            (&copied.frame, &copied.chunk)
+            (framed.frame(), &framed.chunk),
+            (copied.frame(), &copied.chunk)
         );
         let in_place = framed.chunk.as_ptr() as usize == at;
         assert_eq!(in_place, !data.contains('\n'), "{data:?}");
     }
+}
+
+#[test]
+fn an_event_stays_in_glibcs_fast_bins() {
+    // With the `Arc`'s two counts: a request of at most 120 bytes (a chunk of 128).
+    assert!(std::mem::size_of::<Event>() + 16 <= 120);
+    let ev = Event::encode(
+        EventId::new(1, 2),
+        smallvec::smallvec!["a".into()],
+        None,
+        false,
+        "x".into(),
+    );
+    assert_eq!(ev.frame(), b"id: 1-2\ndata: x\n\n");
+    assert_eq!(ev.frame_bytes(4), &b"1-2\ndata: x\n\n"[..]);
+    assert_eq!(ev.frame_bytes(99), &b""[..]);
 }

@@ -68,7 +68,7 @@ pub(super) fn encode(event: &Event, buf: &mut Vec<u8>) {
         flags,
         event.topics.len(),
         texts,
-        &event.frame,
+        event.frame(),
     );
 }
 
@@ -256,7 +256,7 @@ mod tests {
                 (a.id, &a.topics, &a.event_type, a.close),
                 (b.id, &b.topics, &b.event_type, b.close)
             );
-            assert_eq!(a.frame, b.frame);
+            assert_eq!(a.frame(), b.frame());
         }
     }
 

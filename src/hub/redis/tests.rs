@@ -33,7 +33,7 @@ fn an_event_entry_decodes_and_is_encoded_once() {
     );
     assert_eq!(ev.event_type.as_deref(), Some("t"));
     assert!(ev.close);
-    assert_eq!(&ev.frame[..], b"id: 5-1\nevent: t\ndata: x\ndata: y\n\n");
+    assert_eq!(ev.frame(), b"id: 5-1\nevent: t\ndata: x\ndata: y\n\n");
     let untyped = fields(&[
         ("kind", "event"),
         ("topics", "a"),
