@@ -42,6 +42,8 @@ struct Compiled {
     fixed_topic: Option<Arc<str>>,
     /// The topic names a response header: [`Matched::wants_header`] asks.
     reads_headers: bool,
+    /// Each of its methods' [`Meta::head`], in the order of `rule.methods`.
+    heads: Box<[String]>,
     /// What its events' data needs after it to be framed in place ([`hub::frame_room`]).
     frame_room: usize,
     /// `publish.max_event_bytes`: a body larger than this is not put in an event.
@@ -89,6 +91,7 @@ impl Rules {
                     .flatten()
                     .map(Arc::from);
                 Arc::new(Compiled {
+                    heads: rule.methods.iter().map(|m| Meta::head(m)).collect(),
                     frame_room: hub::frame_room(rule.event.as_deref()),
                     max_body,
                     rule: rule.clone(),
@@ -112,13 +115,20 @@ impl Rules {
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
         let mut matched: Option<Matched> = None;
         for compiled in &self.rules {
-            if !path.starts_with(compiled.prefix.as_str())
-                || !compiled.rule.methods.iter().any(|m| m == method)
-            {
+            if !path.starts_with(compiled.prefix.as_str()) {
                 continue;
             }
+            let Some(head) = compiled
+                .rule
+                .methods
+                .iter()
+                .position(|m| m == method)
+                .and_then(|i| compiled.heads.get(i))
+            else {
+                continue;
+            };
             if let Some(params) = match_path(&compiled.rule.path, path) {
-                let hit = Hit::new(compiled, method, path, params);
+                let hit = Hit::new(compiled, head, path, params);
                 match &mut matched {
                     None => matched = Some(Matched::new(hit)),
                     Some(m) => m.add(hit),
@@ -155,9 +165,9 @@ struct Hit {
 impl Hit {
     /// Out of line: the scan of the rules, which every request goes through, stays small.
     #[inline(never)]
-    fn new(compiled: &Arc<Compiled>, method: &str, path: &str, params: Params) -> Self {
+    fn new(compiled: &Arc<Compiled>, head: &str, path: &str, params: Params) -> Self {
         Self {
-            meta: Meta::request(method, path, compiled.params(&params), compiled.frame_room),
+            meta: Meta::after_head(head, path, compiled.params(&params), compiled.frame_room),
             compiled: Arc::clone(compiled),
             // Sized exactly by `match_path`: no copy.
             params: params.into_boxed_slice(),
@@ -229,8 +239,8 @@ impl Matched {
 
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
-        self.hits()
-            .any(|hit| hit.compiled.rule.data == DeriveData::Request)
+        let wants = |hit: &Hit| hit.compiled.rule.data == DeriveData::Request;
+        wants(&self.first) || self.more.as_ref().is_some_and(|m| m.hits.iter().any(wants))
     }
 
     /// The request's whole body, kept if a rule wants it and it fits.
@@ -239,6 +249,51 @@ impl Matched {
             self.more.get_or_insert_with(Box::default).request_body =
                 Some(Bytes::copy_from_slice(body));
         }
+    }
+
+    /// The event of `hit` for the app's answer (see [`Matched::answered`]), if its rule
+    /// matches the answer and its topic is valid.
+    fn event<'h>(
+        Hit {
+            compiled,
+            params,
+            meta,
+        }: Hit,
+        status: u16,
+        location: Option<&str>,
+        header: &impl Fn(&str) -> Option<&'h str>,
+        metrics: &Metrics,
+    ) -> Option<Pending> {
+        let rule = &compiled.rule;
+        if !rule.status.iter().any(|s| s.matches(status)) {
+            metrics.derived(&rule.name, "no_match");
+            return None;
+        }
+        let topic = match &compiled.fixed_topic {
+            Some(topic) => Some(Arc::clone(topic)),
+            None => fill_topic(&rule.topic, &compiled.params(&params), header).map(Arc::from),
+        };
+        let Some(topic) = topic else {
+            metrics.derived(&rule.name, "invalid_topic");
+            tracing::warn!(
+                rule = rule.name,
+                path = meta.path(),
+                "derived topic is not a valid topic; nothing published"
+            );
+            return None;
+        };
+        // Whole now, before the response is relayed: what is left once it has been is a
+        // push on the publisher's queue (and, for a body rule, its data).
+        let event = NewEvent {
+            topics: smallvec::smallvec![topic],
+            event_type: rule.event.as_deref().map(Into::into),
+            data: meta.answered(status, location),
+            close: false,
+        };
+        Some(Pending {
+            rule: compiled,
+            event,
+        })
     }
 
     /// The events for the app's answer: its `status`, and its headers through `header`
@@ -254,46 +309,16 @@ impl Matched {
         let location = header(LOCATION);
         let max_body = self.max_body();
         let mut pending: SmallVec<[Pending; 1]> = SmallVec::new();
-        let (more, request) = match self.more {
-            Some(more) => (more.hits, more.request_body),
-            None => (Vec::new(), None),
-        };
-        for Hit {
-            compiled,
-            params,
-            meta,
-        } in std::iter::once(self.first).chain(more)
-        {
-            let rule = &compiled.rule;
-            if !rule.status.iter().any(|s| s.matches(status)) {
-                metrics.derived(&rule.name, "no_match");
-                continue;
+        let mut answer = |hit| {
+            if let Some(p) = Self::event(hit, status, location, &header, metrics) {
+                pending.push(p);
             }
-            let topic = match &compiled.fixed_topic {
-                Some(topic) => Some(Arc::clone(topic)),
-                None => fill_topic(&rule.topic, &compiled.params(&params), &header).map(Arc::from),
-            };
-            let Some(topic) = topic else {
-                metrics.derived(&rule.name, "invalid_topic");
-                tracing::warn!(
-                    rule = rule.name,
-                    path = meta.path(),
-                    "derived topic is not a valid topic; nothing published"
-                );
-                continue;
-            };
-            // Whole now, before the response is relayed: what is left once it has been is a
-            // push on the publisher's queue (and, for a body rule, its data).
-            let event = NewEvent {
-                topics: smallvec::smallvec![topic],
-                event_type: rule.event.as_deref().map(Into::into),
-                data: meta.answered(status, location),
-                close: false,
-            };
-            pending.push(Pending {
-                rule: compiled,
-                event,
-            });
+        };
+        answer(self.first);
+        let mut request = None;
+        if let Some(more) = self.more {
+            more.hits.into_iter().for_each(&mut answer);
+            request = more.request_body;
         }
         let wants_response = pending
             .iter()
@@ -661,8 +686,28 @@ const STATUS_ROOM: usize = 6;
 impl Meta {
     /// The part the request tells: method, parameters (sorted by name) and path; `room`
     /// bytes are kept free after the whole JSON.
+    #[cfg(test)]
     fn request<'p>(
         method: &str,
+        path: &str,
+        params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
+        room: usize,
+    ) -> Self {
+        Self::after_head(&Self::head(method), path, params, room)
+    }
+
+    /// What every request of `method` starts with: `{"method":…,"params":{`, which a rule
+    /// writes once for each of its methods.
+    fn head(method: &str) -> String {
+        let mut head = String::from("{\"method\":");
+        json_string(&mut head, method);
+        head.push_str(",\"params\":{");
+        head
+    }
+
+    /// [`Meta::request`] of a request whose method has the [`Meta::head`] `head`.
+    fn after_head<'p>(
+        head: &str,
         path: &str,
         params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
         room: usize,
@@ -672,11 +717,9 @@ impl Meta {
             .clone()
             .map(|(name, value)| name.len() + value.len() + 6)
             .sum();
-        let len = 40 + method.len() + 2 + strings + path.len() + 2;
+        let len = head.len() + strings + BEFORE_PATH.len() + path.len() + 2 + 10;
         let mut json = String::with_capacity(len + STATUS_ROOM + room);
-        json.push_str("{\"method\":");
-        json_string(&mut json, method);
-        json.push_str(",\"params\":{");
+        json.push_str(head);
         for (i, (name, value)) in params.enumerate() {
             if i > 0 {
                 json.push(',');
