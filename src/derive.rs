@@ -34,6 +34,9 @@ struct Compiled {
     rule: DeriveRule,
     /// The path's literal start (up to the first placeholder): most requests fail here.
     prefix: String,
+    /// The path has no placeholder: `prefix` is the whole path, and a request matches it
+    /// when its path is that, as [`match_path`] would find segment by segment.
+    literal: bool,
     /// The path's parameter names, sorted (the order `meta` lists them), each with its
     /// position in the template (and in [`Params`]).
     names: Box<[(String, usize)]>,
@@ -91,6 +94,7 @@ impl Rules {
                     .flatten()
                     .map(Arc::from);
                 Arc::new(Compiled {
+                    literal: rule.path.iter().all(|p| matches!(p, PathPart::Literal(_))),
                     heads: rule.methods.iter().map(|m| Meta::head(m)).collect(),
                     frame_room: hub::frame_room(rule.event.as_deref()),
                     max_body,
@@ -127,7 +131,12 @@ impl Rules {
             else {
                 continue;
             };
-            if let Some(params) = match_path(&compiled.rule.path, path) {
+            let params = if compiled.literal {
+                (path == compiled.prefix).then(Vec::new)
+            } else {
+                match_path(&compiled.rule.path, path)
+            };
+            if let Some(params) = params {
                 let hit = Hit::new(compiled, head, path, params);
                 match &mut matched {
                     None => matched = Some(Matched::new(hit)),
@@ -903,6 +912,24 @@ mod tests {
             assert!(m.capacity() >= m.len() + room, "{location:?}");
             let params = [("id", "7")].into_iter();
             assert_eq!(m, meta("POST", "/items/7", 201, params, location));
+        }
+    }
+
+    #[test]
+    fn a_literal_path_matches_as_its_segments_would() {
+        for template_path in ["/", "/items", "/a/b", "/a//b", "/a/"] {
+            let rules = Rules::new(&[post_rule(template_path, "t")], 1024);
+            let compiled = &rules.rules[0];
+            assert!(compiled.literal, "{template_path}");
+            for path in [
+                "/", "", "/items", "/items/", "/a/b", "/a//b", "/a/", "/a", "/a/b/",
+            ] {
+                assert_eq!(
+                    rules.matching("POST", path).is_some(),
+                    match_path(&compiled.rule.path, path).is_some(),
+                    "{template_path} {path}"
+                );
+            }
         }
     }
 
