@@ -57,13 +57,15 @@ pub fn chunk_len(frame_len: usize) -> usize {
     line + frame_len + CRLF.len()
 }
 
-/// [`build`] of the frame `head`, `body`, `tail`, in `body`'s own allocation: moved up to
-/// make room for the size line and `head`. Nothing is allocated when `body` has room for
-/// the whole chunk ([`chunk_len`]); it grows when it has not.
-pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> (Bytes, Bytes) {
+/// The chunk of the frame `head`, `body`, `tail` (as [`build`] makes it), in `body`'s own
+/// allocation: moved up to make room for the size line and `head`. Nothing is allocated
+/// when `body` has room for the whole chunk ([`chunk_len`]); it grows when it has not.
+/// The frame is the chunk without its first `chunk.len() - frame_len - 2` bytes (the size
+/// line) and its last two (CRLF); the caller, who knows its length, takes it from there.
+pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> Bytes {
     let frame_len = head.len() + body.len() + tail.len();
     if frame_len == 0 {
-        return (Bytes::new(), Bytes::new());
+        return Bytes::new();
     }
     let mut line = [0u8; LINE_MAX];
     let n = line_into(frame_len, &mut line);
@@ -75,9 +77,7 @@ pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> (Bytes, Byte
     body.copy_within(..moved, before);
     body[..n].copy_from_slice(&line[..n]);
     body[n..before].copy_from_slice(head);
-    let chunk = Bytes::from(body);
-    let frame = chunk.slice(n..chunk.len() - CRLF.len());
-    (chunk, frame)
+    Bytes::from(body)
 }
 
 /// The longest size line: 16 hex digits and CRLF.
@@ -223,7 +223,9 @@ mod tests {
                 let mut owned = Vec::with_capacity(len + room);
                 owned.extend_from_slice(&body);
                 let at = owned.as_ptr() as usize;
-                let (chunk, framed) = build_around(owned, b"head ", b" tail");
+                let chunk = build_around(owned, b"head ", b" tail");
+                let line = chunk.len() - frame.len() - CRLF.len();
+                let framed = chunk.slice(line..chunk.len() - CRLF.len());
                 assert_eq!(
                     (&chunk, &framed),
                     (&want_chunk, &want_frame),
@@ -234,7 +236,7 @@ mod tests {
                 }
             }
         }
-        assert!(build_around(Vec::new(), b"", b"").0.is_empty());
+        assert!(build_around(Vec::new(), b"", b"").is_empty());
     }
 
     #[test]

@@ -190,9 +190,9 @@ impl Event {
         if let Some(one) = sse::OneLine::new(id, event_type.as_deref(), &data) {
             let frame_len = one.head().len() + data.len() + sse::ONE_LINE_TAIL.len();
             if data.capacity() >= crate::chunked::chunk_len(frame_len) {
-                let built =
+                let chunk =
                     crate::chunked::build_around(data.into_bytes(), one.head(), sse::ONE_LINE_TAIL);
-                return Self::new(id, topics, event_type, close, built);
+                return Self::new(id, topics, event_type, close, chunk, frame_len);
             }
         }
         let hint = sse::encoded_len_hint(event_type.as_deref(), &data);
@@ -223,21 +223,22 @@ impl Event {
         hint: usize,
         write: impl FnOnce(&mut bytes::BytesMut, Option<&str>),
     ) -> Self {
-        let built = crate::chunked::build(hint, |buf| write(buf, event_type.as_deref()));
-        Self::new(id, topics, event_type, close, built)
+        let (chunk, frame) = crate::chunked::build(hint, |buf| write(buf, event_type.as_deref()));
+        Self::new(id, topics, event_type, close, chunk, frame.len())
     }
 
-    /// The event of a chunk and its frame (as `chunked` builds them).
+    /// The event of a chunk (as `chunked` builds them) of a frame of `frame_len` bytes.
     fn new(
         id: EventId,
         topics: Topics,
         event_type: Option<Box<str>>,
         close: bool,
-        (chunk, frame): (Bytes, Bytes),
+        chunk: Bytes,
+        frame_len: usize,
     ) -> Self {
         let line = chunk
             .len()
-            .saturating_sub(frame.len() + crate::chunked::CRLF.len());
+            .saturating_sub(frame_len + crate::chunked::CRLF.len());
         Self {
             id,
             topics,
