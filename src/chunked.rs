@@ -39,12 +39,45 @@ pub fn build(hint: usize, write: impl FnOnce(&mut BytesMut)) -> (Bytes, Bytes) {
         return (Bytes::new(), Bytes::new());
     }
     let mut line = [0u8; LINE_MAX];
-    let n = hex_line(len, &mut line);
+    let n = line_into(len, &mut line);
     buf[ROOM - n..ROOM].copy_from_slice(&line[..n]);
     buf.put_slice(CRLF);
     let chunk = buf.freeze().slice(ROOM - n..);
     let frame = chunk.slice(n..chunk.len() - CRLF.len());
     (chunk, frame)
+}
+
+/// How many bytes [`build_around`] needs for a frame of `frame_len` bytes: size line, frame
+/// and CRLF.
+pub fn chunk_len(frame_len: usize) -> usize {
+    let line = match SIZE_LINES.get(frame_len) {
+        Some(_) => digits(frame_len) + CRLF.len(),
+        None => hex_line(frame_len, &mut [0u8; LINE_MAX]),
+    };
+    line + frame_len + CRLF.len()
+}
+
+/// The chunk of the frame `head`, `body`, `tail` (as [`build`] makes it), in `body`'s own
+/// allocation: moved up to make room for the size line and `head`. Nothing is allocated
+/// when `body` has room for the whole chunk ([`chunk_len`]); it grows when it has not.
+/// The frame is the chunk without its first `chunk.len() - frame_len - 2` bytes (the size
+/// line) and its last two (CRLF); the caller, who knows its length, takes it from there.
+pub fn build_around(mut body: Vec<u8>, head: &[u8], tail: &[u8]) -> Bytes {
+    let frame_len = head.len() + body.len() + tail.len();
+    if frame_len == 0 {
+        return Bytes::new();
+    }
+    let mut line = [0u8; LINE_MAX];
+    let n = line_into(frame_len, &mut line);
+    let (moved, before) = (body.len() + tail.len() + CRLF.len(), n + head.len());
+    body.reserve_exact(before + tail.len() + CRLF.len());
+    body.extend_from_slice(tail);
+    body.extend_from_slice(CRLF);
+    body.resize(moved + before, 0);
+    body.copy_within(..moved, before);
+    body[..n].copy_from_slice(&line[..n]);
+    body[n..before].copy_from_slice(head);
+    Bytes::from(body)
 }
 
 /// The longest size line: 16 hex digits and CRLF.
@@ -92,6 +125,17 @@ pub fn size_line(len: usize) -> Bytes {
             let n = hex_line(len, &mut line);
             Bytes::copy_from_slice(&line[..n])
         }
+    }
+}
+
+/// [`hex_line`], from [`SIZE_LINES`] when it has the line.
+fn line_into(n: usize, out: &mut [u8; LINE_MAX]) -> usize {
+    match SIZE_LINES.get(n) {
+        Some(line) => {
+            out[..line.len()].copy_from_slice(line);
+            digits(n) + CRLF.len()
+        }
+        None => hex_line(n, out),
     }
 }
 
@@ -167,6 +211,32 @@ mod tests {
             let inner = chunk.as_ptr() as usize + size_line(len).len();
             assert_eq!(frame.as_ptr() as usize, inner);
         }
+    }
+
+    #[test]
+    fn a_chunk_built_around_a_body_is_the_chunk_built_anew() {
+        for len in [0usize, 1, 15, 255, 4095, 4096, 70_000] {
+            let body = vec![b'x'; len];
+            let frame = [&b"head "[..], &body, b" tail"].concat();
+            let (want_chunk, want_frame) = build(len, |buf| buf.extend_from_slice(&frame));
+            for room in [0, chunk_len(frame.len()) - len] {
+                let mut owned = Vec::with_capacity(len + room);
+                owned.extend_from_slice(&body);
+                let at = owned.as_ptr() as usize;
+                let chunk = build_around(owned, b"head ", b" tail");
+                let line = chunk.len() - frame.len() - CRLF.len();
+                let framed = chunk.slice(line..chunk.len() - CRLF.len());
+                assert_eq!(
+                    (&chunk, &framed),
+                    (&want_chunk, &want_frame),
+                    "{len} {room}"
+                );
+                if room > 0 {
+                    assert_eq!(chunk.as_ptr() as usize, at, "in place: {len}");
+                }
+            }
+        }
+        assert!(build_around(Vec::new(), b"", b"").is_empty());
     }
 
     #[test]

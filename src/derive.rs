@@ -13,14 +13,14 @@
 //! [`Matched::answered`] with what they parsed.
 
 use crate::config::{DeriveData, DeriveRule, PathPart, TopicPart};
-use crate::hub::{Hub, NewEvent, validate_topic};
+use crate::hub::{self, Hub, NewEvent, validate_topic};
 use crate::metrics::Metrics;
 use crate::publish::body_as_data;
 use crate::response::Tap;
+use crate::sse::EventId;
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use smallvec::SmallVec;
-use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use tokio::sync::Notify;
 
@@ -28,22 +28,29 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Rules {
     rules: Vec<Arc<Compiled>>,
-    /// `publish.max_event_bytes`: a body larger than this is not put in an event.
-    max_body: usize,
 }
 
 struct Compiled {
     rule: DeriveRule,
     /// The path's literal start (up to the first placeholder): most requests fail here.
     prefix: String,
+    /// The path has no placeholder: `prefix` is the whole path, and a request matches it
+    /// when its path is that, as [`match_path`] would find segment by segment.
+    literal: bool,
     /// The path's parameter names, sorted (the order `meta` lists them), each with its
     /// position in the template (and in [`Params`]).
     names: Box<[(String, usize)]>,
     /// The topic, when the template is all literal text and a valid topic: filled and
-    /// validated once, here.
-    fixed_topic: Option<Box<str>>,
+    /// validated once, here, and shared by the rule's events.
+    fixed_topic: Option<Arc<str>>,
     /// The topic names a response header: [`Matched::wants_header`] asks.
     reads_headers: bool,
+    /// Each of its methods' [`Meta::head`], in the order of `rule.methods`.
+    heads: Box<[String]>,
+    /// What its events' data needs after it to be framed in place ([`hub::frame_room`]).
+    frame_room: usize,
+    /// `publish.max_event_bytes`: a body larger than this is not put in an event.
+    max_body: usize,
     /// The rule's `published` series, looked up at its first batch: then one increment a
     /// batch, not a lookup (and a key built) each time.
     published: OnceLock<Counter>,
@@ -85,8 +92,12 @@ impl Rules {
                     .all(|part| matches!(part, TopicPart::Literal(_)))
                     .then(|| fill_topic(&rule.topic, &no_params, &|_| None))
                     .flatten()
-                    .map(String::into_boxed_str);
+                    .map(Arc::from);
                 Arc::new(Compiled {
+                    literal: rule.path.iter().all(|p| matches!(p, PathPart::Literal(_))),
+                    heads: rule.methods.iter().map(|m| Meta::head(m)).collect(),
+                    frame_room: hub::frame_room(rule.event.as_deref()),
+                    max_body,
                     rule: rule.clone(),
                     prefix,
                     names: names.into(),
@@ -99,35 +110,41 @@ impl Rules {
                 })
             })
             .collect();
-        Self { rules, max_body }
+        Self { rules }
     }
 
     /// The rules a request with `method` and (still encoded) `path` matches, with their
     /// parameters and what their `meta` says of the request; `None`, without allocating,
     /// when none does (the common case).
     pub fn matching(&self, method: &str, path: &str) -> Option<Matched> {
-        let mut hits = Vec::new();
+        let mut matched: Option<Matched> = None;
         for compiled in &self.rules {
-            if !path.starts_with(compiled.prefix.as_str())
-                || !compiled.rule.methods.iter().any(|m| m == method)
-            {
+            if !path.starts_with(compiled.prefix.as_str()) {
                 continue;
             }
-            if let Some(params) = match_path(&compiled.rule.path, path) {
-                // Most requests match one rule: room for it alone.
-                hits.reserve_exact(1);
-                hits.push(Hit::new(compiled, method, path, params));
+            let Some(head) = compiled
+                .rule
+                .methods
+                .iter()
+                .position(|m| m == method)
+                .and_then(|i| compiled.heads.get(i))
+            else {
+                continue;
+            };
+            let params = if compiled.literal {
+                (path == compiled.prefix).then(Vec::new)
+            } else {
+                match_path(&compiled.rule.path, path)
+            };
+            if let Some(params) = params {
+                let hit = Hit::new(compiled, head, path, params);
+                match &mut matched {
+                    None => matched = Some(Matched::new(hit)),
+                    Some(m) => m.add(hit),
+                }
             }
         }
-        if hits.is_empty() {
-            return None;
-        }
-        Some(Matched {
-            reads_headers: hits.iter().any(|hit| hit.compiled.reads_headers),
-            hits,
-            request_body: None,
-            max_body: self.max_body,
-        })
+        matched
     }
 }
 
@@ -149,7 +166,7 @@ impl Compiled {
 /// A rule a request matched.
 struct Hit {
     compiled: Arc<Compiled>,
-    params: Params,
+    params: Box<[String]>,
     /// Its `meta`, as far as the request tells.
     meta: Meta,
 }
@@ -157,30 +174,66 @@ struct Hit {
 impl Hit {
     /// Out of line: the scan of the rules, which every request goes through, stays small.
     #[inline(never)]
-    fn new(compiled: &Arc<Compiled>, method: &str, path: &str, params: Params) -> Self {
+    fn new(compiled: &Arc<Compiled>, head: &str, path: &str, params: Params) -> Self {
         Self {
-            meta: Meta::request(method, path, compiled.params(&params)),
+            meta: Meta::after_head(head, path, compiled.params(&params), compiled.frame_room),
             compiled: Arc::clone(compiled),
-            params,
+            // Sized exactly by `match_path`: no copy.
+            params: params.into_boxed_slice(),
         }
     }
 }
 
-/// A request some rules matched, waiting for the app's answer.
+/// A request some rules matched, waiting for the app's answer. The first hit is held
+/// inline (a matched request usually matches one rule, and its `meta` is the one
+/// allocation it needs); what fewer requests need is boxed, so that every request's state,
+/// matched or not, stays as small (and as quick to move) as it was with the hits on the
+/// heap.
 pub struct Matched {
-    /// On the heap: inline, it would make every request's state larger (and slower to move),
-    /// whether it matched or not.
-    hits: Vec<Hit>,
+    first: Hit,
+    more: Option<Box<More>>,
     /// A hit's topic names a response header.
     reads_headers: bool,
+}
+
+/// What few matched requests have: more rules matched, and a request body kept for an
+/// event.
+#[derive(Default)]
+struct More {
+    hits: Vec<Hit>,
     request_body: Option<Bytes>,
-    max_body: usize,
 }
 
 /// The response header `meta` carries.
 const LOCATION: &str = "location";
 
 impl Matched {
+    fn new(first: Hit) -> Self {
+        Self {
+            reads_headers: first.compiled.reads_headers,
+            first,
+            more: None,
+        }
+    }
+
+    /// Adds a hit after the first.
+    #[inline(never)]
+    fn add(&mut self, hit: Hit) {
+        self.reads_headers |= hit.compiled.reads_headers;
+        self.more.get_or_insert_with(Box::default).hits.push(hit);
+    }
+
+    /// The hits, in the order of the rules.
+    fn hits(&self) -> impl Iterator<Item = &Hit> {
+        let more = self.more.iter().flat_map(|m| m.hits.iter());
+        std::iter::once(&self.first).chain(more)
+    }
+
+    /// `publish.max_event_bytes` (every rule has it).
+    fn max_body(&self) -> usize {
+        self.first.compiled.max_body
+    }
+
     /// Whether a matched rule reads the app's response header `name` (any case): `Location`
     /// for `meta`, or one its topic names.
     pub fn wants_header(&self, name: &str) -> bool {
@@ -190,22 +243,66 @@ impl Matched {
                     matches!(part, TopicPart::ResponseHeader(h) if name.eq_ignore_ascii_case(h))
                 })
         };
-        name.eq_ignore_ascii_case(LOCATION)
-            || (self.reads_headers && self.hits.iter().any(topic_reads))
+        name.eq_ignore_ascii_case(LOCATION) || (self.reads_headers && self.hits().any(topic_reads))
     }
 
     /// Whether a matched rule puts the request's body in its event.
     pub fn wants_request_body(&self) -> bool {
-        self.hits
-            .iter()
-            .any(|hit| hit.compiled.rule.data == DeriveData::Request)
+        let wants = |hit: &Hit| hit.compiled.rule.data == DeriveData::Request;
+        wants(&self.first) || self.more.as_ref().is_some_and(|m| m.hits.iter().any(wants))
     }
 
     /// The request's whole body, kept if a rule wants it and it fits.
     pub fn request_body(&mut self, body: &[u8]) {
-        if self.wants_request_body() && body.len() <= self.max_body {
-            self.request_body = Some(Bytes::copy_from_slice(body));
+        if self.wants_request_body() && body.len() <= self.max_body() {
+            self.more.get_or_insert_with(Box::default).request_body =
+                Some(Bytes::copy_from_slice(body));
         }
+    }
+
+    /// The event of `hit` for the app's answer (see [`Matched::answered`]), if its rule
+    /// matches the answer and its topic is valid.
+    fn event<'h>(
+        Hit {
+            compiled,
+            params,
+            meta,
+        }: Hit,
+        status: u16,
+        location: Option<&str>,
+        header: &impl Fn(&str) -> Option<&'h str>,
+        metrics: &Metrics,
+    ) -> Option<Pending> {
+        let rule = &compiled.rule;
+        if !rule.status.iter().any(|s| s.matches(status)) {
+            metrics.derived(&rule.name, "no_match");
+            return None;
+        }
+        let topic = match &compiled.fixed_topic {
+            Some(topic) => Some(Arc::clone(topic)),
+            None => fill_topic(&rule.topic, &compiled.params(&params), header).map(Arc::from),
+        };
+        let Some(topic) = topic else {
+            metrics.derived(&rule.name, "invalid_topic");
+            tracing::warn!(
+                rule = rule.name,
+                path = meta.path(),
+                "derived topic is not a valid topic; nothing published"
+            );
+            return None;
+        };
+        // Whole now, before the response is relayed: what is left once it has been is a
+        // push on the publisher's queue (and, for a body rule, its data).
+        let event = NewEvent {
+            topics: smallvec::smallvec![topic],
+            event_type: rule.event.as_deref().map(Into::into),
+            data: meta.answered(status, location),
+            close: false,
+        };
+        Some(Pending {
+            rule: compiled,
+            event,
+        })
     }
 
     /// The events for the app's answer: its `status`, and its headers through `header`
@@ -219,44 +316,18 @@ impl Matched {
     ) -> Publication {
         let metrics = &publisher.0.metrics;
         let location = header(LOCATION);
+        let max_body = self.max_body();
         let mut pending: SmallVec<[Pending; 1]> = SmallVec::new();
-        for Hit {
-            compiled,
-            params,
-            meta,
-        } in self.hits
-        {
-            let rule = &compiled.rule;
-            if !rule.status.iter().any(|s| s.matches(status)) {
-                metrics.derived(&rule.name, "no_match");
-                continue;
+        let mut answer = |hit| {
+            if let Some(p) = Self::event(hit, status, location, &header, metrics) {
+                pending.push(p);
             }
-            let topic = match &compiled.fixed_topic {
-                Some(topic) => Some(topic.clone()),
-                None => fill_topic(&rule.topic, &compiled.params(&params), &header)
-                    .map(String::into_boxed_str),
-            };
-            let Some(topic) = topic else {
-                metrics.derived(&rule.name, "invalid_topic");
-                tracing::warn!(
-                    rule = rule.name,
-                    path = meta.path(),
-                    "derived topic is not a valid topic; nothing published"
-                );
-                continue;
-            };
-            // Whole now, before the response is relayed: what is left once it has been is a
-            // push on the publisher's queue (and, for a body rule, its data).
-            let event = NewEvent {
-                topics: vec![topic],
-                event_type: rule.event.as_deref().map(Into::into),
-                data: meta.answered(status, location),
-                close: false,
-            };
-            pending.push(Pending {
-                rule: compiled,
-                event,
-            });
+        };
+        answer(self.first);
+        let mut request = None;
+        if let Some(more) = self.more {
+            more.hits.into_iter().for_each(&mut answer);
+            request = more.request_body;
         }
         let wants_response = pending
             .iter()
@@ -264,10 +335,10 @@ impl Matched {
         Publication {
             publisher: publisher.clone(),
             pending,
-            request: self.request_body,
+            request,
             response: wants_response.then(BytesMut::new),
             chunked: false,
-            max_body: self.max_body,
+            max_body,
         }
     }
 }
@@ -456,6 +527,8 @@ async fn publish_all(queue: Arc<Queue>, hub: Hub) {
     // makes glibc's malloc consolidate its free lists at each allocation).
     let mut events = Vec::with_capacity(BATCH);
     let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
+    // The ids the hub gives them, which nothing reads.
+    let mut ids = Vec::with_capacity(BATCH);
     loop {
         queue.ready.notified().await;
         // The requests served in this turn of the scheduler queue theirs too: waiting for
@@ -475,19 +548,23 @@ async fn publish_all(queue: Arc<Queue>, hub: Hub) {
             if events.is_empty() {
                 break;
             }
-            publish_batch(&hub, metrics, &mut events, &mut rules).await;
+            publish_batch(&hub, metrics, &mut events, &mut rules, &mut ids).await;
         }
     }
 }
 
-/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty.
+/// Publishes `events` (of `rules`, in order) and counts the outcome; leaves both empty
+/// (and `ids`, where the hub puts their ids).
 async fn publish_batch(
     hub: &Hub,
     metrics: &Metrics,
     events: &mut Vec<NewEvent>,
     rules: &mut Vec<Arc<Compiled>>,
+    ids: &mut Vec<EventId>,
 ) {
-    let outcome = match hub.publish_from(events).await {
+    let published = hub.publish_from(events, ids).await;
+    ids.clear();
+    let outcome = match published {
         Ok(_) => PUBLISHED,
         Err(e) => {
             tracing::warn!(events = rules.len(), error = %e, "derived events not published");
@@ -518,7 +595,12 @@ async fn publish_batch(
 /// The parameters of `path` under `template`, decoded; `None` when it does not match.
 fn match_path(template: &[PathPart], path: &str) -> Option<Params> {
     let mut segments = path.strip_prefix('/')?.split('/');
-    let mut params = Vec::new();
+    // Exactly as many as it will hold: kept as they are, without a copy (see `Hit`).
+    let placeholders = template
+        .iter()
+        .filter(|part| !matches!(part, PathPart::Literal(_)))
+        .count();
+    let mut params = Vec::with_capacity(placeholders);
     for part in template {
         match part {
             PathPart::Literal(l) => {
@@ -592,115 +674,136 @@ fn fill_topic<'p, 'h>(
 /// The `meta` data of a derived event, as JSON: `location` (when the app sent one),
 /// `method`, `params`, `path` and `status`, keys in this (sorted) order. Written in two
 /// steps, so that only one buffer is allocated: what the request says when it matches a
-/// rule ([`Meta::request`]), the app's answer once it arrives ([`Meta::answered`]).
+/// rule ([`Meta::request`]), the app's answer once it arrives ([`Meta::answered`]). The
+/// buffer keeps room after the JSON for the hub to frame the event in it.
 #[derive(Clone)]
 struct Meta {
     /// `{"method":…,"params":{…},"path":…,"status":`
-    json: Vec<u8>,
-    /// Where the path's JSON string is in `json`.
-    path: Range<usize>,
+    json: String,
+    /// Room kept after the whole JSON ([`crate::hub::frame_room`]).
+    room: usize,
 }
 
-/// What the app's answer adds to [`Meta`]: `"location":` and its string (after the
-/// opening brace), the status and the closing brace. Room for them is kept from the start.
-const ANSWER_ROOM: usize = 32;
+/// What comes before the path's JSON string in [`Meta`]: the end of `params`, whose
+/// strings are escaped (a `"` in one is `\"`), so that this is its first occurrence.
+const BEFORE_PATH: &str = "},\"path\":";
+
+/// What the app's answer adds to [`Meta`] without a `Location`: the status and the closing
+/// brace. Room for them is kept from the start.
+const STATUS_ROOM: usize = 6;
 
 impl Meta {
-    /// The part the request tells: method, parameters (sorted by name) and path.
+    /// The part the request tells: method, parameters (sorted by name) and path; `room`
+    /// bytes are kept free after the whole JSON.
+    #[cfg(test)]
     fn request<'p>(
         method: &str,
         path: &str,
-        params: impl Iterator<Item = (&'p str, &'p str)>,
+        params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
+        room: usize,
     ) -> Self {
-        let mut json = Vec::with_capacity(64 + method.len() + 3 * path.len() + ANSWER_ROOM);
-        json.extend_from_slice(b"{\"method\":");
-        json_string(&mut json, method);
-        json.extend_from_slice(b",\"params\":{");
+        Self::after_head(&Self::head(method), path, params, room)
+    }
+
+    /// What every request of `method` starts with: `{"method":…,"params":{`, which a rule
+    /// writes once for each of its methods.
+    fn head(method: &str) -> String {
+        let mut head = String::from("{\"method\":");
+        json_string(&mut head, method);
+        head.push_str(",\"params\":{");
+        head
+    }
+
+    /// [`Meta::request`] of a request whose method has the [`Meta::head`] `head`.
+    fn after_head<'p>(
+        head: &str,
+        path: &str,
+        params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
+        room: usize,
+    ) -> Self {
+        // Exact when nothing needs escaping: the keys, the strings and their quotes.
+        let strings: usize = params
+            .clone()
+            .map(|(name, value)| name.len() + value.len() + 6)
+            .sum();
+        let len = head.len() + strings + BEFORE_PATH.len() + path.len() + 2 + 10;
+        let mut json = String::with_capacity(len + STATUS_ROOM + room);
+        json.push_str(head);
         for (i, (name, value)) in params.enumerate() {
             if i > 0 {
-                json.push(b',');
+                json.push(',');
             }
             json_string(&mut json, name);
-            json.push(b':');
+            json.push(':');
             json_string(&mut json, value);
         }
-        json.extend_from_slice(b"},\"path\":");
-        let start = json.len();
+        json.push_str(BEFORE_PATH);
         json_string(&mut json, path);
-        let path = start..json.len();
-        json.extend_from_slice(b",\"status\":");
-        Self { json, path }
+        json.push_str(",\"status\":");
+        Self { json, room }
     }
 
     /// The request's path, for a log line (decoded back from its JSON string).
     fn path(&self) -> String {
-        self.json
-            .get(self.path.clone())
-            .and_then(|s| serde_json::from_slice(s).ok())
-            .unwrap_or_default()
+        let Some((_, rest)) = self.json.split_once(BEFORE_PATH) else {
+            return String::new();
+        };
+        // The string, and whatever follows it.
+        let mut strings = serde_json::Deserializer::from_str(rest).into_iter::<String>();
+        strings.next().and_then(Result::ok).unwrap_or_default()
     }
 
     /// The whole JSON, with the app's `status` and `location` (if it sent one).
     fn answered(mut self, status: u16, location: Option<&str>) -> String {
         let json = &mut self.json;
         if let Some(location) = location {
-            // Written at the end, then turned into place after the opening brace.
-            let end = json.len();
-            json.extend_from_slice(b"\"location\":");
-            json_string(json, location);
-            json.push(b',');
-            let added = json.len() - end;
-            if let Some(after_brace) = json.get_mut(1..) {
-                after_brace.rotate_right(added);
+            // After the opening brace, the last piece first.
+            let escaped;
+            let (key, value, comma) = if needs_no_escape(location) {
+                ("\"location\":\"", location, "\",")
+            } else {
+                escaped = serde_json::to_string(location).unwrap_or_default();
+                ("\"location\":", escaped.as_str(), ",")
+            };
+            json.reserve_exact(key.len() + value.len() + comma.len() + STATUS_ROOM + self.room);
+            for piece in [comma, value, key] {
+                json.insert_str("{".len(), piece);
             }
         }
-        push_u16(json, status);
-        json.push(b'}');
-        // Every piece is UTF-8: the text of `&str`s, escaped.
-        String::from_utf8(self.json)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        let mut digits = itoa::Buffer::new();
+        json.push_str(digits.format(status));
+        json.push('}');
+        self.json
     }
 }
-
-/// Appends `n` in decimal (what serde_json writes for it).
-fn push_u16(out: &mut Vec<u8>, mut n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// The whole `meta` JSON at once (the two steps of [`Meta`] in one).
 #[cfg(test)]
 fn meta<'p>(
     method: &str,
     path: &str,
     status: u16,
-    params: impl Iterator<Item = (&'p str, &'p str)>,
+    params: impl Iterator<Item = (&'p str, &'p str)> + Clone,
     location: Option<&str>,
 ) -> String {
-    Meta::request(method, path, params).answered(status, location)
+    Meta::request(method, path, params, 0).answered(status, location)
 }
 
 /// Appends `s` as a JSON string.
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Methods and most paths need no escape (serde_json escapes control characters, `"`
-    // and `\` only): copied as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+fn json_string(out: &mut String, s: &str) {
+    if needs_no_escape(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     } else {
-        // Writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(out, s);
+        // Serializing a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
     }
+}
+
+/// Whether `s` is its own JSON string's content: serde_json escapes control characters,
+/// `"` and `\` only, so methods and most paths are copied as they are.
+fn needs_no_escape(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 #[cfg(test)]
@@ -801,6 +904,71 @@ mod tests {
     }
 
     #[test]
+    fn meta_keeps_room_for_its_frame_after_the_json() {
+        let room = hub::frame_room(Some("changed"));
+        for location in [None, Some("/items/7"), Some("/items/\"7\"\n")] {
+            let params = [("id", "7")].into_iter();
+            let m = Meta::request("POST", "/items/7", params, room).answered(201, location);
+            assert!(m.capacity() >= m.len() + room, "{location:?}");
+            let params = [("id", "7")].into_iter();
+            assert_eq!(m, meta("POST", "/items/7", 201, params, location));
+        }
+    }
+
+    #[test]
+    fn a_literal_path_matches_as_its_segments_would() {
+        for template_path in ["/", "/items", "/a/b", "/a//b", "/a/"] {
+            let rules = Rules::new(&[post_rule(template_path, "t")], 1024);
+            let compiled = &rules.rules[0];
+            assert!(compiled.literal, "{template_path}");
+            for path in [
+                "/", "", "/items", "/items/", "/a/b", "/a//b", "/a/", "/a", "/a/b/",
+            ] {
+                assert_eq!(
+                    rules.matching("POST", path).is_some(),
+                    match_path(&compiled.rule.path, path).is_some(),
+                    "{template_path} {path}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_path_is_found_after_params_that_look_like_it() {
+        let params = [("a", "x},\"path\":\"/no"), ("b", "}")].into_iter();
+        let m = Meta::request("POST", "/y\"z", params, 0);
+        assert_eq!(m.path(), "/y\"z");
+    }
+
+    #[test]
+    fn a_match_is_no_larger_than_its_hits_on_the_heap_would_be() {
+        // A vector, a flag, an optional body and `max_body`: what every request carried.
+        assert!(std::mem::size_of::<Option<Matched>>() <= 72);
+    }
+
+    #[test]
+    fn every_rule_a_request_matches_publishes() {
+        let rules = Rules::new(
+            &[
+                post_rule("/i/{id}", "a"),
+                post_rule("/x", "b"),
+                post_rule("/i/{n}", "c"),
+            ],
+            1024,
+        );
+        let mut m = rules.matching("POST", "/i/7").unwrap();
+        assert!(!m.wants_request_body());
+        m.request_body(b"ignored");
+        let metas: Vec<String> = m
+            .hits()
+            .map(|h| h.meta.clone().answered(201, None))
+            .collect();
+        assert_eq!(metas.len(), 2);
+        assert!(metas[0].contains(r#""params":{"id":"7"}"#), "{metas:?}");
+        assert!(metas[1].contains(r#""params":{"n":"7"}"#), "{metas:?}");
+    }
+
+    #[test]
     fn json_strings_are_what_serde_json_writes() {
         for s in [
             "",
@@ -812,9 +980,9 @@ mod tests {
             "\n",
             "\u{1f}x",
         ] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             json_string(&mut out, s);
-            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            assert_eq!(out.into_bytes(), serde_json::to_vec(s).unwrap(), "{s:?}");
         }
     }
 
@@ -872,7 +1040,7 @@ mod tests {
         let rules = Rules::new(&[post_rule("/t/{tenant}/q/{id}", "t")], 1024);
         let m = rules.matching("POST", "/t/acme/q/7").unwrap();
         assert!(rules.matching("GET", "/t/acme/q/7").is_none());
-        let hit = m.hits.first().unwrap();
+        let hit = &m.first;
         assert_eq!(hit.meta.path(), "/t/acme/q/7");
         let meta = hit.meta.clone().answered(200, None);
         assert_eq!(

@@ -2,7 +2,7 @@
 //! [`NewEvent`]s, or one refusal that names the field and the item. Nothing of a batch is
 //! published when any item is bad. No HTTP here; `admin` serves it.
 
-use crate::hub::{Backlog, HubError, NewEvent, validate_topic};
+use crate::hub::{Backlog, HubError, NewEvent, Topics, validate_topic};
 use crate::refusal::ApiError;
 use crate::sse;
 use hyper::StatusCode;
@@ -158,7 +158,7 @@ fn parse_event(
         ));
     }
 
-    let mut topics: Vec<Box<str>> = Vec::new();
+    let mut topics = Topics::new();
     match (obj.get("topic"), obj.get("topics")) {
         (Some(_), Some(_)) => return Err(at("topics", "cannot be given together with `topic`")),
         (None, None) => return Err(at("topic", "is required (or `topics`)")),

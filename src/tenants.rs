@@ -179,7 +179,7 @@ impl Tenants {
     }
 
     /// Calls `each` once per distinct tenant of `topics`.
-    fn for_each_tenant(&self, topics: &[Box<str>], mut each: impl FnMut(&Entry)) {
+    fn for_each_tenant(&self, topics: &[Arc<str>], mut each: impl FnMut(&Entry)) {
         if !self.enabled() {
             return;
         }
@@ -217,7 +217,7 @@ impl Tenants {
     fn for_each_tenant_after(
         &self,
         pattern: &TenantTopic,
-        topics: &[Box<str>],
+        topics: &[Arc<str>],
         done: usize,
         mut each: impl FnMut(&Entry),
     ) {
@@ -236,7 +236,7 @@ impl Tenants {
     }
 
     /// Counts one event published to `topics`.
-    pub fn published(&self, topics: &[Box<str>]) {
+    pub fn published(&self, topics: &[Arc<str>]) {
         self.for_each_tenant(topics, |e| {
             e.published.fetch_add(1, Ordering::Relaxed);
         });
@@ -244,7 +244,7 @@ impl Tenants {
 
     /// Counts `n` deliveries queued of one event on `topics` (called once per event and
     /// dispatcher shard, with the number of subscribers that shard queued it for).
-    pub fn delivered(&self, topics: &[Box<str>], n: u64) {
+    pub fn delivered(&self, topics: &[Arc<str>], n: u64) {
         if n == 0 {
             return;
         }

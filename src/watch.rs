@@ -316,7 +316,7 @@ async fn poll_once(
         return Outcome::Unchanged;
     }
     let event = NewEvent {
-        topics: vec![topic.into()],
+        topics: smallvec::smallvec![topic.into()],
         event_type: rule.event.as_deref().map(Into::into),
         data,
         close: false,

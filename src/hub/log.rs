@@ -106,14 +106,6 @@ pub struct Backlog {
     pub max_bytes: usize,
 }
 
-/// What [`MemoryLog::append_past`] did.
-pub(crate) struct Appended {
-    /// The events' ids, in order.
-    pub ids: Vec<EventId>,
-    /// Some dispatcher has the batch to read.
-    pub wake: bool,
-}
-
 /// What a new subscriber must be sent before live events.
 pub(crate) struct Replay {
     pub events: Vec<Arc<Event>>,
@@ -159,10 +151,10 @@ pub(crate) fn next_id(last: EventId, now: u64) -> EventId {
 pub(crate) fn encode(id: EventId, ev: NewEvent) -> Arc<Event> {
     Arc::new(Event::encode(
         id,
-        ev.topics.into_boxed_slice(),
+        ev.topics,
         ev.event_type,
         ev.close,
-        &ev.data,
+        ev.data,
     ))
 }
 
@@ -236,10 +228,12 @@ impl MemoryLog {
         &self,
         batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
     ) -> Result<Vec<EventId>, Backlog> {
-        self.append_past(batch, |_| false).map(|a| a.ids)
+        let mut ids = Vec::new();
+        self.append_past(batch, &mut ids, |_| false)?;
+        Ok(ids)
     }
 
-    /// Appends a batch atomically and returns the ids, in order; or appends nothing when
+    /// Appends a batch atomically and adds the ids to `ids`, in order; or appends nothing when
     /// the dispatchers are a whole history behind. A batch is taken whole as long as they
     /// are not, even one larger than the history: its oldest events then go to the live
     /// streams without staying in the history.
@@ -248,19 +242,21 @@ impl MemoryLog {
     /// no stream: nobody to give the batch to) has its cursor moved past the batch, so it
     /// need not be woken to read it. `idle` is asked under the log's lock: a stream that
     /// registers with that dispatcher after the answer takes its replay snapshot after this
-    /// append, and the snapshot covers the batch.
+    /// append, and the snapshot covers the batch. Returns whether some dispatcher has the
+    /// batch to read.
     pub(crate) fn append_past(
         &self,
         batch: impl IntoIterator<Item = NewEvent, IntoIter: ExactSizeIterator>,
+        ids: &mut Vec<EventId>,
         idle: impl Fn(usize) -> bool,
-    ) -> Result<Appended, Backlog> {
+    ) -> Result<bool, Backlog> {
         let batch = batch.into_iter();
         let now = now_ms();
         let mut st = self.lock();
         self.check_room(&st)?;
         self.trim_age(&mut st, now);
         let before = st.next_seq();
-        let mut ids = Vec::with_capacity(batch.len());
+        ids.reserve(batch.len());
         for ev in batch {
             let event = encode(next_id(st.last_id, now), ev);
             ids.push(event.id);
@@ -269,7 +265,7 @@ impl MemoryLog {
         let wake = Self::pass_idle(&mut st, before, idle);
         self.trim_size(&mut st);
         self.settle(&mut st);
-        Ok(Appended { ids, wake })
+        Ok(wake)
     }
 
     /// Moves the cursor of each dispatcher that had read everything up to `before` and
@@ -299,7 +295,7 @@ impl MemoryLog {
     }
 
     fn push(&self, st: &mut State, event: Arc<Event>) {
-        let size = event.frame.len();
+        let size = event.frame().len();
         st.last_id = event.id;
         st.ring.push_back(Slot {
             id: event.id,
@@ -382,7 +378,7 @@ impl MemoryLog {
         let Some(slot) = st.ring.get(st.index(st.history_seq)) else {
             return false;
         };
-        let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame.len()));
+        let (id, size) = (slot.id, slot.event.as_ref().map_or(0, |e| e.frame().len()));
         st.history_bytes -= size;
         st.horizon = st.horizon.max(id.next());
         st.history_seq += 1;
@@ -549,7 +545,7 @@ impl MemoryLog {
         let mut freed = 0;
         for (i, slot) in st.ring.iter_mut().enumerate() {
             if slot.event.as_ref().is_some_and(|e| e.is_only_in(topic)) {
-                let size = slot.event.take().map_or(0, |e| e.frame.len());
+                let size = slot.event.take().map_or(0, |e| e.frame().len());
                 if i >= history {
                     freed += size;
                 }

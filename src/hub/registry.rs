@@ -204,7 +204,7 @@ impl Index {
 
     /// Calls `f` with every subscriber of this shard that follows one of `topics`, by name
     /// or pattern (more than once if by several).
-    fn each_follower(&self, topics: &[Box<str>], mut f: impl FnMut(&Arc<Subscriber>)) {
+    fn each_follower(&self, topics: &[Arc<str>], mut f: impl FnMut(&Arc<Subscriber>)) {
         let mut offer = |list: &Subs| {
             for sub in list.iter() {
                 f(sub);

@@ -272,7 +272,7 @@ impl Frame {
     /// The frame's bytes as shared `Bytes`.
     pub fn into_bytes(self) -> Bytes {
         match self {
-            Self::Event(ev) => ev.frame.clone(),
+            Self::Event(ev) => ev.frame_bytes(0),
             Self::Own(b) => b,
         }
     }
@@ -280,7 +280,7 @@ impl Frame {
     /// Drops the first `n` bytes (written already).
     pub fn advance(&mut self, n: usize) {
         *self = Self::Own(match self {
-            Self::Event(ev) => ev.frame.slice(n..),
+            Self::Event(ev) => ev.frame_bytes(n),
             Self::Own(b) => b.split_off(n),
         });
     }
@@ -291,7 +291,7 @@ impl std::ops::Deref for Frame {
 
     fn deref(&self) -> &[u8] {
         match self {
-            Self::Event(ev) => &ev.frame,
+            Self::Event(ev) => ev.frame(),
             Self::Own(b) => b,
         }
     }

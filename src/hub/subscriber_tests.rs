@@ -317,11 +317,11 @@ async fn a_burst_queued_run_by_run_reaches_each_subscriber_once_in_order_and_fil
     for s in [&mut both, &mut only_b, &mut sentinel] {
         take(s, 8).unwrap();
     }
-    let topics_of = |i: usize| -> Vec<Box<str>> {
+    let topics_of = |i: usize| -> crate::hub::Topics {
         match (i / 20) % 3 {
-            0 => vec!["a".into()],
-            1 => vec!["b".into()],
-            _ => vec!["a".into(), "b".into()],
+            0 => smallvec::smallvec!["a".into()],
+            1 => smallvec::smallvec!["b".into()],
+            _ => smallvec::smallvec!["a".into(), "b".into()],
         }
     };
     let events = (0..300)

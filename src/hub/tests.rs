@@ -24,10 +24,10 @@ fn mirror(max_events: usize) -> MemoryLog {
 fn event(id: EventId, topic: &str) -> Arc<Event> {
     Arc::new(Event::encode(
         id,
-        vec![topic.into()].into_boxed_slice(),
+        smallvec::smallvec![topic.into()],
         None,
         false,
-        topic,
+        topic.to_owned(),
     ))
 }
 
@@ -366,4 +366,60 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
             assert_eq!(*frame, format!("id: {id}\ndata: live\n\n"));
         }
     }
+}
+
+#[test]
+fn data_with_room_after_it_is_framed_in_place_as_any_other_would_be() {
+    for id in [EventId::new(now_ms(), 12), super::ROOMY_ID] {
+        frame_in_place(id);
+    }
+    // An id longer than there is room for: copied.
+    let long = EventId::new(u64::MAX, u64::MAX);
+    let mut roomy = String::with_capacity(2 + super::frame_room(None));
+    roomy.push_str("{}");
+    let at = roomy.as_ptr() as usize;
+    let ev = Event::encode(long, smallvec::smallvec!["a".into()], None, false, roomy);
+    assert_eq!(ev.frame(), sse::encode_event(long, None, "{}"));
+    assert_ne!(ev.chunk.as_ptr() as usize, at);
+}
+
+fn frame_in_place(id: EventId) {
+    for (event_type, data) in [
+        (None, r#"{"a":1}"#),
+        (Some("derived"), "one line"),
+        (Some(&*"t".repeat(64)), ""),
+        (None, "two\nlines"),
+    ] {
+        let encode = |data: String| {
+            let t = event_type.map(Box::from);
+            Event::encode(id, smallvec::smallvec!["a".into()], t, false, data)
+        };
+        let mut roomy = String::with_capacity(data.len() + super::frame_room(event_type));
+        roomy.push_str(data);
+        let at = roomy.as_ptr() as usize;
+        let (copied, framed) = (encode(data.to_owned()), encode(roomy));
+        assert_eq!(framed.frame(), sse::encode_event(id, event_type, data));
+        assert_eq!(
+            (framed.frame(), &framed.chunk),
+            (copied.frame(), &copied.chunk)
+        );
+        let in_place = framed.chunk.as_ptr() as usize == at;
+        assert_eq!(in_place, !data.contains('\n'), "{data:?}");
+    }
+}
+
+#[test]
+fn an_event_stays_in_glibcs_fast_bins() {
+    // With the `Arc`'s two counts: a request of at most 120 bytes (a chunk of 128).
+    assert!(std::mem::size_of::<Event>() + 16 <= 120);
+    let ev = Event::encode(
+        EventId::new(1, 2),
+        smallvec::smallvec!["a".into()],
+        None,
+        false,
+        "x".into(),
+    );
+    assert_eq!(ev.frame(), b"id: 1-2\ndata: x\n\n");
+    assert_eq!(ev.frame_bytes(4), &b"1-2\ndata: x\n\n"[..]);
+    assert_eq!(ev.frame_bytes(99), &b""[..]);
 }

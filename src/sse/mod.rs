@@ -108,6 +108,13 @@ pub fn encode_event(id: EventId, event_type: Option<&str>, data: &str) -> Bytes 
 /// [`encode_event`], appended to `buf` (sized by the caller, e.g. with
 /// [`encoded_len_hint`]).
 pub fn encode_event_into(buf: &mut BytesMut, id: EventId, event_type: Option<&str>, data: &str) {
+    put_fields(buf, id, event_type);
+    put_data(buf, data);
+    buf.put_u8(b'\n');
+}
+
+/// The `id:` line and the `event:` line, if any.
+fn put_fields(buf: &mut impl BufMut, id: EventId, event_type: Option<&str>) {
     buf.put_slice(b"id: ");
     write_id(buf, id);
     buf.put_u8(b'\n');
@@ -116,8 +123,59 @@ pub fn encode_event_into(buf: &mut BytesMut, id: EventId, event_type: Option<&st
         buf.put_slice(t.as_bytes());
         buf.put_u8(b'\n');
     }
-    put_data(buf, data);
-    buf.put_u8(b'\n');
+}
+
+/// How long [`OneLine::head`] is for the event `id` of type `event_type`.
+pub(crate) fn one_line_head_len(id: EventId, event_type: Option<&str>) -> usize {
+    let mut digits = itoa::Buffer::new();
+    let id_len = digits.format(id.ms).len() + 1 + digits.format(id.seq).len();
+    b"id: ".len()
+        + id_len
+        + 1
+        + event_type.map_or(0, |t| b"event: ".len() + t.len() + 1)
+        + DATA.len()
+}
+
+/// The longest id: `<ms>-<seq>`, each up to 20 digits.
+const ID_MAX: usize = 20 + 1 + 20;
+
+/// What follows the data of a [`OneLine`] event: the end of its `data:` line and the blank
+/// line that dispatches it.
+pub(crate) const ONE_LINE_TAIL: &[u8] = b"\n\n";
+
+/// The frame of an event whose data is one line (no CR or LF), as the pieces around the
+/// data: [`encode_event`] is `head`, the data, then [`ONE_LINE_TAIL`]. Lets a caller frame
+/// data in a buffer it already has.
+pub(crate) struct OneLine {
+    head: [u8; ONE_LINE_HEAD_MAX],
+    len: usize,
+}
+
+/// The longest head of a [`OneLine`] event, whatever its type.
+const ONE_LINE_HEAD_MAX: usize =
+    b"id: ".len() + ID_MAX + 1 + b"event: ".len() + MAX_EVENT_TYPE_LEN + 1 + DATA.len();
+
+impl OneLine {
+    /// The head of the event `id` of type `event_type` (valid, see [`encode_event`]) with
+    /// `data`; `None` when the data has a line break (or the type is too long).
+    pub(crate) fn new(id: EventId, event_type: Option<&str>, data: &str) -> Option<Self> {
+        if memchr::memchr2(b'\r', b'\n', data.as_bytes()).is_some()
+            || event_type.is_some_and(|t| t.len() > MAX_EVENT_TYPE_LEN)
+        {
+            return None;
+        }
+        let mut head = [0u8; ONE_LINE_HEAD_MAX];
+        let mut rest = &mut head[..];
+        put_fields(&mut rest, id, event_type);
+        rest.put_slice(DATA);
+        let len = ONE_LINE_HEAD_MAX - rest.len();
+        Some(Self { head, len })
+    }
+
+    /// The fields and `data: `, up to the data.
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.head[..self.len]
+    }
 }
 
 /// Encodes one of ssegate's own events (no id, so the client's last event id is kept).
@@ -153,7 +211,7 @@ pub fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
     32 + event_type.map_or(0, |t| t.len() + 8) + data.len() + 8
 }
 
-fn write_id(buf: &mut BytesMut, id: EventId) {
+fn write_id(buf: &mut impl BufMut, id: EventId) {
     // itoa (already built for serde_json) writes two digits a step.
     let mut digits = itoa::Buffer::new();
     buf.put_slice(digits.format(id.ms).as_bytes());
@@ -171,8 +229,11 @@ fn put_data(buf: &mut BytesMut, data: &str) {
     put_data_line(buf, rest);
 }
 
+/// What starts each data line.
+const DATA: &[u8] = b"data: ";
+
 fn put_data_line(buf: &mut BytesMut, line: &[u8]) {
-    buf.put_slice(b"data: ");
+    buf.put_slice(DATA);
     buf.put_slice(line);
     buf.put_u8(b'\n');
 }

@@ -135,3 +135,35 @@ fn ids_are_written_in_decimal() {
         );
     }
 }
+
+proptest! {
+    #[test]
+    fn a_one_line_frame_is_head_data_tail(
+        data in "[^\r\n]{0,40}",
+        ty in proptest::option::of("[a-z:._-]{1,64}"),
+        ms in any::<u64>(),
+        seq in any::<u64>(),
+    ) {
+        let id = EventId::new(ms, seq);
+        let one = OneLine::new(id, ty.as_deref(), &data).unwrap();
+        let mut pieces = one.head().to_vec();
+        pieces.extend_from_slice(data.as_bytes());
+        pieces.extend_from_slice(ONE_LINE_TAIL);
+        prop_assert_eq!(&pieces[..], &encode_event(id, ty.as_deref(), &data)[..]);
+        prop_assert_eq!(one.head().len(), one_line_head_len(id, ty.as_deref()));
+    }
+}
+
+#[test]
+fn only_one_line_of_data_has_a_one_line_frame() {
+    for data in ["a\nb", "a\r", "\r\n"] {
+        assert!(
+            OneLine::new(EventId::new(1, 1), None, data).is_none(),
+            "{data:?}"
+        );
+    }
+    let longest = EventId::new(u64::MAX, u64::MAX);
+    let ty = "t".repeat(MAX_EVENT_TYPE_LEN);
+    let one = OneLine::new(longest, Some(&ty), "x").unwrap();
+    assert_eq!(one.head().len(), one_line_head_len(longest, Some(&ty)));
+}

@@ -12,7 +12,7 @@
 //! rest of that file is dropped with a warning. Only a write the broker never answered
 //! can leave one (a crash mid-write, or a failed write whose truncation failed too).
 
-use super::super::Event;
+use super::super::{Event, Topics};
 use crate::sse::EventId;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub(super) fn encode(event: &Event, buf: &mut Vec<u8>) {
         flags,
         event.topics.len(),
         texts,
-        &event.frame,
+        event.frame(),
     );
 }
 
@@ -167,9 +167,9 @@ fn decode(p: &[u8]) -> Option<Record> {
     let flags = r.take(1)?[0];
     let topics = (0..r.u16()?)
         .map(|_| r.text())
-        .collect::<Option<Vec<_>>>()?;
+        .collect::<Option<Topics>>()?;
     if flags & DELETE != 0 {
-        return topics.into_iter().next().map(Record::Delete);
+        return topics.first().map(|t| Record::Delete(Box::from(&**t)));
     }
     let event_type = if flags & TYPED != 0 {
         Some(r.text()?)
@@ -178,7 +178,7 @@ fn decode(p: &[u8]) -> Option<Record> {
     };
     Some(Record::Event(Arc::new(Event::with_frame(
         id,
-        topics.into_boxed_slice(),
+        topics,
         event_type,
         flags & CLOSE != 0,
         r.0,
@@ -203,9 +203,9 @@ impl<'a> Reader<'a> {
         Some(u64::from_le_bytes(b))
     }
 
-    fn text(&mut self) -> Option<Box<str>> {
+    fn text<T: for<'t> From<&'t str>>(&mut self) -> Option<T> {
         let n = usize::from(self.u16()?);
-        std::str::from_utf8(self.take(n)?).ok().map(Box::from)
+        std::str::from_utf8(self.take(n)?).ok().map(T::from)
     }
 }
 
@@ -256,7 +256,7 @@ mod tests {
                 (a.id, &a.topics, &a.event_type, a.close),
                 (b.id, &b.topics, &b.event_type, b.close)
             );
-            assert_eq!(a.frame, b.frame);
+            assert_eq!(a.frame(), b.frame());
         }
     }
 

@@ -81,8 +81,8 @@ async fn a_restart_keeps_the_history_and_a_resume_from_before_it_has_no_gap() {
     let r = log.replay(&Resume::After(published[0]), |_| true);
     assert_eq!(&*r.events[0].topics[0], "job/1");
     assert_eq!(
-        r.events[0].frame,
-        encode(published[1], NewEvent::new("job/1", "event 0")).frame
+        r.events[0].frame(),
+        encode(published[1], NewEvent::new("job/1", "event 0")).frame()
     );
     let next = broker.publish(batch(1, "job/1")).await.unwrap();
     assert!(next[0] > published[published.len() - 1]);

@@ -8,7 +8,7 @@
 //! reported, never unwrapped, and an event type that could break the SSE framing is refused.
 
 use crate::hub::topic::validate_topic;
-use crate::hub::{Event, NewEvent};
+use crate::hub::{Event, NewEvent, Topics};
 use crate::sse::{self, EventId};
 use redis::{Pipeline, Value};
 use std::sync::Arc;
@@ -275,10 +275,10 @@ pub(crate) fn decode(entry_id: EventId, fields: Vec<Value>) -> Result<Entry, Mal
         "revoke" => return control(Control::Revoke),
         _ => return Ok(Entry::Unknown),
     }
-    let topics: Box<[Box<str>]> = topics
+    let topics: Topics = topics
         .ok_or(Malformed("an event has no topics"))?
         .split(' ')
-        .map(Box::from)
+        .map(Arc::from)
         .collect();
     if topics.is_empty() || topics.iter().any(|t| validate_topic(t).is_err()) {
         return Err(Malformed("an event has an invalid topic"));
@@ -295,6 +295,6 @@ pub(crate) fn decode(entry_id: EventId, fields: Vec<Value>) -> Result<Entry, Mal
     };
     let data = data.ok_or(Malformed("an event has no data"))?;
     Ok(Entry::Event(Arc::new(Event::encode(
-        entry_id, topics, event_type, close, &data,
+        entry_id, topics, event_type, close, data,
     ))))
 }

@@ -241,7 +241,7 @@ impl Reader {
                 Ok(Entry::Control {
                     action: Control::DeleteTopic(t),
                     ..
-                }) => events.retain(|e| !(e.topics.len() == 1 && e.topics[0] == t)),
+                }) => events.retain(|e| !(e.topics.len() == 1 && *e.topics[0] == *t)),
                 Ok(_) => {}
                 Err(_) => malformed += 1,
             }

@@ -27,10 +27,13 @@ fn an_event_entry_decodes_and_is_encoded_once() {
     let Entry::Event(ev) = decode(id, f).unwrap() else {
         panic!("not an event")
     };
-    assert_eq!(&*ev.topics, &["a/b".into(), "c".into()] as &[Box<str>]);
+    assert_eq!(
+        &*ev.topics,
+        &["a/b".into(), "c".into()] as &[std::sync::Arc<str>]
+    );
     assert_eq!(ev.event_type.as_deref(), Some("t"));
     assert!(ev.close);
-    assert_eq!(&ev.frame[..], b"id: 5-1\nevent: t\ndata: x\ndata: y\n\n");
+    assert_eq!(ev.frame(), b"id: 5-1\nevent: t\ndata: x\ndata: y\n\n");
     let untyped = fields(&[
         ("kind", "event"),
         ("topics", "a"),
