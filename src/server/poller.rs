@@ -26,8 +26,14 @@ use std::task::{Context, Poll, Waker};
 const READ: u32 = 1;
 /// The socket can be written (or an error is pending).
 const WRITE: u32 = 2;
+/// The socket's registration asks for write readiness too: only once a write would have
+/// blocked (a new socket is writable, and an edge for that on each connect would wake the
+/// poller thread once per new stream for nothing).
+const WATCHING_WRITES: u32 = 4;
+/// The bits above that are flags, not a count.
+const FLAGS: u32 = READ | WRITE | WATCHING_WRITES;
 /// The rest of [`Socket::ready`] counts readiness events.
-const TICK: u32 = 4;
+const TICK: u32 = 8;
 
 /// Events taken from the epoll set per pass.
 const EVENTS: usize = 256;
@@ -107,7 +113,7 @@ impl Poller {
         self.0.registry.register(
             &mut SourceFd(&fd),
             Token(token),
-            Interest::READABLE | Interest::WRITABLE,
+            Interest::READABLE,
         )?;
         Ok(socket)
     }
@@ -162,7 +168,7 @@ fn wait(mut poll: mio::Poll, shared: &Weak<Shared>) {
 /// the dispatchers that write to it while the stream is parked. Closed when dropped.
 pub(crate) struct Socket {
     io: std::net::TcpStream,
-    /// [`READ`] and [`WRITE`], plus a count of readiness events in multiples of [`TICK`].
+    /// [`FLAGS`], plus a count of readiness events in multiples of [`TICK`].
     ready: AtomicU32,
     /// The stream task's waker, woken on any readiness event.
     waker: Mutex<Option<Waker>>,
@@ -179,7 +185,7 @@ impl Socket {
         let _ = self
             .ready
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                Some((r & !(READ | WRITE)).wrapping_add(TICK) | (r & (READ | WRITE)) | bits)
+                Some((r & !FLAGS).wrapping_add(TICK) | (r & FLAGS) | bits)
             });
         let waker = self
             .waker
@@ -255,11 +261,33 @@ impl Socket {
             };
             match socket2::SockRef::from(&self.io).send_vectored(slices) {
                 // Stale readiness (or a dispatcher filled the socket): wait for the next.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.clear(seen, WRITE),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if seen.0 & WATCHING_WRITES == 0 {
+                        // The first full socket: from now on its drain wakes the task. A
+                        // change of registration reports a socket already writable again.
+                        if let Err(e) = self.watch_writes() {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    self.clear(seen, WRITE);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 done => return Poll::Ready(done),
             }
         }
+    }
+
+    /// Asks the epoll set for this socket's write readiness as well.
+    fn watch_writes(&self) -> io::Result<()> {
+        let fd = self.io.as_raw_fd();
+        let token = usize::try_from(fd).map_err(|_| io::Error::other("negative descriptor"))?;
+        self.poller.0.registry.reregister(
+            &mut SourceFd(&fd),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.ready.fetch_or(WATCHING_WRITES, Ordering::AcqRel);
+        Ok(())
     }
 
     /// One `send()` that does not wait: how much of `buf` the socket took (0 when it is
