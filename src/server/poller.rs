@@ -110,11 +110,9 @@ impl Poller {
         slots.by_token[token] = Some(Arc::downgrade(&socket));
         drop(slots);
         // On failure the socket is dropped, which frees its token again.
-        self.0.registry.register(
-            &mut SourceFd(&fd),
-            Token(token),
-            Interest::READABLE,
-        )?;
+        self.0
+            .registry
+            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)?;
         Ok(socket)
     }
 }
