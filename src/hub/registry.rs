@@ -12,7 +12,7 @@
 //! cuts its stream.
 
 use super::log::MemoryLog;
-use super::subscriber::{Delivery, End, Subscriber, Unregister};
+use super::subscriber::{Delivery, End, Stamp, Subscriber, Unregister};
 use super::topic::{Selector, covering_prefixes};
 use super::{Event, Timing};
 use crate::metrics::Metrics;
@@ -242,7 +242,7 @@ impl Fanned {
         sub: &Subscriber,
         ev: &Arc<Event>,
         metrics: &Metrics,
-        direct: Option<Instant>,
+        direct: Option<Stamp>,
     ) -> u64 {
         match sub.enqueue(ev, metrics, direct) {
             Delivery::Skipped => 0,
@@ -478,7 +478,7 @@ impl Registry {
                 shard
                     .lock()
                     .each_target(ev, |s| targets.push(Arc::clone(s)));
-                let now = Instant::now();
+                let now = Stamp::now();
                 for sub in targets.drain(..) {
                     since_yield += fanned.deliver(&sub, ev, metrics, Some(now));
                     if since_yield >= YIELD_EVERY {
@@ -524,9 +524,10 @@ async fn heartbeats(registry: Weak<Registry>, shard: usize, timing: Arc<Timing>)
             .lock()
             .each(|sub| targets.push(Arc::clone(sub)));
         drop(registry);
+        let (beat_at, quiet_stamp) = (Stamp::of(now), Stamp::of(quiet_since));
         let mut written = 0u32;
         for sub in targets.drain(..) {
-            if sub.beat(now, quiet_since) {
+            if sub.beat(beat_at, quiet_stamp) {
                 written += 1;
                 if written.is_multiple_of(256) {
                     tokio::task::yield_now().await;

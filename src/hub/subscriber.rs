@@ -133,7 +133,7 @@ struct Queue {
     /// When the connection was last written to (by the task or a dispatcher) ([`stamp`]),
     /// or [`BEAT_DUE`]: the shard's heartbeat writes a comment to a parked stream that has
     /// been quiet for long, or has the task of one that is not parked write it.
-    wrote_at: u64,
+    wrote_at: Stamp,
     /// The connection, if dispatchers may write to it while the stream is parked
     /// ([`Subscription::write_directly`]).
     direct: Option<Arc<dyn DirectWrite>>,
@@ -141,17 +141,27 @@ struct Queue {
 
 /// [`Queue::wrote_at`] once the shard's heartbeat has asked the stream's task to write a
 /// heartbeat (later than any stamp: no second request until it is written).
-const BEAT_DUE: u64 = u64::MAX;
+const BEAT_DUE: Stamp = Stamp(u64::MAX);
 
-/// `at` in milliseconds since the first stamp taken by the process, plus one (0 means
-/// never): a stream's last write time in 8 bytes instead of an `Option<Instant>`'s 16.
-fn stamp(at: Instant) -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(at.saturating_duration_since(epoch).as_millis())
-        .unwrap_or(BEAT_DUE - 2)
-        .min(BEAT_DUE - 2)
-        + 1
+/// A time in milliseconds since the first stamp taken by the process: a stream's last
+/// write time in 8 bytes instead of an `Instant`'s 16. Taken once per dispatcher pass or
+/// heartbeat tick, not per subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
+
+impl Stamp {
+    /// `at`, to the millisecond.
+    pub(crate) fn of(at: Instant) -> Self {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let epoch = *EPOCH.get_or_init(Instant::now);
+        let ms = u64::try_from(at.saturating_duration_since(epoch).as_millis());
+        Self(ms.unwrap_or(u64::MAX).min(BEAT_DUE.0 - 1))
+    }
+
+    /// The time now.
+    pub(crate) fn now() -> Self {
+        Self::of(Instant::now())
+    }
 }
 
 /// Who writes to a stream's connection.
@@ -179,17 +189,17 @@ impl Queue {
     /// Writes `chunk` to the parked stream's connection, if the stream is parked. A write
     /// cut short leaves the rest for the task to write first and unparks the stream: the
     /// task's waker is then returned, to be woken once the lock is released.
-    fn write_parked(&mut self, chunk: &Bytes, now: Instant) -> Wrote {
+    fn write_parked(&mut self, chunk: &Bytes, now: Stamp) -> Wrote {
         let (Writer::Parked(_), Some(direct)) = (&self.writer, &self.direct) else {
             return Wrote::Refused;
         };
         match direct.try_write(chunk) {
             Written::All => {
-                self.wrote_at = stamp(now);
+                self.wrote_at = now;
                 Wrote::Whole
             }
             Written::Part(rest) => {
-                self.wrote_at = stamp(now);
+                self.wrote_at = now;
                 self.writer = Writer::Cut(Box::new(rest));
                 Wrote::Cut(self.waker.take())
             }
@@ -339,7 +349,7 @@ impl Subscriber {
                 waker: None,
                 writer: Writer::Task,
                 // Quiet from now: the first heartbeat comes an interval after subscribing.
-                wrote_at: stamp(Instant::now()),
+                wrote_at: Stamp::now(),
                 direct: None,
             }),
         }
@@ -371,7 +381,7 @@ impl Subscriber {
         &self,
         ev: &Arc<Event>,
         metrics: &Metrics,
-        direct: Option<Instant>,
+        direct: Option<Stamp>,
     ) -> Delivery {
         let mut q = self.lock();
         if q.end.is_some() || ev.id <= q.last_enqueued {
@@ -480,9 +490,9 @@ impl Subscriber {
     /// heartbeat (bytes are on their way), and the task learns of it at its next write. A
     /// stream that only its task writes (served by hyper) has its task write the comment:
     /// no timer per stream.
-    pub(crate) fn beat(&self, now: Instant, quiet_since: Instant) -> bool {
+    pub(crate) fn beat(&self, now: Stamp, quiet_since: Stamp) -> bool {
         let mut q = self.lock();
-        if q.wrote_at > stamp(quiet_since) {
+        if q.wrote_at > quiet_since {
             return false;
         }
         if q.direct.is_none() {
@@ -542,7 +552,8 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Event>>,
     /// The end taken from the queue, sent once the backlog is out.
     end: Option<Box<End>>,
-    /// Frames were handed out since the stream last parked.
+    /// Frames were handed out since the last-write stamp was taken (at the last park, or,
+    /// for a stream only its task writes, at the last refill).
     handed_out: bool,
     expires: Option<Pin<Box<Sleep>>>,
     finishing: bool,
@@ -634,7 +645,7 @@ impl Subscription {
         let mut q = self.sub.lock();
         if self.handed_out {
             self.handed_out = false;
-            q.wrote_at = stamp(Instant::now());
+            q.wrote_at = Stamp::now();
         }
         if q.events.is_empty() && q.end.is_none() && matches!(q.writer, Writer::Task) {
             q.writer = Writer::Parked(self.last_sent);
@@ -823,12 +834,14 @@ impl Subscription {
         self.end = q.end.take();
         // A stream only its task writes: what it handed out since is written (or on its
         // way), and a heartbeat the shard asked for goes out unless events do.
-        let beat =
-            !self.direct && (std::mem::take(&mut self.handed_out) || q.wrote_at == BEAT_DUE) && {
-                let due = q.wrote_at == BEAT_DUE;
-                q.wrote_at = stamp(Instant::now());
-                due && self.backlog.is_empty() && self.end.is_none()
-            };
+        let mut beat = false;
+        if !self.direct {
+            let due = q.wrote_at == BEAT_DUE;
+            if std::mem::take(&mut self.handed_out) || due {
+                q.wrote_at = Stamp::now();
+                beat = due && self.backlog.is_empty() && self.end.is_none();
+            }
+        }
         // Always leave the waker, even when events were taken: they may all be skipped as
         // already sent (the replay covered them), and the next enqueue must wake us then.
         if self.end.is_none() && !q.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

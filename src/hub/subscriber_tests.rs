@@ -261,26 +261,34 @@ async fn an_ended_stream_is_taken_from_the_dispatchers() {
 
 #[tokio::test]
 async fn the_shard_heartbeat_writes_to_parked_streams_quiet_long_enough_and_no_other() {
+    use super::Stamp;
     use tokio::time::Instant;
     let hub = hub(100);
     let (conn, mut wrote) = Conn::new(Some(usize::MAX));
     let mut s = parked(&hub, "t", &conn);
     let parked_at = Instant::now();
     assert!(
-        !s.sub.beat(parked_at, parked_at - Duration::from_secs(1)),
+        !s.sub.beat(
+            Stamp::of(parked_at),
+            Stamp::of(parked_at - Duration::from_secs(1))
+        ),
         "written to (its head) at parking, after the quiet window began"
     );
     let now = Instant::now();
-    assert!(s.sub.beat(now, now), "quiet since it parked");
+    assert!(
+        s.sub.beat(Stamp::of(now), Stamp::of(now)),
+        "quiet since it parked"
+    );
     assert_eq!(&wrote.recv().await.unwrap()[..], crate::chunked::HEARTBEAT);
     assert!(
-        !s.sub.beat(now, now - Duration::from_secs(1)),
+        !s.sub
+            .beat(Stamp::of(now), Stamp::of(now - Duration::from_secs(1))),
         "the beat itself counts as a write"
     );
     assert!(s.unpark().is_empty());
     let later = Instant::now();
     assert!(
-        !s.sub.beat(later, later),
+        !s.sub.beat(Stamp::of(later), Stamp::of(later)),
         "taken back by its task: not parked"
     );
     assert!(wrote.try_recv().is_err());
