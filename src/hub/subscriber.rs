@@ -564,7 +564,7 @@ pub struct Subscription {
     direct: bool,
 }
 
-/// What every subscription of one hub shares: one pointer per stream, not three.
+/// What every subscription of one hub shares: one pointer per stream, not two.
 pub(crate) struct Shared {
     /// Where a subscription removes its subscriber when dropped.
     pub registry: Arc<dyn Unregister>,
