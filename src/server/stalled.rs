@@ -54,8 +54,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Watched(Box::new(Watch {
-            task: Box::pin(fut),
+        tokio::spawn(Watched(Box::pin(Watch {
+            task: fut,
             progress: Arc::default(),
             send_timeout: self.send_timeout,
             seen: 0,
@@ -66,43 +66,45 @@ where
 
 /// A stream's task, ended when its body stays stalled for the send timeout. Boxed, so that
 /// the task itself is tokio's smallest (128 bytes): it lives as long as the stream.
-struct Watched<F>(Box<Watch<F>>);
+struct Watched<F>(Pin<Box<Watch<F>>>);
 
-/// What a [`Watched`] task holds.
-struct Watch<F> {
-    task: Pin<Box<F>>,
-    progress: Arc<Progress>,
-    send_timeout: Duration,
-    /// `progress.chunks` when the timer was (re)started.
-    seen: u64,
-    /// Running while the body is stalled.
-    timer: Option<Pin<Box<Sleep>>>,
+pin_project_lite::pin_project! {
+    /// What a [`Watched`] task holds: hyper's stream future and its watch, in one
+    /// allocation.
+    struct Watch<F> {
+        #[pin]
+        task: F,
+        progress: Arc<Progress>,
+        send_timeout: Duration,
+        // `progress.chunks` when the timer was (re)started.
+        seen: u64,
+        // Running while the body is stalled.
+        timer: Option<Pin<Box<Sleep>>>,
+    }
 }
 
 impl<F: Future<Output = ()>> Future for Watched<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self.get_mut().0;
-        let progress = Arc::clone(&this.progress);
-        if STREAM
-            .sync_scope(progress, || this.task.as_mut().poll(cx))
-            .is_ready()
-        {
+        let this = self.get_mut().0.as_mut().project();
+        let progress = Arc::clone(this.progress);
+        let task = this.task;
+        if STREAM.sync_scope(progress, || task.poll(cx)).is_ready() {
             return Poll::Ready(());
         }
         if !this.progress.owed.load(Ordering::Acquire) {
-            this.timer = None;
+            *this.timer = None;
             return Poll::Pending;
         }
         let chunks = this.progress.chunks.load(Ordering::Acquire);
-        let deadline = Instant::now() + this.send_timeout;
-        match &mut this.timer {
-            Some(_) if chunks == this.seen => {}
+        let deadline = Instant::now() + *this.send_timeout;
+        match this.timer {
+            Some(_) if chunks == *this.seen => {}
             Some(timer) => timer.as_mut().reset(deadline),
-            None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
-        this.seen = chunks;
+        *this.seen = chunks;
         let Some(timer) = this.timer.as_mut() else {
             return Poll::Pending;
         };
