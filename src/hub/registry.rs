@@ -12,7 +12,7 @@
 //! cuts its stream.
 
 use super::log::MemoryLog;
-use super::subscriber::{Delivery, End, Stamp, Subscriber, Unregister};
+use super::subscriber::{Delivery, End, Run, Stamp, Subscriber, Unregister};
 use super::topic::{Selector, covering_prefixes};
 use super::{Event, Timing};
 use crate::metrics::Metrics;
@@ -287,6 +287,10 @@ const YIELD_EVERY: u64 = 4096;
 /// `benches/ab.sh` S3, 5 alternating runs, 0.80× the CPU per delivery).
 const READ_BATCH: usize = 256;
 
+/// A run of events is queued as one [`Run`] once it goes to this many of a shard's streams
+/// (copying it once costs less than queueing it event by event to each of them).
+const RUN_FROM_STREAMS: usize = 4;
+
 impl Registry {
     /// An empty registry of `shards` shards (at least one), each read by one dispatcher.
     pub(crate) fn new(shards: usize) -> Self {
@@ -457,9 +461,13 @@ impl Registry {
                 shard
                     .lock()
                     .each_follower(topics, |s| targets.push(Arc::clone(s)));
+                // For several streams, the run's frames are copied once into one buffer
+                // that each of them writes with one slice ([`Run`]).
+                let shared = (targets.len() >= RUN_FROM_STREAMS && Run::fits(run))
+                    .then(|| Arc::new(Run::new(run)));
                 let mut delivered = 0;
                 for sub in targets.drain(..) {
-                    let n = sub.enqueue_run(run, metrics);
+                    let n = sub.enqueue_run(run, shared.as_ref(), metrics);
                     delivered += n;
                     since_yield += n;
                     if since_yield >= YIELD_EVERY {

@@ -120,11 +120,69 @@ impl Filter {
     }
 }
 
+/// Events a dispatcher queues to many streams at once ([`Subscriber::enqueue_run`]): their
+/// frames copied back to back into one buffer, once for all of them. A stream then hands
+/// out the whole run as one frame: one slice of one write instead of one per event (the
+/// kernel's copy into the socket costs most per slice, not per byte), and one reference
+/// count taken and dropped per stream instead of one per event.
+pub(crate) struct Run {
+    /// The events' frames, back to back.
+    frames: Bytes,
+    /// The events, in order; none of them ends streams ([`Event::close`]).
+    events: Box<[Arc<Event>]>,
+}
+
+impl Run {
+    /// A run of `events` (at least one, none a `close`; see [`Self::fits`]).
+    pub(crate) fn new(events: &[Arc<Event>]) -> Self {
+        let mut frames = BytesMut::with_capacity(events.iter().map(|e| e.frame().len()).sum());
+        for ev in events {
+            frames.extend_from_slice(ev.frame());
+        }
+        Self {
+            frames: frames.freeze(),
+            events: events.into(),
+        }
+    }
+
+    /// Whether `events` can be queued as one run: two or more, and none ends streams (a
+    /// `close` event is handed out on its own, and ends the stream there).
+    pub(crate) fn fits(events: &[Arc<Event>]) -> bool {
+        events.len() > 1 && events.iter().all(|e| !e.close)
+    }
+
+    fn first(&self) -> EventId {
+        self.events.first().map_or_else(EventId::default, |e| e.id)
+    }
+
+    fn last(&self) -> EventId {
+        self.events.last().map_or_else(EventId::default, |e| e.id)
+    }
+}
+
+/// What a stream's queue holds: events one by one, or a dispatcher's runs of them.
+enum Queued {
+    One(Arc<Event>),
+    Run(Arc<Run>),
+}
+
+impl Queued {
+    /// How many events.
+    fn len(&self) -> usize {
+        match self {
+            Self::One(_) => 1,
+            Self::Run(run) => run.events.len(),
+        }
+    }
+}
+
 /// What an idle stream holds is kept small: an end and a write cut short are rare, so they
 /// are boxed or share a slot with what excludes them.
 struct Queue {
-    events: VecDeque<Arc<Event>>,
-    dropped: u64,
+    events: VecDeque<Queued>,
+    /// How many events `events` holds (a run counts each of its events).
+    queued: u32,
+    dropped: u32,
     last_enqueued: EventId,
     end: Option<Box<End>>,
     waker: Option<Waker>,
@@ -343,6 +401,7 @@ impl Subscriber {
             home: AtomicU32::new(0),
             queue: Mutex::new(Queue {
                 events: VecDeque::new(),
+                queued: 0,
                 dropped: 0,
                 last_enqueued: EventId::default(),
                 end: None,
@@ -415,10 +474,11 @@ impl Subscriber {
     /// slow-consumer policy when the queue is full.
     fn push(&self, q: &mut Queue, ev: &Arc<Event>, metrics: &Metrics) {
         q.take_back();
-        if q.events.len() >= self.capacity() {
+        if q.queued as usize >= self.capacity() {
             match self.policy() {
                 SlowConsumer::Disconnect => {
                     q.events.clear();
+                    q.queued = 0;
                     q.end = Some(Box::new(End::Overflow));
                     metrics.slow_consumer_disconnect();
                     // The hub does not know addresses: bounded per reason alone.
@@ -434,7 +494,9 @@ impl Subscriber {
                     }
                 }
                 SlowConsumer::DropOldest => {
-                    q.events.pop_front();
+                    // A run goes whole: a few more dropped, in the order they came.
+                    let gone = q.events.pop_front().map_or(0, |old| old.len() as u32);
+                    q.queued = q.queued.saturating_sub(gone);
                     if q.dropped == 0
                         && let Some(suppressed) =
                             crate::logbound::admit("slow_consumer_drop_oldest", None)
@@ -446,27 +508,49 @@ impl Subscriber {
                             "slow consumer: dropping its oldest queued events"
                         );
                     }
-                    q.dropped += 1;
-                    metrics.dropped_overflow(1);
-                    q.events.push_back(Arc::clone(ev));
+                    q.dropped = q.dropped.saturating_add(gone);
+                    metrics.dropped_overflow(u64::from(gone));
+                    q.events.push_back(Queued::One(Arc::clone(ev)));
+                    q.queued += 1;
                 }
             }
         } else {
-            q.events.push_back(Arc::clone(ev));
+            q.events.push_back(Queued::One(Arc::clone(ev)));
+            q.queued += 1;
         }
     }
 
     /// Queues the events of `run` this subscriber wants, in order, under one lock and with
     /// one wake-up: a burst read by a dispatcher that is behind costs each subscriber one
     /// lock (and one cache-line transfer between the dispatcher and the stream's task) per
-    /// run instead of one per event. Returns how many were queued.
-    pub(crate) fn enqueue_run(&self, run: &[Arc<Event>], metrics: &Metrics) -> u64 {
+    /// run instead of one per event. With `shared` (the same events as a [`Run`]), a
+    /// subscriber that wants them all and has room for them all queues that instead.
+    /// Returns how many were queued.
+    pub(crate) fn enqueue_run(
+        &self,
+        run: &[Arc<Event>],
+        shared: Option<&Arc<Run>>,
+        metrics: &Metrics,
+    ) -> u64 {
         let mut queued = 0;
         let mut q = self.lock();
-        // Grown once for the run, not doubling along it (bounded by the buffer).
-        let room = self.capacity().saturating_sub(q.events.len());
-        q.events.reserve(run.len().min(room));
-        for ev in run {
+        let room = self.capacity().saturating_sub(q.queued as usize);
+        if let Some(shared) = shared
+            && q.end.is_none()
+            && self.filter.types.is_none()
+            && shared.first() > q.last_enqueued
+            && shared.events.len() <= room
+        {
+            q.take_back();
+            q.last_enqueued = shared.last();
+            q.queued += shared.events.len() as u32;
+            q.events.push_back(Queued::Run(Arc::clone(shared)));
+            queued = shared.events.len() as u64;
+        } else {
+            // Grown once for the run, not doubling along it (bounded by the buffer).
+            q.events.reserve(run.len().min(room));
+        }
+        for ev in run.iter().skip(queued as usize) {
             if q.end.is_some() {
                 break;
             }
@@ -549,7 +633,7 @@ pub struct Subscription {
     last_sent: EventId,
     /// Events taken from the queue and not yet handed out. Refilled only once empty, so
     /// queue and backlog together never hold more than twice `subscriber_buffer`.
-    backlog: VecDeque<Arc<Event>>,
+    backlog: VecDeque<Queued>,
     /// The end taken from the queue, sent once the backlog is out.
     end: Option<Box<End>>,
     /// Frames were handed out since the last-write stamp was taken (at the last park, or,
@@ -686,6 +770,23 @@ impl Subscription {
         out.push(Frame::Event(ev));
     }
 
+    /// Hands out the events of `run` not sent yet (all of them, unless the replay covered
+    /// its first ones) as one frame.
+    fn push_run(&mut self, out: &mut Vec<Frame>, run: &Run) {
+        let mut from = 0;
+        let mut sent = 0;
+        for ev in run.events.iter().take_while(|e| e.id <= self.last_sent) {
+            from += ev.frame().len();
+            sent += 1;
+        }
+        if sent == run.events.len() {
+            return;
+        }
+        self.last_sent = run.last();
+        self.counted += (run.events.len() - sent) as u64;
+        out.push(Frame::Own(run.frames.slice(from..)));
+    }
+
     /// Appends the frames ready to be written to `out`, at most `max` (at least one) of
     /// them: `Ready(Some(()))` with at least one appended, `Ready(None)` once the stream is
     /// over. Each frame is the event's shared encoding, never a copy, so a writer can send
@@ -796,10 +897,11 @@ impl Subscription {
             // doubling along the way.
             out.reserve(self.backlog.len().min(limit.saturating_sub(out.len())));
             while !self.finishing && out.len() < limit {
-                let Some(ev) = self.backlog.pop_front() else {
-                    break;
-                };
-                self.push_event(out, ev);
+                match self.backlog.pop_front() {
+                    Some(Queued::One(ev)) => self.push_event(out, ev),
+                    Some(Queued::Run(run)) => self.push_run(out, &run),
+                    None => break,
+                }
             }
             if self.finishing {
                 self.backlog.clear();
@@ -830,6 +932,7 @@ impl Subscription {
         let dropped = std::mem::take(&mut q.dropped);
         // The empty backlog's buffer becomes the queue's: no allocation per refill.
         std::mem::swap(&mut self.backlog, &mut q.events);
+        q.queued = 0;
         // Events are queued only before an end is set, so they go out first, then the end.
         self.end = q.end.take();
         // A stream only its task writes: what it handed out since is written (or on its

@@ -77,7 +77,11 @@ async fn every_subscriber_gets_the_same_encoded_frame_not_a_copy() {
 async fn dispatched(sentinel: &mut Subscription, n: usize) {
     let mut got = 0;
     while got < n {
-        got += take_live(sentinel, 1000).await.len();
+        // One block per event; a frame may hold a run of them.
+        got += texts(&take_live(sentinel, 1000).await)
+            .iter()
+            .map(|t| t.matches("\n\n").count())
+            .sum::<usize>();
     }
 }
 
@@ -295,15 +299,13 @@ async fn the_shard_heartbeat_writes_to_parked_streams_quiet_long_enough_and_no_o
 }
 
 /// The `data:` values of `frames`, in order.
+/// The data of each event in `frames` (a frame may hold a run of events).
 fn data_of(frames: &[Frame]) -> Vec<String> {
     frames
         .iter()
-        .filter_map(|f| {
-            let text = std::str::from_utf8(f).unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .map(str::to_owned)
-        })
+        .flat_map(|f| std::str::from_utf8(f).unwrap().lines())
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -353,4 +355,134 @@ async fn a_burst_queued_run_by_run_reaches_each_subscriber_once_in_order_and_fil
         .collect();
     assert_eq!(data_of(&take(&mut both, 1000).unwrap()), want_both);
     assert_eq!(data_of(&take(&mut only_b, 1000).unwrap()), want_b);
+}
+
+/// A hub of one shard whose dispatcher runs only when the test yields (call from a
+/// `current_thread` test): what is published waits, and is then queued as a burst.
+fn burst_hub(buffer: usize, policy: crate::hub::SlowConsumer) -> Hub {
+    Hub::start(
+        HubSettings {
+            subscriber_buffer: buffer,
+            slow_consumer: policy,
+            heartbeat: Duration::from_secs(3600),
+            shards: 1,
+            ..HubSettings::default()
+        },
+        Arc::new(Metrics::default()),
+    )
+}
+
+/// Lets the dispatcher read everything published.
+async fn settle(hub: &Hub) {
+    for _ in 0..1000 {
+        if hub.stats().dispatch_waiting == 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the dispatcher did not catch up");
+}
+
+fn texts(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .collect()
+}
+
+fn published(ids: &[crate::sse::EventId], data: &str) -> String {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| format!("id: {id}\ndata: {data}{i}\n\n"))
+        .collect()
+}
+
+fn numbered(n: usize, data: &str) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| NewEvent::new("t", &format!("{data}{i}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_to_several_streams_goes_out_as_one_frame_and_a_filtered_stream_gets_its_own() {
+    let hub = burst_hub(100, crate::hub::SlowConsumer::Disconnect);
+    let mut all: Vec<_> = (0..5).map(|_| subscribe(&hub, "t")).collect();
+    let mut typed = hub.subscribe(SubscribeRequest::new(Filter {
+        selectors: vec![Selector::parse("t").unwrap()].into(),
+        types: Some(vec!["message".into()].into()),
+    }));
+    for s in all.iter_mut().chain([&mut typed]) {
+        assert_eq!(take(s, 8).unwrap().len(), 2, "`retry:` and the starting id");
+    }
+    let ids = hub.publish(numbered(10, "b")).await.unwrap();
+    settle(&hub).await;
+    let want = published(&ids, "b");
+    for s in &mut all {
+        let frames = take(s, 256).unwrap();
+        // The first nine as one run; the last one, written at once when a stream is
+        // parked, is queued on its own otherwise.
+        assert_eq!(frames.len(), 2, "{:?}", texts(&frames));
+        assert_eq!(texts(&frames).concat(), want);
+    }
+    let frames = take(&mut typed, 256).unwrap();
+    assert_eq!(
+        frames.len(),
+        10,
+        "one frame per event for a stream that filters"
+    );
+    assert_eq!(texts(&frames).concat(), want);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_run_that_overlaps_the_replay_goes_out_from_the_first_event_not_replayed() {
+    let hub = burst_hub(100, crate::hub::SlowConsumer::Disconnect);
+    // Published before the streams open (and before the dispatcher read them): replayed.
+    let early = hub.publish(numbered(10, "e")).await.unwrap();
+    let mut all: Vec<_> = (0..5)
+        .map(|_| {
+            hub.subscribe(SubscribeRequest {
+                resume: crate::hub::Resume::Since(0),
+                ..SubscribeRequest::new(Filter {
+                    selectors: vec![Selector::parse("t").unwrap()].into(),
+                    types: None,
+                })
+            })
+        })
+        .collect();
+    let late = hub.publish(numbered(10, "l")).await.unwrap();
+    // One run of nineteen reaches every stream: the first nine are in its replay too.
+    settle(&hub).await;
+    let want = format!("{}{}", published(&early, "e"), published(&late, "l"));
+    for s in &mut all {
+        let mut got = String::new();
+        while let Some(frames) = take(s, 256).filter(|f| !f.is_empty()) {
+            // The events (and runs of them), without `retry:` and the gap notice.
+            for t in texts(&frames).iter().filter(|t| t.starts_with("id: ")) {
+                got.push_str(t);
+            }
+        }
+        assert_eq!(got, want, "each event once, in order");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn drop_oldest_drops_a_queued_run_whole_and_counts_its_events() {
+    let hub = burst_hub(12, crate::hub::SlowConsumer::DropOldest);
+    let mut all: Vec<_> = (0..5).map(|_| subscribe(&hub, "t")).collect();
+    for s in &mut all {
+        take(s, 8).unwrap();
+    }
+    let first = hub.publish(numbered(10, "a")).await.unwrap();
+    settle(&hub).await;
+    // Nine queued as a run and one alone; the next ten do not fit beside them.
+    let second = hub.publish(numbered(10, "b")).await.unwrap();
+    settle(&hub).await;
+    let want = format!(
+        "event: ssegate.overflow\ndata: {{\"dropped\":9}}\n\nid: {}\ndata: a9\n\n{}",
+        first[9],
+        published(&second, "b"),
+    );
+    for s in &mut all {
+        assert_eq!(texts(&take(s, 256).unwrap()).concat(), want);
+    }
 }
