@@ -6,7 +6,8 @@
 #   BASE_BIN=/path/to/old/ssegate NEW_BIN=target/release/ssegate benches/ab.sh
 #   SCENARIOS="S2 S3" RUNS=3 DURATION=10 benches/ab.sh        (the defaults)
 #
-# Other settings pass through to benches/compare.sh (S2_STREAMS, QUIET_WAIT, LG, …).
+# AB_SYSTEM=ssegate-h2 compares the two builds' HTTP/2 streams instead. Other settings pass
+# through to benches/compare.sh (S2_STREAMS, QUIET_WAIT, LG, …).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BASE_BIN:?set BASE_BIN to the build to compare against}"
@@ -16,7 +17,7 @@ DIR="$(mktemp -d /tmp/ssegate-ab.XXXXXX)"
 for r in $(seq 1 "$RUNS"); do
     for side in base new; do
         bin=$BASE_BIN; [ "$side" = new ] && bin=$NEW_BIN
-        SYSTEMS=ssegate SCENARIOS="$SCENARIOS" RUNS=1 SSEGATE_BIN="$bin" DIR="$DIR/$side-$r" \
+        SYSTEMS="${AB_SYSTEM:-ssegate}" SCENARIOS="$SCENARIOS" RUNS=1 SSEGATE_BIN="$bin" DIR="$DIR/$side-$r" \
             benches/compare.sh > "$DIR/$side-$r.log" 2>&1 ||
             { echo "compare.sh failed for $side run $r; see $DIR/$side-$r.log" >&2; exit 1; }
         jq -c --arg side "$side" '. + {side: $side}' "$DIR/$side-$r/results.jsonl" >> "$DIR/all.jsonl"

@@ -12,29 +12,67 @@
 //! is stalled is told by its body ([`WatchedBody`]): hyper polls a body for its next chunk
 //! only once the previous one could be sent, so a body that gave a chunk and has not been
 //! polled since is waiting on the client. A body that is waiting for data of its own (an idle
-//! event stream, a slow app) is not stalled. The two meet through a task-local set while the
-//! stream's task is polled, so nothing is allocated for HTTP/1.1 responses.
+//! event stream, a slow app) is not stalled. hyper polls the body only from within the
+//! stream's task, so the body reports to the watcher through a thread-local set for the
+//! length of each poll of that task: nothing is allocated or shared for it, and an
+//! HTTP/1.1 response (polled by no watcher) reports nothing.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-tokio::task_local! {
-    /// The progress of the HTTP/2 stream whose task is being polled.
-    static STREAM: Arc<Progress>;
+thread_local! {
+    /// What the body of the HTTP/2 stream whose task this thread is polling has reported
+    /// during that poll; `None` outside such a poll.
+    static STREAM: Cell<Option<Report>> = const { Cell::new(None) };
 }
 
-/// What a stream's body tells its task's watcher.
-#[derive(Default)]
-struct Progress {
-    /// The body handed over a chunk and has not been polled since: it waits on the client.
-    owed: AtomicBool,
-    /// Chunks handed over so far: a change restarts the timeout.
-    chunks: AtomicU64,
+/// What a stream's body reports to its task's watcher during one poll of the task.
+#[derive(Debug, Clone, Copy, Default)]
+struct Report {
+    /// The body was polled (or made): `owed` says how it was left.
+    polled: bool,
+    /// It handed over a chunk and has not been polled since: it waits on the client.
+    owed: bool,
+    /// Chunks handed over: any restarts the timeout.
+    chunks: u64,
+}
+
+/// Applies `f` to the report of the stream task being polled, if any; says whether there
+/// was one.
+fn report(f: impl FnOnce(&mut Report)) -> bool {
+    STREAM.with(|cell| match cell.get() {
+        Some(mut r) => {
+            f(&mut r);
+            cell.set(Some(r));
+            true
+        }
+        None => false,
+    })
+}
+
+/// Collects the reports of one poll of a stream's task; puts back what was there before,
+/// even if the poll panics.
+struct Collecting(Option<Report>);
+
+impl Collecting {
+    fn start() -> Self {
+        Self(STREAM.replace(Some(Report::default())))
+    }
+
+    fn finish(self) -> Report {
+        STREAM.replace(self.0).unwrap_or_default()
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        // After `finish` this puts back what `finish` put back already.
+        STREAM.set(self.0);
+    }
 }
 
 /// Spawns hyper's HTTP/2 stream tasks, each watched for the send timeout.
@@ -56,7 +94,8 @@ where
     fn execute(&self, fut: F) {
         tokio::spawn(Watched(Box::pin(Watch {
             task: fut,
-            progress: Arc::default(),
+            owed: false,
+            chunks: 0,
             send_timeout: self.send_timeout,
             seen: 0,
             timer: None,
@@ -74,9 +113,13 @@ pin_project_lite::pin_project! {
     struct Watch<F> {
         #[pin]
         task: F,
-        progress: Arc<Progress>,
+        // The body handed over a chunk and has not been polled since: it waits on the
+        // client.
+        owed: bool,
+        // Chunks handed over so far.
+        chunks: u64,
         send_timeout: Duration,
-        // `progress.chunks` when the timer was (re)started.
+        // `chunks` when the timer was (re)started.
         seen: u64,
         // Running while the body is stalled.
         timer: Option<Pin<Box<Sleep>>>,
@@ -88,16 +131,21 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut().0.as_mut().project();
-        let progress = Arc::clone(this.progress);
-        let task = this.task;
-        if STREAM.sync_scope(progress, || task.poll(cx)).is_ready() {
+        let collecting = Collecting::start();
+        let done = this.task.poll(cx).is_ready();
+        let report = collecting.finish();
+        if done {
             return Poll::Ready(());
         }
-        if !this.progress.owed.load(Ordering::Acquire) {
+        if report.polled {
+            *this.owed = report.owed;
+        }
+        *this.chunks += report.chunks;
+        if !*this.owed {
             *this.timer = None;
             return Poll::Pending;
         }
-        let chunks = this.progress.chunks.load(Ordering::Acquire);
+        let chunks = *this.chunks;
         let deadline = Instant::now() + *this.send_timeout;
         match this.timer {
             Some(_) if chunks == *this.seen => {}
@@ -127,21 +175,26 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
 /// HTTP/1.1 it only passes the body through.
 pub(crate) struct WatchedBody<B> {
     body: B,
-    progress: Option<Arc<Progress>>,
+    /// Made within an HTTP/2 stream's task: it reports to the watcher.
+    watched: bool,
 }
 
 impl<B: hyper::body::Body> WatchedBody<B> {
     /// Wraps `body`; called from within the stream's task (the service's future).
     pub(crate) fn new(body: B) -> Self {
-        let progress = STREAM.try_with(Arc::clone).ok();
-        if let Some(p) = &progress
-            && !body.is_end_stream()
-        {
-            // Owed until hyper first polls it: a stream that cannot even start is stalled.
-            p.chunks.fetch_add(1, Ordering::AcqRel);
-            p.owed.store(true, Ordering::Release);
-        }
-        Self { body, progress }
+        let owed = !body.is_end_stream();
+        let watched = report(|r| {
+            if owed {
+                // Owed until hyper first polls it: a stream that cannot even start is
+                // stalled.
+                *r = Report {
+                    polled: true,
+                    owed: true,
+                    chunks: r.chunks + 1,
+                };
+            }
+        });
+        Self { body, watched }
     }
 }
 
@@ -155,12 +208,15 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.body).poll_frame(cx);
-        if let Some(p) = &this.progress {
+        if this.watched {
             let owed = matches!(poll, Poll::Ready(Some(Ok(_))));
-            if owed {
-                p.chunks.fetch_add(1, Ordering::AcqRel);
-            }
-            p.owed.store(owed, Ordering::Release);
+            report(|r| {
+                *r = Report {
+                    polled: true,
+                    owed,
+                    chunks: r.chunks + u64::from(owed),
+                }
+            });
         }
         poll
     }
