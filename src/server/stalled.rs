@@ -229,3 +229,98 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use bytes::Bytes;
+    use hyper::body::{Body, Frame};
+    use hyper::rt::Executor;
+    use tokio::sync::oneshot;
+
+    /// A body that hands over one chunk (an event stream with a frame ready) or none (an
+    /// idle one).
+    struct OneChunk(Option<Bytes>);
+
+    impl Body for OneChunk {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// What hyper does with a stream whose flow-control window never opens: makes the
+    /// body within the stream's task, polls it until it hands over a chunk, then never
+    /// again. Dropping it (the watch ended the task) says so on `_ended`.
+    struct ClosedWindow {
+        chunk: Option<Bytes>,
+        body: Option<WatchedBody<OneChunk>>,
+        sent: bool,
+        _ended: oneshot::Sender<()>,
+    }
+
+    impl Future for ClosedWindow {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let this = &mut *self;
+            let chunk = this.chunk.take();
+            let body = this
+                .body
+                .get_or_insert_with(|| WatchedBody::new(OneChunk(chunk)));
+            if !this.sent {
+                this.sent = Pin::new(body).poll_frame(cx).is_ready();
+            }
+            Poll::Pending
+        }
+    }
+
+    fn spawn(send_timeout: Duration, chunk: Option<&'static [u8]>) -> oneshot::Receiver<()> {
+        let (ended, when_ended) = oneshot::channel();
+        StreamExecutor::new(send_timeout).execute(ClosedWindow {
+            chunk: chunk.map(Bytes::from_static),
+            body: None,
+            sent: false,
+            _ended: ended,
+        });
+        when_ended
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_chunk_stays_unsent_is_ended_and_an_idle_one_is_not() {
+        // The idle stream, with the shorter timeout, would have ended first if it were
+        // taken for stalled: the stalled stream's end is the sentinel.
+        let mut idle = spawn(Duration::from_millis(20), None);
+        let stalled = spawn(Duration::from_millis(200), Some(b"data: x\n\n"));
+        tokio::time::timeout(Duration::from_secs(10), stalled)
+            .await
+            .expect("the stalled stream ends at its send timeout")
+            .unwrap_err();
+        assert_eq!(
+            idle.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "an idle stream is not stalled"
+        );
+    }
+
+    #[test]
+    fn a_body_made_outside_a_stream_task_reports_nothing() {
+        let mut body = WatchedBody::new(OneChunk(Some(Bytes::from_static(b"x"))));
+        assert!(!body.watched);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
+        assert!(
+            STREAM.get().is_none(),
+            "nothing collected, nothing left behind"
+        );
+    }
+}
