@@ -133,7 +133,7 @@ pub(crate) struct Run {
 }
 
 impl Run {
-    /// A run of `events` (at least one, none a `close`; see [`Self::fits`]).
+    /// A run of `events` (two or more, none a `close`: [`Self::fits`]).
     pub(crate) fn new(events: &[Arc<Event>]) -> Self {
         let mut frames = BytesMut::with_capacity(events.iter().map(|e| e.frame().len()).sum());
         for ev in events {
@@ -327,12 +327,13 @@ pub(crate) enum Delivery {
 
 /// One frame a [`Subscription`] hands out: an event, written from its shared encoding
 /// (the event is moved along from the queue, so handing it out costs no reference count of
-/// its own), or bytes of ssegate's own (`retry:`, notices, heartbeats).
+/// its own), a run of events' frames shared by a shard's streams, or bytes of
+/// ssegate's own (`retry:`, notices, heartbeats).
 #[derive(Debug)]
 pub enum Frame {
     /// An event's SSE frame ([`Event::frame`]).
     Event(Arc<Event>),
-    /// Other bytes, or what is left of a frame written in part.
+    /// A run's frames, other bytes, or what is left of a frame written in part.
     Own(Bytes),
 }
 
@@ -789,7 +790,8 @@ impl Subscription {
 
     /// Appends the frames ready to be written to `out`, at most `max` (at least one) of
     /// them: `Ready(Some(()))` with at least one appended, `Ready(None)` once the stream is
-    /// over. Each frame is the event's shared encoding, never a copy, so a writer can send
+    /// over. Each frame is shared (an event's encoding, or a run's frames copied once for
+    /// all the streams of a shard), never a copy of the stream's own, so a writer can send
     /// everything queued since its last write in one vectored write.
     pub fn poll_frames(
         &mut self,
