@@ -85,7 +85,7 @@ pub struct Unserved {
 
 /// Held by a connection served outside hyper for as long as it is open: the drain on
 /// shutdown waits until every one has been dropped. It also carries the listener's
-/// [`poller::Poller`], to which an event stream's socket moves ([`Held::adopt`]).
+/// poller, to which an event stream's socket moves (`Held::adopt`).
 pub struct Held {
     drain: Drain,
     poller: Option<poller::Poller>,
