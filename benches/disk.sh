@@ -11,7 +11,10 @@
 #   benches/disk.sh
 #
 # SHAPES (default "64x1 4x100 16x100 64x100"): the connections × events per request to
-# measure; DURATION (default 5): seconds per run. LOADGEN_BIN / SSEGATE_BIN pick prebuilt
+# measure; DURATION (default 5): seconds per run. PASSES (default 1): measure every shape
+# that many times (memory, always, 100ms each pass, so drift hits all three alike) and end
+# with each shape's median `100ms ÷ memory` and `always ÷ memory` over the passes' own
+# ratios; STARTUP=0 skips the start-up measurement. LOADGEN_BIN / SSEGATE_BIN pick prebuilt
 # binaries (default: target/release/ssegate, and the loadgen bench built on demand). QUIET_WAIT=S (default 30): wait up to S s for the
 # machine to be idle before each run; the busy share is printed either way.
 set -euo pipefail
@@ -37,18 +40,35 @@ publish() {
         tee -a "$DIR/report.txt" | sed -n 's/^JSON //p' | jq -r '.publish_per_s | floor')
     benches/run-ssegate.sh stop
     echo "| $label | $publishers × $batch | $rate | $BUSY |"
+    echo "$publishers×$batch ${label##*: } $rate" >> "$DIR/rates.txt"
 }
 
 echo
 echo "| broker | connections × events per request | events/s accepted | machine busy before (%) |"
 echo "|---|---|---|---|"
-for shape in ${SHAPES:-64x1 4x100 16x100 64x100}; do
-    set -- "${shape%x*}" "${shape#*x}"
-    publish memory "$@"
-    rm -rf "$DIR/always" "$DIR/100ms"
-    publish "disk, sync: always" "$@" DISK_DIR="$DIR/always" DISK_SYNC=always
-    publish "disk, sync: 100ms" "$@" DISK_DIR="$DIR/100ms" DISK_SYNC=100ms
+for pass in $(seq 1 "${PASSES:-1}"); do
+    for shape in ${SHAPES:-64x1 4x100 16x100 64x100}; do
+        set -- "${shape%x*}" "${shape#*x}"
+        publish memory "$@"
+        rm -rf "$DIR/always" "$DIR/100ms"
+        publish "disk, sync: always" "$@" DISK_DIR="$DIR/always" DISK_SYNC=always
+        publish "disk, sync: 100ms" "$@" DISK_DIR="$DIR/100ms" DISK_SYNC=100ms
+    done
 done
+# Each pass's ratio (the three lines of a shape in one pass are consecutive), then the
+# median over the passes.
+if [ "${PASSES:-1}" -gt 1 ]; then
+    echo
+    echo "| connections × events per request | sync | ÷ memory, each pass | median |"
+    echo "|---|---|---|---|"
+    awk '$2 == "memory" {m[$1] = $3} $2 != "memory" && m[$1] > 0 {r[$1 " " $2] = r[$1 " " $2] " " sprintf("%.2f", $3 / m[$1])}
+        END {for (k in r) print k, r[k]}' "$DIR/rates.txt" | sort |
+        while read -r shape sync ratios; do
+            # shellcheck disable=SC2086 # $ratios is a list of numbers
+            echo "| $shape | $sync | $ratios | $(printf '%s\n' $ratios | median 2) |"
+        done
+fi
+[ "${STARTUP:-1}" = 0 ] && exit 0
 
 # Start-up: fill a history of 100,000 events of 1 KiB, stop, start again.
 rm -rf "$DIR/startup"
