@@ -10,6 +10,7 @@
 # through to benches/compare.sh (S2_STREAMS, QUIET_WAIT, LG, …).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 : "${BASE_BIN:?set BASE_BIN to the build to compare against}"
 NEW_BIN="${NEW_BIN:-$PWD/target/release/ssegate}"
 SCENARIOS="${SCENARIOS:-S2 S3}" RUNS="${RUNS:-3}"
@@ -23,8 +24,7 @@ for r in $(seq 1 "$RUNS"); do
         jq -c --arg side "$side" '. + {side: $side}' "$DIR/$side-$r/results.jsonl" >> "$DIR/all.jsonl"
     done
 done
-median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-col() { jq -r --arg s "$1" --arg c "$2" "select(.side == \$s and .scenario == \$c) | $3" "$DIR/all.jsonl" | median; }
+col() { jq -r --arg s "$1" --arg c "$2" "select(.side == \$s and .scenario == \$c) | $3" "$DIR/all.jsonl" | median 4; }
 echo "Medians of $RUNS alternating runs; A = $BASE_BIN, B = $NEW_BIN; raw in $DIR/all.jsonl"
 echo
 echo "| scenario | A µs/delivery | B µs/delivery | B ÷ A | A p99 ms | B p99 ms | A deliveries/s | B deliveries/s |"

@@ -289,7 +289,7 @@ const READ_BATCH: usize = 256;
 
 /// A run of events is queued as one [`Run`] once it goes to this many of a shard's streams
 /// (copying it once costs less than queueing it event by event to each of them).
-const RUN_FROM_STREAMS: usize = 4;
+pub(super) const RUN_FROM_STREAMS: usize = 4;
 
 impl Registry {
     /// An empty registry of `shards` shards (at least one), each read by one dispatcher.

@@ -368,6 +368,81 @@ async fn a_dispatcher_with_no_stream_skips_what_is_published_and_a_new_stream_mi
     }
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_queued_as_runs_in_both_shards_reaches_each_stream_once_in_order() {
+    use super::{Filter, Selector, SubscribeRequest};
+    use std::task::{Context, Poll, Waker};
+    let hub = super::Hub::start(
+        super::HubSettings {
+            history_max_events: 100,
+            heartbeat: Duration::from_secs(3600),
+            shards: 2,
+            ..super::HubSettings::default()
+        },
+        Arc::new(crate::metrics::Metrics::default()),
+    );
+    let subscribe = |types: Option<&str>| {
+        hub.subscribe(SubscribeRequest::new(Filter {
+            selectors: vec![Selector::parse("a").unwrap()].into(),
+            types: types.map(|t| vec![Box::<str>::from(t)].into()),
+        }))
+    };
+    // Enough streams in each shard for its dispatcher to queue the burst as a run; the
+    // first two take only one event type, so they get it event by event.
+    let mut all: Vec<_> = (0..2 * super::registry::RUN_FROM_STREAMS + 2)
+        .map(|i| subscribe((i < 2).then_some("odd")))
+        .collect();
+    // On this single thread the dispatchers run only when the test yields: the whole
+    // burst waits, and is queued, not written event by event.
+    let burst: Vec<NewEvent> = (0..40)
+        .map(|i| NewEvent {
+            event_type: (i % 2 == 1).then(|| "odd".into()),
+            ..NewEvent::new("a", &format!("n{i}"))
+        })
+        .collect();
+    let ids = hub.publish(burst).await.unwrap();
+    for _ in 0..100 {
+        if hub.stats().dispatch_waiting == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        hub.stats().dispatch_waiting,
+        0,
+        "the dispatchers read it all"
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    for (n, stream) in all.iter_mut().enumerate() {
+        let mut out = Vec::new();
+        assert_eq!(
+            stream.poll_frames(&mut cx, &mut out, 256),
+            Poll::Ready(Some(()))
+        );
+        let got: String = out[2..]
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        let want: String = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| n >= 2 || i % 2 == 1)
+            .map(|(i, id)| match i % 2 {
+                1 => format!("id: {id}\nevent: odd\ndata: n{i}\n\n"),
+                _ => format!("id: {id}\ndata: n{i}\n\n"),
+            })
+            .collect();
+        assert_eq!(got, want, "stream {n}");
+        // A run is one frame: the 39 queued events and the last one, alone.
+        let frames = out.len() - 2;
+        if n >= 2 {
+            assert_eq!(frames, 2, "stream {n}");
+        } else {
+            assert_eq!(frames, 20, "stream {n}");
+        }
+    }
+}
+
 #[test]
 fn data_with_room_after_it_is_framed_in_place_as_any_other_would_be() {
     for id in [EventId::new(now_ms(), 12), super::ROOMY_ID] {
