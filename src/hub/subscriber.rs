@@ -160,20 +160,11 @@ impl Run {
     }
 }
 
-/// What a stream's queue holds: events one by one, or a dispatcher's runs of them.
+/// What a stream's queue holds: events one by one, or a dispatcher's runs of them, less
+/// the first so many that `drop_oldest` dropped (the run is shared: it is not cut).
 enum Queued {
     One(Arc<Event>),
-    Run(Arc<Run>),
-}
-
-impl Queued {
-    /// How many events.
-    fn len(&self) -> usize {
-        match self {
-            Self::One(_) => 1,
-            Self::Run(run) => run.events.len(),
-        }
-    }
+    Run(Arc<Run>, u32),
 }
 
 /// What an idle stream holds is kept small: an end and a write cut short are rare, so they
@@ -495,9 +486,18 @@ impl Subscriber {
                     }
                 }
                 SlowConsumer::DropOldest => {
-                    // A run goes whole: a few more dropped, in the order they came.
-                    let gone = q.events.pop_front().map_or(0, |old| old.len() as u32);
-                    q.queued = q.queued.saturating_sub(gone);
+                    // One event, as from any queue: the front of a run is skipped.
+                    match q.events.front_mut() {
+                        Some(Queued::Run(run, dropped))
+                            if run.events.len() > *dropped as usize + 1 =>
+                        {
+                            *dropped += 1;
+                        }
+                        _ => {
+                            q.events.pop_front();
+                        }
+                    }
+                    q.queued = q.queued.saturating_sub(1);
                     if q.dropped == 0
                         && let Some(suppressed) =
                             crate::logbound::admit("slow_consumer_drop_oldest", None)
@@ -509,8 +509,8 @@ impl Subscriber {
                             "slow consumer: dropping its oldest queued events"
                         );
                     }
-                    q.dropped = q.dropped.saturating_add(gone);
-                    metrics.dropped_overflow(u64::from(gone));
+                    q.dropped = q.dropped.saturating_add(1);
+                    metrics.dropped_overflow(1);
                     q.events.push_back(Queued::One(Arc::clone(ev)));
                     q.queued += 1;
                 }
@@ -545,22 +545,22 @@ impl Subscriber {
             q.take_back();
             q.last_enqueued = shared.last();
             q.queued += shared.events.len() as u32;
-            q.events.push_back(Queued::Run(Arc::clone(shared)));
+            q.events.push_back(Queued::Run(Arc::clone(shared), 0));
             queued = shared.events.len() as u64;
         } else {
             // Grown once for the run, not doubling along it (bounded by the buffer).
             q.events.reserve(run.len().min(room));
-        }
-        for ev in run.iter().skip(queued as usize) {
-            if q.end.is_some() {
-                break;
+            for ev in run {
+                if q.end.is_some() {
+                    break;
+                }
+                if ev.id <= q.last_enqueued || !self.filter.accepts_type(ev) {
+                    continue;
+                }
+                q.last_enqueued = ev.id;
+                self.push(&mut q, ev, metrics);
+                queued += 1;
             }
-            if ev.id <= q.last_enqueued || !self.filter.accepts_type(ev) {
-                continue;
-            }
-            q.last_enqueued = ev.id;
-            self.push(&mut q, ev, metrics);
-            queued += 1;
         }
         let waker = if queued > 0 { q.waker.take() } else { None };
         drop(q);
@@ -771,12 +771,16 @@ impl Subscription {
         out.push(Frame::Event(ev));
     }
 
-    /// Hands out the events of `run` not sent yet (all of them, unless the replay covered
-    /// its first ones) as one frame.
-    fn push_run(&mut self, out: &mut Vec<Frame>, run: &Run) {
+    /// Hands out the events of `run` after its first `dropped` and not sent yet (all of
+    /// them, unless the replay covered or `drop_oldest` dropped its first ones) as one
+    /// frame.
+    fn push_run(&mut self, out: &mut Vec<Frame>, run: &Run, dropped: u32) {
         let mut from = 0;
         let mut sent = 0;
-        for ev in run.events.iter().take_while(|e| e.id <= self.last_sent) {
+        for ev in run.events.iter() {
+            if sent >= dropped as usize && ev.id > self.last_sent {
+                break;
+            }
             from += ev.frame().len();
             sent += 1;
         }
@@ -901,7 +905,7 @@ impl Subscription {
             while !self.finishing && out.len() < limit {
                 match self.backlog.pop_front() {
                     Some(Queued::One(ev)) => self.push_event(out, ev),
-                    Some(Queued::Run(run)) => self.push_run(out, &run),
+                    Some(Queued::Run(run, dropped)) => self.push_run(out, &run, dropped),
                     None => break,
                 }
             }

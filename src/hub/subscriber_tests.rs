@@ -466,7 +466,7 @@ async fn a_run_that_overlaps_the_replay_goes_out_from_the_first_event_not_replay
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn drop_oldest_drops_a_queued_run_whole_and_counts_its_events() {
+async fn drop_oldest_drops_the_oldest_events_of_a_queued_run_one_by_one() {
     let hub = burst_hub(12, crate::hub::SlowConsumer::DropOldest);
     let mut all: Vec<_> = (0..5).map(|_| subscribe(&hub, "t")).collect();
     for s in &mut all {
@@ -474,11 +474,14 @@ async fn drop_oldest_drops_a_queued_run_whole_and_counts_its_events() {
     }
     let first = hub.publish(numbered(10, "a")).await.unwrap();
     settle(&hub).await;
-    // Nine queued as a run and one alone; the next ten do not fit beside them.
+    // Nine queued as a run and one alone; of the next ten, eight do not fit: the run's
+    // first eight make room, one each, and its last one stays.
     let second = hub.publish(numbered(10, "b")).await.unwrap();
     settle(&hub).await;
     let want = format!(
-        "event: ssegate.overflow\ndata: {{\"dropped\":9}}\n\nid: {}\ndata: a9\n\n{}",
+        "event: ssegate.overflow\ndata: {{\"dropped\":8}}\n\n\
+         id: {}\ndata: a8\n\nid: {}\ndata: a9\n\n{}",
+        first[8],
         first[9],
         published(&second, "b"),
     );
