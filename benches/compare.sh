@@ -25,7 +25,7 @@
 # Systems: ssegate, floor (one send() per delivery: the floor of S1, S2, idle),
 #   floor-coalesce (one send() per subscriber per pass: the floor of S3), nchan, pushpin,
 #   ssegate-h2 (ssegate with every stream an HTTP/2 stream, prior-knowledge h2c, H2_CONNS
-#   connections; default 0: one per 100 streams, the most ssegate allows on one),
+#   connections; default 0: one per 1,000 streams, the most ssegate allows on one),
 #   ssegate-disk (ssegate on the disk broker, `sync: always`, a fresh directory under $DIR
 #   each run; its ratio to ssegate is issue 16's S2 target: CPU per delivery within 5%).
 # Environment (defaults): SYSTEMS="ssegate floor floor-coalesce nchan pushpin"
@@ -256,7 +256,7 @@ ratio() {
     echo
     echo "The floor: one send() per delivery (floor), one per subscriber per pass (floor-coalesce); one topic, no ids."
     case " $SYSTEMS " in *" ssegate-h2 "*)
-        echo "ssegate-h2: every stream an HTTP/2 stream (h2c), $H2_CONNS connections (0: one per 100 streams)." ;;
+        echo "ssegate-h2: every stream an HTTP/2 stream (h2c), $H2_CONNS connections (0: one per 1,000 streams)." ;;
     esac
     case " $SYSTEMS " in *" ssegate-disk "*)
         echo "ssegate-disk: ssegate on the disk broker (sync: always, a fresh directory each run)." ;;

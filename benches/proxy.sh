@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Proxy throughput: wrk against a tiny hyper upstream three ways in one run — direct,
-# through ssegate, through nginx proxy_pass (1 worker, upstream keepalive) — as
+# through ssegate, through nginx proxy_pass (1 worker unless NGINX_WORKERS, upstream keepalive) — as
 # requests/s, p99 and CPU µs per request of the proxy process (from /proc/PID/stat).
 #
 #   benches/proxy.sh                 # 3 runs of 10 s each way, 1 wrk thread, 50 connections
 #   RUNS=5 DURATION=20 CONNS=100 THREADS=2 benches/proxy.sh
 #   WORKERS=1 benches/proxy.sh       # ssegate with one worker thread, as nginx here has
+#   NGINX_WORKERS=2 benches/proxy.sh # nginx with one worker per core, as ssegate has by default
 #   DERIVE=1 benches/proxy.sh        # also ssegate with 20 derive rules none of which
 #                                    # matches, and with the same 20 plus one that matches
 #
@@ -65,10 +66,11 @@ if [ "${DERIVE:-0}" = 1 ]; then
     SSEGATE_VARIANTS="ssegate ssegate+20rules ssegate+match"
 fi
 
-# nginx in front of it: 1 worker, upstream keepalive, the same forwarding headers as ssegate.
+# nginx in front of it: NGINX_WORKERS (default 1) workers, upstream keepalive, the same
+# forwarding headers as ssegate.
 mkdir -p "$DIR/nginx/tmp"
 cat > "$DIR/nginx/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes ${NGINX_WORKERS:-1};
 daemon off;
 user root;
 pid nginx.pid;

@@ -108,9 +108,14 @@ impl Held {
     }
 }
 
-/// The most concurrent HTTP/2 streams a client may open on one connection (nginx 128,
-/// h2o 100): what one connection can hold of the instance is bounded.
-const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// The most concurrent HTTP/2 streams a client may open on one connection. ssegate speaks
+/// HTTP/2 in clear text only, which browsers do not: its HTTP/2 clients are ingresses
+/// (Envoy, HAProxy `proto h2`) carrying many users' streams. Each connection costs ~36 KB
+/// of h2 state (write and read buffers, frame slabs) however few streams it carries, so a
+/// larger cap than a browser-facing server's (nginx 128, h2o 100) spreads that over more
+/// streams: 100 per connection made it ~0.4 KB per idle stream (`benches/README.md`).
+/// What a client may hold of the instance is bounded by the per-IP stream caps, not this.
+const MAX_CONCURRENT_STREAMS: u32 = 1000;
 
 /// The listen backlog: room for a connect burst (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 4096;

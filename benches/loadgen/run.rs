@@ -122,7 +122,7 @@ pub struct RunArgs {
     /// `--h2-conns` connections per `--sub-addr` (ssegate only; publishing stays HTTP/1.1).
     #[arg(long)]
     pub h2: bool,
-    /// HTTP/2 connections per `--sub-addr` (0: one per 100 streams, the most concurrent
+    /// HTTP/2 connections per `--sub-addr` (0: one per 1,000 streams, the most concurrent
     /// streams ssegate allows on one connection; more streams than that wait for a slot).
     #[arg(long, default_value_t = 0)]
     pub h2_conns: usize,
@@ -132,7 +132,7 @@ pub struct RunArgs {
 }
 
 /// The most concurrent streams ssegate allows on one HTTP/2 connection.
-const H2_STREAMS_PER_CONN: usize = 100;
+const H2_STREAMS_PER_CONN: usize = 1000;
 
 /// Everything the tasks update while the run goes on.
 struct Shared {
@@ -480,7 +480,7 @@ async fn stream_task(
         // Resume where the stream stopped, as a browser would (the old connection is
         // closed when replaced). A few attempts before giving up on the stream.
         if matches!(source, Some(Source::H2(_))) {
-            // An HTTP/2 stream holds one of its connection's slots (ssegate allows 100 at
+            // An HTTP/2 stream holds one of its connection's slots (ssegate allows 1,000 at
             // once): give it back first, or a full connection waits for it forever.
             source = None;
         }
