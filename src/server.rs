@@ -115,7 +115,7 @@ impl Held {
 /// larger cap than a browser-facing server's (nginx 128, h2o 100) spreads that over more
 /// streams: 100 per connection made it ~0.4 KB per idle stream (`benches/README.md`).
 /// What a client may hold of the instance is bounded by the per-IP stream caps, not this.
-const MAX_CONCURRENT_STREAMS: u32 = 1000;
+pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
 
 /// The listen backlog: room for a connect burst (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 4096;

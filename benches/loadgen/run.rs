@@ -132,7 +132,7 @@ pub struct RunArgs {
 }
 
 /// The most concurrent streams ssegate allows on one HTTP/2 connection.
-const H2_STREAMS_PER_CONN: usize = 1000;
+const H2_STREAMS_PER_CONN: usize = ssegate::server::MAX_CONCURRENT_STREAMS as usize;
 
 /// Everything the tasks update while the run goes on.
 struct Shared {

@@ -184,8 +184,8 @@ async fn http2_streams_whose_window_stays_closed_are_reset_by_the_send_timeout()
     .await;
     assert_eq!(
         client.current_max_send_streams(),
-        1000,
-        "1000 concurrent streams per connection"
+        ssegate::server::MAX_CONCURRENT_STREAMS as usize,
+        "the server's stream cap, advertised"
     );
 
     // Another client is served meanwhile, whole.
