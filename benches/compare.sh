@@ -291,6 +291,9 @@ ratio() {
     ratio ssegate floor-coalesce S3 "server CPU µs/delivery" .cpu_us_per_delivery
     ratio ssegate floor idle "KB/stream" .kb_per_stream
     ratio ssegate floor idle "connect s" .connect_s
+    # Where the connect storm's time goes: both share the machine's two cores.
+    ratio ssegate floor idle "server CPU µs per connect" .connect_cpu_us_per_stream
+    ratio ssegate floor idle "loadgen CPU µs per connect" .loadgen_connect_cpu_us_per_stream
     for sc in S1 S2 S3; do
         ratio ssegate nchan "$sc" "server CPU µs/delivery" .cpu_us_per_delivery
         ratio ssegate nchan "$sc" "p99 ms" .latency.p99_ms

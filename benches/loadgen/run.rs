@@ -836,6 +836,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
 
     // 1. Connect every stream (over HTTP/2: the connections first).
     let rss_before = server.sample();
+    let my_connect_start = me.sample();
     // The connect time includes the HTTP/2 connections' handshakes.
     let connect_start = now_us();
     let h2_conns = if args.h2 {
@@ -929,6 +930,11 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     }
     let rss_connected = server.sample();
+    // CPU of the connect phase (and of the wait for the last connect, polled every 5 ms).
+    let connect_cpu_secs = [
+        server.cpu_secs(rss_before, rss_connected),
+        me.cpu_secs(my_connect_start, me.sample()),
+    ];
 
     // 2. Publish.
     let host = args.pub_addr.to_string();
@@ -999,6 +1005,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         results: &results,
         connected,
         connect_secs,
+        connect_cpu_secs,
         rss: [rss_before, rss_connected, rss_delivered],
         cpu: [cpu_start, cpu_end],
         my_cpu_secs,
@@ -1018,6 +1025,8 @@ struct Report<'a> {
     results: &'a [StreamResult],
     connected: usize,
     connect_secs: f64,
+    /// CPU seconds the server and the load generator spent while the streams connected.
+    connect_cpu_secs: [f64; 2],
     rss: [Sample; 3],
     cpu: [Sample; 2],
     my_cpu_secs: f64,
@@ -1108,6 +1117,13 @@ impl Report<'_> {
         let last = sh.last_delivery_us.load(Relaxed);
         let window_secs = last.saturating_sub(self.publish_start) as f64 / 1e6;
         let cpu_secs = self.server.cpu_secs(self.cpu[0], self.cpu[1]);
+        let per_stream = |secs: f64| {
+            if self.connected > 0 {
+                secs * 1e6 / self.connected as f64
+            } else {
+                0.0
+            }
+        };
         let (mut lost, mut unaccepted) = (0u64, 0u64);
         let (mut dups, mut bad, mut oor, mut reconnects, mut ends, mut errors) = (0, 0, 0, 0, 0, 0);
         // Per `--sub-addr`: streams, distinct deliveries, lost, reconnects.
@@ -1288,6 +1304,8 @@ impl Report<'_> {
             "connected": self.connected,
             "connect_failed": sh.connect_failed.load(Relaxed),
             "connect_s": self.connect_secs,
+            "connect_cpu_us_per_stream": per_stream(self.connect_cpu_secs[0]),
+            "loadgen_connect_cpu_us_per_stream": per_stream(self.connect_cpu_secs[1]),
             "accepted": accepted,
             "publish_s": publish_secs,
             "publish_per_s": per_sec(accepted, publish_secs),
