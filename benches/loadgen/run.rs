@@ -917,6 +917,11 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // CPU of the connect phase (to within the 5 ms of the wait's polling).
+    let connect_cpu_secs = [
+        server.cpu_secs(rss_before, server.sample()),
+        me.cpu_secs(my_connect_start, me.sample()),
+    ];
     let connected = sh.connected.load(Relaxed);
     let connect_secs = if connected > 0 {
         sh.connect_done_us
@@ -930,11 +935,6 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     }
     let rss_connected = server.sample();
-    // CPU of the connect phase (and of the wait for the last connect, polled every 5 ms).
-    let connect_cpu_secs = [
-        server.cpu_secs(rss_before, rss_connected),
-        me.cpu_secs(my_connect_start, me.sample()),
-    ];
 
     // 2. Publish.
     let host = args.pub_addr.to_string();
