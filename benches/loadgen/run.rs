@@ -1117,13 +1117,6 @@ impl Report<'_> {
         let last = sh.last_delivery_us.load(Relaxed);
         let window_secs = last.saturating_sub(self.publish_start) as f64 / 1e6;
         let cpu_secs = self.server.cpu_secs(self.cpu[0], self.cpu[1]);
-        let per_stream = |secs: f64| {
-            if self.connected > 0 {
-                secs * 1e6 / self.connected as f64
-            } else {
-                0.0
-            }
-        };
         let (mut lost, mut unaccepted) = (0u64, 0u64);
         let (mut dups, mut bad, mut oor, mut reconnects, mut ends, mut errors) = (0, 0, 0, 0, 0, 0);
         // Per `--sub-addr`: streams, distinct deliveries, lost, reconnects.
@@ -1164,6 +1157,8 @@ impl Report<'_> {
             }
         }
         let per_sec = |n: u64, secs: f64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        // CPU seconds as µs per item (per delivery, event or stream); 0 with no items.
+        let us_per = |secs: f64, n: u64| if n > 0 { secs * 1e6 / n as f64 } else { 0.0 };
         let rss_per_stream = if self.connected > 0 {
             (self.rss[1].rss_kb as f64 - self.rss[0].rss_kb as f64) / self.connected as f64
         } else {
@@ -1259,26 +1254,14 @@ impl Report<'_> {
                 self.rss[0].rss_kb,
                 self.rss[1].rss_kb,
                 self.rss[2].rss_kb,
-                if deliveries > 0 {
-                    cpu_secs * 1e6 / deliveries as f64
-                } else {
-                    0.0
-                },
-                if accepted > 0 {
-                    cpu_secs * 1e6 / accepted as f64
-                } else {
-                    0.0
-                }
+                us_per(cpu_secs, deliveries),
+                us_per(cpu_secs, accepted)
             );
         }
         println!(
             "loadgen itself: CPU {:.2} s over the window = {:.2} µs/delivery",
             self.my_cpu_secs,
-            if deliveries > 0 {
-                self.my_cpu_secs * 1e6 / deliveries as f64
-            } else {
-                0.0
-            }
+            us_per(self.my_cpu_secs, deliveries)
         );
         if let Ok(e) = sh.first_error.lock()
             && let Some(e) = e.as_ref()
@@ -1304,8 +1287,8 @@ impl Report<'_> {
             "connected": self.connected,
             "connect_failed": sh.connect_failed.load(Relaxed),
             "connect_s": self.connect_secs,
-            "connect_cpu_us_per_stream": per_stream(self.connect_cpu_secs[0]),
-            "loadgen_connect_cpu_us_per_stream": per_stream(self.connect_cpu_secs[1]),
+            "connect_cpu_us_per_stream": us_per(self.connect_cpu_secs[0], self.connected as u64),
+            "loadgen_connect_cpu_us_per_stream": us_per(self.connect_cpu_secs[1], self.connected as u64),
             "accepted": accepted,
             "publish_s": publish_secs,
             "publish_per_s": per_sec(accepted, publish_secs),
@@ -1334,9 +1317,9 @@ impl Report<'_> {
             "rss_kb": [self.rss[0].rss_kb, self.rss[1].rss_kb, self.rss[2].rss_kb],
             "kb_per_stream": rss_per_stream,
             "server_cpu_s": cpu_secs,
-            "cpu_us_per_delivery": if deliveries > 0 { cpu_secs * 1e6 / deliveries as f64 } else { 0.0 },
+            "cpu_us_per_delivery": us_per(cpu_secs, deliveries),
             "loadgen_cpu_s": self.my_cpu_secs,
-            "cpu_us_per_event": if accepted > 0 { cpu_secs * 1e6 / accepted as f64 } else { 0.0 },
+            "cpu_us_per_event": us_per(cpu_secs, accepted),
             "latency_last_ms": ms(last_delivery.quantile(0.99)),
         })
     }
