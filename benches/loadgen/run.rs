@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -156,13 +156,16 @@ struct Shared {
     /// Events of refused publishes, by HTTP status (or `io` when the request failed).
     publish_refused: Mutex<BTreeMap<String, u64>>,
     last_publish_us: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    /// The first error seen (later ones are counted where they happen, not kept).
+    first_error: OnceLock<String>,
 }
 
 impl Shared {
-    fn error(&self, msg: String) {
-        if let Ok(mut e) = self.first_error.lock() {
-            e.get_or_insert(msg);
+    /// Keeps the first error's message; `msg` is only called for that one, so that a
+    /// condition met on every delivery costs no formatting.
+    fn error(&self, msg: impl FnOnce() -> String) {
+        if self.first_error.get().is_none() {
+            let _ = self.first_error.set(msg());
         }
     }
 
@@ -425,7 +428,7 @@ async fn stream_task(
         Ok(c) => Some(c),
         Err(e) => {
             sh.connect_failed.fetch_add(1, Relaxed);
-            sh.error(format!("stream {idx}: {e}"));
+            sh.error(|| format!("stream {idx}: {e}"));
             return res;
         }
     };
@@ -471,7 +474,7 @@ async fn stream_task(
             }
             End::Failed(e) => {
                 res.errors += 1;
-                sh.error(format!("stream {idx}: {e}"));
+                sh.error(|| format!("stream {idx}: {e}"));
             }
         }
         if !cfg.reconnect || *stopping.borrow() {
@@ -497,7 +500,7 @@ async fn stream_task(
                 }
                 Err(e) => {
                     res.errors += 1;
-                    sh.error(format!("stream {idx} reconnecting: {e}"));
+                    sh.error(|| format!("stream {idx} reconnecting: {e}"));
                     tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
                 }
             }
@@ -538,7 +541,7 @@ fn take_events(
                         Some(m) if seq < m => res.out_of_order += 1,
                         Some(m) if seq > m + 1 && sh.accepted_any(topic, m + 1..seq) => {
                             res.gaps += 1;
-                            sh.error(format!(
+                            sh.error(|| format!(
                                 "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
                                 res.slow, res.reconnects, res.ends
                             ));
@@ -552,7 +555,10 @@ fn take_events(
                     let lat = now.saturating_sub(sent);
                     sh.latency.record(lat);
                     if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
-                        slot.fetch_max(lat, Relaxed);
+                        // Read first: most deliveries of an event are not its last.
+                        if slot.load(Relaxed) < lat {
+                            slot.fetch_max(lat, Relaxed);
+                        }
                     }
                 }
                 Some(false) => res.dups += 1,
@@ -689,6 +695,41 @@ struct Plan {
     next: AtomicU64,
 }
 
+/// Runs the publishers on a thread and runtime of their own and waits for them. The
+/// publishing side stands for an app, which does not share a scheduler with the
+/// subscribers: in the streams' runtime a publisher's next request waited behind every
+/// reader woken with it (10,000 in S3), so the publish rate fell as soon as deliveries
+/// began, whatever the server did.
+async fn publish_apart(
+    sh: &Arc<Shared>,
+    plan: &Arc<Plan>,
+    publishers: usize,
+) -> Result<(), String> {
+    let (sh, plan) = (Arc::clone(sh), Arc::clone(plan));
+    let thread = std::thread::Builder::new()
+        .name("loadgen-publish".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the publishers' runtime: {e}"))?;
+            rt.block_on(async {
+                let pubs: Vec<_> = (0..publishers)
+                    .map(|_| tokio::spawn(publisher(Arc::clone(&sh), Arc::clone(&plan))))
+                    .collect();
+                for p in pubs {
+                    let _ = p.await;
+                }
+            });
+            Ok(())
+        })
+        .map_err(|e| format!("cannot start the publishers' thread: {e}"))?;
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| format!("publishers' thread: {e}"))?
+        .map_err(|_| "the publishers' thread panicked".to_owned())?
+}
+
 async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
     let mut conn: Option<Conn> = None;
     let mut req = Vec::with_capacity(plan.batch * (plan.size + 100) + 256);
@@ -744,15 +785,17 @@ async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
             }
             Ok((status, _)) => {
                 sh.refused(status.to_string(), n);
-                sh.error(format!(
-                    "publish: status {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(300)])
-                ));
+                sh.error(|| {
+                    format!(
+                        "publish: status {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    )
+                });
                 conn = None;
             }
             Err(e) => {
                 sh.refused("io".to_owned(), n);
-                sh.error(format!("publish: {e}"));
+                sh.error(|| format!("publish: {e}"));
                 conn = None;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -831,7 +874,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         publish_failed: AtomicU64::new(0),
         publish_refused: Mutex::new(BTreeMap::new()),
         last_publish_us: AtomicU64::new(0),
-        first_error: Mutex::new(None),
+        first_error: OnceLock::new(),
     });
 
     // 1. Connect every stream (over HTTP/2: the connections first).
@@ -959,12 +1002,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     let cpu_start = server.sample();
     let my_cpu_start = me.sample();
     let publish_start = now_us();
-    let pubs: Vec<_> = (0..args.publishers)
-        .map(|_| tokio::spawn(publisher(Arc::clone(&sh), Arc::clone(&plan))))
-        .collect();
-    for p in pubs {
-        let _ = p.await;
-    }
+    publish_apart(&sh, &plan, args.publishers).await?;
     let publish_end = sh.last_publish_us.load(Relaxed).max(publish_start);
 
     // 3. Wait for the deliveries.
@@ -1263,9 +1301,7 @@ impl Report<'_> {
             self.my_cpu_secs,
             us_per(self.my_cpu_secs, deliveries)
         );
-        if let Ok(e) = sh.first_error.lock()
-            && let Some(e) = e.as_ref()
-        {
+        if let Some(e) = sh.first_error.get() {
             println!("first error: {e}");
         }
         let groups = if self.split() {

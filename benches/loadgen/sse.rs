@@ -57,7 +57,7 @@ impl Parser {
             }
         }
         while !input.is_empty() {
-            let Some(pos) = input.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(pos) = memchr::memchr2(b'\n', b'\r', input) else {
                 self.line.extend_from_slice(input);
                 return;
             };
