@@ -137,11 +137,7 @@ impl Admin {
         let started = Instant::now();
         let ids = self.hub.publish(batch).await?;
         self.metrics.publish_duration(started.elapsed());
-        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-        Ok(json(
-            StatusCode::OK,
-            serde_json::json!({ "ids": ids }).to_string(),
-        ))
+        Ok(json(StatusCode::OK, publish::ids_answer(&ids)))
     }
 
     fn stats(&self) -> Response<Body> {

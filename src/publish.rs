@@ -4,7 +4,7 @@
 
 use crate::hub::{Backlog, HubError, NewEvent, Topics, validate_topic};
 use crate::refusal::ApiError;
-use crate::sse;
+use crate::sse::{self, EventId};
 use hyper::StatusCode;
 use serde_json::Value;
 
@@ -98,6 +98,20 @@ pub fn is_json_content_type(value: Option<&str>) -> bool {
 
 /// Parses and validates a publish body. `max_event_bytes` bounds each event's data.
 pub fn parse_body(body: &[u8], max_event_bytes: usize) -> Result<Vec<NewEvent>, PublishError> {
+    if let Some(events) = read_plain(body) {
+        let batch = body_is_batch(body);
+        return events
+            .into_iter()
+            .enumerate()
+            .map(|(i, ev)| ev.build(batch.then_some(i), max_event_bytes))
+            .collect();
+    }
+    parse_value(body, max_event_bytes)
+}
+
+/// [`parse_body`] by way of a JSON value tree: every body, and a refusal that names what
+/// is wrong.
+fn parse_value(body: &[u8], max_event_bytes: usize) -> Result<Vec<NewEvent>, PublishError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         PublishError::InvalidJson(format!(
             "{} (line {}, column {})",
@@ -112,13 +126,162 @@ pub fn parse_body(body: &[u8], max_event_bytes: usize) -> Result<Vec<NewEvent>, 
                 return Err(PublishError::InvalidEvent("the batch is empty".to_owned()));
             }
             items
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, item)| parse_event(item, Some(i), max_event_bytes))
                 .collect()
         }
-        item => Ok(vec![parse_event(&item, None, max_event_bytes)?]),
+        item => Ok(vec![parse_event(item, None, max_event_bytes)?]),
     }
+}
+
+/// Whether the body is a batch (a JSON array) rather than one event.
+fn body_is_batch(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// An event as the webhook's usual body sends it: known fields only, each of its expected
+/// type, `data` a string, topics and type without escapes (read in place). Reading into
+/// this allocates nothing per field but `data` with escapes; what it does not take (a
+/// field of another type, `null` where a value is needed, an unknown or repeated field, an
+/// empty batch) is read again as a JSON value by [`parse_event`], whose refusal names the
+/// field. Both readings apply the same rules ([`Plain::build`] and [`parse_event`] call
+/// the same checks).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plain<'a> {
+    #[serde(borrow, default, deserialize_with = "given")]
+    topic: Option<&'a str>,
+    #[serde(borrow, default, deserialize_with = "given")]
+    topics: Option<Vec<&'a str>>,
+    #[serde(borrow, default)]
+    event: Option<&'a str>,
+    #[serde(borrow)]
+    data: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    close: Option<bool>,
+}
+
+/// A field that, when present, must hold a value: `null` is not read here (the JSON value
+/// reading then says what is wrong with it).
+fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The body's events read as [`Plain`], or `None` for anything else.
+fn read_plain(body: &[u8]) -> Option<Vec<Plain<'_>>> {
+    if body_is_batch(body) {
+        serde_json::from_slice::<Vec<Plain<'_>>>(body)
+            .ok()
+            .filter(|events| !events.is_empty())
+    } else {
+        serde_json::from_slice::<Plain<'_>>(body)
+            .ok()
+            .map(|e| vec![e])
+    }
+}
+
+impl Plain<'_> {
+    fn build(self, index: Option<usize>, max_event_bytes: usize) -> Result<NewEvent, PublishError> {
+        let at = |field: &str, why: &str| invalid(index, field, why);
+        let mut topics = Topics::new();
+        match (self.topic, self.topics) {
+            (Some(_), Some(_)) => {
+                return Err(at("topics", "cannot be given together with `topic`"));
+            }
+            (None, None) => return Err(at("topic", "is required (or `topics`)")),
+            (Some(t), None) => add_topic(&mut topics, t, "topic", index)?,
+            (None, Some(list)) => {
+                check_topic_count(list.len(), index)?;
+                for t in list {
+                    add_topic(&mut topics, t, "topics", index)?;
+                }
+            }
+        }
+        let event_type = self.event.map(|t| event_type(t, index)).transpose()?;
+        let data = self.data.into_owned();
+        check_data_size(&data, index, max_event_bytes)?;
+        Ok(NewEvent {
+            topics,
+            event_type,
+            data,
+            close: self.close.unwrap_or(false),
+        })
+    }
+}
+
+/// A refusal naming `field` (of item `index` in a batch).
+fn invalid(index: Option<usize>, field: &str, why: &str) -> PublishError {
+    let msg = match index {
+        Some(i) => format!("item {i}: field `{field}` {why}"),
+        None => format!("field `{field}` {why}"),
+    };
+    PublishError::InvalidEvent(msg)
+}
+
+/// Validates topic `t` (given in `field`) and adds it unless already there.
+fn add_topic(
+    topics: &mut Topics,
+    t: &str,
+    field: &str,
+    index: Option<usize>,
+) -> Result<(), PublishError> {
+    validate_topic(t).map_err(|e| invalid(index, field, &format!("{t:?} is not valid: {e}")))?;
+    if !topics.iter().any(|x| &**x == t) {
+        topics.push(t.into());
+    }
+    Ok(())
+}
+
+fn check_topic_count(n: usize, index: Option<usize>) -> Result<(), PublishError> {
+    if n == 0 || n > MAX_TOPICS_PER_EVENT {
+        return Err(invalid(
+            index,
+            "topics",
+            &format!("must hold 1 to {MAX_TOPICS_PER_EVENT} topics"),
+        ));
+    }
+    Ok(())
+}
+
+/// A valid event type that is not one of ssegate's own.
+fn event_type(t: &str, index: Option<usize>) -> Result<Box<str>, PublishError> {
+    if !sse::is_valid_event_type(t) {
+        return Err(invalid(
+            index,
+            "event",
+            &format!(
+                "{t:?} is not a valid event type (1-64 characters, no whitespace or control characters)"
+            ),
+        ));
+    }
+    if t.starts_with(sse::RESERVED_TYPE_PREFIX) {
+        return Err(invalid(
+            index,
+            "event",
+            &format!("{t:?} uses the reserved prefix `ssegate.`"),
+        ));
+    }
+    Ok(t.into())
+}
+
+fn check_data_size(
+    data: &str,
+    index: Option<usize>,
+    max_event_bytes: usize,
+) -> Result<(), PublishError> {
+    if data.len() > max_event_bytes {
+        let which = index.map_or_else(String::new, |i| format!("item {i}: "));
+        return Err(PublishError::TooLarge(format!(
+            "{which}`data` is {} bytes; the limit (publish.max_event_bytes) is {max_event_bytes}",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 fn strip_position(e: &serde_json::Error) -> String {
@@ -130,18 +293,12 @@ fn strip_position(e: &serde_json::Error) -> String {
 }
 
 fn parse_event(
-    item: &Value,
+    item: Value,
     index: Option<usize>,
     max_event_bytes: usize,
 ) -> Result<NewEvent, PublishError> {
-    let at = |field: &str, why: &str| {
-        let msg = match index {
-            Some(i) => format!("item {i}: field `{field}` {why}"),
-            None => format!("field `{field}` {why}"),
-        };
-        PublishError::InvalidEvent(msg)
-    };
-    let Value::Object(obj) = item else {
+    let at = |field: &str, why: &str| invalid(index, field, why);
+    let Value::Object(mut obj) = item else {
         let msg = match index {
             Some(i) => format!("item {i} is not a JSON object"),
             None => "the body must be a JSON object or an array of them".to_owned(),
@@ -164,65 +321,34 @@ fn parse_event(
         (None, None) => return Err(at("topic", "is required (or `topics`)")),
         (Some(t), None) => {
             let t = t.as_str().ok_or_else(|| at("topic", "must be a string"))?;
-            validate_topic(t).map_err(|e| at("topic", &format!("{t:?} is not valid: {e}")))?;
-            topics.push(t.into());
+            add_topic(&mut topics, t, "topic", index)?;
         }
         (None, Some(list)) => {
             let list = list
                 .as_array()
                 .ok_or_else(|| at("topics", "must be an array of strings"))?;
-            if list.is_empty() || list.len() > MAX_TOPICS_PER_EVENT {
-                return Err(at(
-                    "topics",
-                    &format!("must hold 1 to {MAX_TOPICS_PER_EVENT} topics"),
-                ));
-            }
+            check_topic_count(list.len(), index)?;
             for t in list {
                 let t = t
                     .as_str()
                     .ok_or_else(|| at("topics", "must be an array of strings"))?;
-                validate_topic(t).map_err(|e| at("topics", &format!("{t:?} is not valid: {e}")))?;
-                if !topics.iter().any(|x| &**x == t) {
-                    topics.push(t.into());
-                }
+                add_topic(&mut topics, t, "topics", index)?;
             }
         }
     }
 
     let event_type = match obj.get("event") {
         None | Some(Value::Null) => None,
-        Some(Value::String(t)) => {
-            if !sse::is_valid_event_type(t) {
-                return Err(at(
-                    "event",
-                    &format!(
-                        "{t:?} is not a valid event type (1-64 characters, no whitespace or control characters)"
-                    ),
-                ));
-            }
-            if t.starts_with(sse::RESERVED_TYPE_PREFIX) {
-                return Err(at(
-                    "event",
-                    &format!("{t:?} uses the reserved prefix `ssegate.`"),
-                ));
-            }
-            Some(t.as_str().into())
-        }
+        Some(Value::String(t)) => Some(event_type(t, index)?),
         Some(_) => return Err(at("event", "must be a string")),
     };
 
-    let data = match obj.get("data") {
+    let data = match obj.remove("data") {
         None => return Err(at("data", "is required")),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
     };
-    if data.len() > max_event_bytes {
-        let which = index.map_or_else(String::new, |i| format!("item {i}: "));
-        return Err(PublishError::TooLarge(format!(
-            "{which}`data` is {} bytes; the limit (publish.max_event_bytes) is {max_event_bytes}",
-            data.len()
-        )));
-    }
+    check_data_size(&data, index, max_event_bytes)?;
 
     let close = match obj.get("close") {
         None | Some(Value::Null) => false,
@@ -236,6 +362,20 @@ fn parse_event(
         data,
         close,
     })
+}
+
+/// The answer to a publish: `{"ids":["<id>",…]}`, written straight into one buffer (an id
+/// is digits and a dash: nothing to escape).
+pub fn ids_answer(ids: &[EventId]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(10 + ids.len() * 24);
+    out.push_str("{\"ids\":[");
+    for (i, id) in ids.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}\"{id}\"");
+    }
+    out.push_str("]}");
+    out
 }
 
 /// An app's body as event data, by the webhook's rule for `data`: a JSON string as it is,
@@ -288,6 +428,53 @@ mod tests {
         assert_eq!(evs[0].topics.len(), 2);
         assert!(evs[0].close);
         assert_eq!(evs[1].data, "1");
+    }
+
+    #[test]
+    fn the_in_place_reading_and_the_value_reading_agree() {
+        // Bodies the in-place reading takes, and bodies it leaves to the value reading:
+        // every one gives the same events, or the same refusal, either way.
+        let bodies = [
+            r#"{"topic":"a","data":"x"}"#,
+            r#" [ {"topic":"a","data":"x","event":"t","close":true}, {"topics":["b","c","b"],"data":"y"} ] "#,
+            r#"{"topic":"a","data":"q \"x\" \u00e9\n","event":null,"close":null}"#,
+            r#"{"topic":"a\/b","data":"x"}"#,
+            r#"{"topic":"a","data":{"k":[1, 2]}}"#,
+            r#"{"topic":"a","data":null}"#,
+            r#"{"topic":"a","topic":"b","data":"x"}"#,
+            r#"{"topic":null,"topics":["a"],"data":"x"}"#,
+            r#"{"topics":null,"topic":"a","data":"x"}"#,
+            r#"{"topic":"a","data":"x","event":"ssegate.gap"}"#,
+            r#"{"topic":"a b","data":"x"}"#,
+            r#"[{"topic":"a","data":"x"},{"topic":"b","data":"y","extra":1}]"#,
+            r#"[{"topic":"a","data":"xxxxx"},{"topic":"b","data":5}]"#,
+            r#"[]"#,
+            r#"{"topic":"a","data":"x"} trailing"#,
+        ];
+        for body in bodies {
+            let fast = parse_body(body.as_bytes(), 4).map_err(|e| e.to_string());
+            let slow = parse_value(body.as_bytes(), 4).map_err(|e| e.to_string());
+            assert_eq!(fast, slow, "{body}");
+        }
+        assert!(read_plain(br#"{"topic":"a","data":"q \"x\""}"#).is_some());
+        assert!(read_plain(br#"{"topic":null,"topics":["a"],"data":"x"}"#).is_none());
+    }
+
+    #[test]
+    fn the_answer_lists_the_ids_as_json() {
+        let ids = [
+            EventId { ms: 1, seq: 0 },
+            EventId {
+                ms: 1733581234567,
+                seq: 12,
+            },
+        ];
+        let answer: Value = serde_json::from_str(&ids_answer(&ids)).unwrap();
+        assert_eq!(
+            answer,
+            serde_json::json!({"ids": ["1-0", "1733581234567-12"]})
+        );
+        assert_eq!(ids_answer(&[]), r#"{"ids":[]}"#);
     }
 
     #[test]
