@@ -98,8 +98,8 @@ pub fn is_json_content_type(value: Option<&str>) -> bool {
 
 /// Parses and validates a publish body. `max_event_bytes` bounds each event's data.
 pub fn parse_body(body: &[u8], max_event_bytes: usize) -> Result<Vec<NewEvent>, PublishError> {
-    if let Some(events) = read_plain(body) {
-        let batch = body_is_batch(body);
+    let batch = body_is_batch(body);
+    if let Some(events) = read_plain(body, batch) {
         return events
             .into_iter()
             .enumerate()
@@ -145,8 +145,7 @@ fn body_is_batch(body: &[u8]) -> bool {
 /// this allocates nothing per field but `data` with escapes; what it does not take (a
 /// field of another type, `null` where a value is needed, an unknown or repeated field, an
 /// empty batch) is read again as a JSON value by [`parse_event`], whose refusal names the
-/// field. Both readings apply the same rules ([`Plain::build`] and [`parse_event`] call
-/// the same checks).
+/// field, and which hands the fields it read to [`Plain::build`]: one set of rules.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Plain<'a> {
@@ -172,9 +171,10 @@ where
     T::deserialize(d).map(Some)
 }
 
-/// The body's events read as [`Plain`], or `None` for anything else.
-fn read_plain(body: &[u8]) -> Option<Vec<Plain<'_>>> {
-    if body_is_batch(body) {
+/// The body's events read as [`Plain`] (a `batch` is an array of them), or `None` for
+/// anything else.
+fn read_plain(body: &[u8], batch: bool) -> Option<Vec<Plain<'_>>> {
+    if batch {
         serde_json::from_slice::<Vec<Plain<'_>>>(body)
             .ok()
             .filter(|events| !events.is_empty())
@@ -292,6 +292,9 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
+/// Reads one event of a body that [`Plain`] did not take: each field's type is checked
+/// here (the refusal names it), then the fields go through the same rules as the usual
+/// body's ([`Plain::build`]).
 fn parse_event(
     item: Value,
     index: Option<usize>,
@@ -314,54 +317,42 @@ fn parse_event(
             "is not known (expected topic, topics, event, data, close)",
         ));
     }
-
-    let mut topics = Topics::new();
-    match (obj.get("topic"), obj.get("topics")) {
-        (Some(_), Some(_)) => return Err(at("topics", "cannot be given together with `topic`")),
-        (None, None) => return Err(at("topic", "is required (or `topics`)")),
-        (Some(t), None) => {
-            let t = t.as_str().ok_or_else(|| at("topic", "must be a string"))?;
-            add_topic(&mut topics, t, "topic", index)?;
-        }
-        (None, Some(list)) => {
-            let list = list
-                .as_array()
-                .ok_or_else(|| at("topics", "must be an array of strings"))?;
-            check_topic_count(list.len(), index)?;
-            for t in list {
-                let t = t
-                    .as_str()
-                    .ok_or_else(|| at("topics", "must be an array of strings"))?;
-                add_topic(&mut topics, t, "topics", index)?;
-            }
-        }
-    }
-
-    let event_type = match obj.get("event") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => Some(event_type(t, index)?),
-        Some(_) => return Err(at("event", "must be a string")),
-    };
-
+    // Taken out first (a string is moved, not copied); the other fields are borrowed.
     let data = match obj.remove("data") {
         None => return Err(at("data", "is required")),
         Some(Value::String(s)) => s,
         Some(other) => other.to_string(),
     };
-    check_data_size(&data, index, max_event_bytes)?;
-
+    let topic = match obj.get("topic") {
+        None => None,
+        Some(t) => Some(t.as_str().ok_or_else(|| at("topic", "must be a string"))?),
+    };
+    let topics = match obj.get("topics") {
+        None => None,
+        Some(list) => Some(
+            list.as_array()
+                .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| at("topics", "must be an array of strings"))?,
+        ),
+    };
+    let event = match obj.get("event") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.as_str()),
+        Some(_) => return Err(at("event", "must be a string")),
+    };
     let close = match obj.get("close") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+        None | Some(Value::Null) => None,
+        Some(Value::Bool(b)) => Some(*b),
         Some(_) => return Err(at("close", "must be true or false")),
     };
-
-    Ok(NewEvent {
+    Plain {
+        topic,
         topics,
-        event_type,
-        data,
+        event,
+        data: std::borrow::Cow::Owned(data),
         close,
-    })
+    }
+    .build(index, max_event_bytes)
 }
 
 /// The answer to a publish: `{"ids":["<id>",…]}`, written straight into one buffer (an id
@@ -456,8 +447,8 @@ mod tests {
             let slow = parse_value(body.as_bytes(), 4).map_err(|e| e.to_string());
             assert_eq!(fast, slow, "{body}");
         }
-        assert!(read_plain(br#"{"topic":"a","data":"q \"x\""}"#).is_some());
-        assert!(read_plain(br#"{"topic":null,"topics":["a"],"data":"x"}"#).is_none());
+        assert!(read_plain(br#"{"topic":"a","data":"q \"x\""}"#, false).is_some());
+        assert!(read_plain(br#"{"topic":null,"topics":["a"],"data":"x"}"#, false).is_none());
     }
 
     #[test]
