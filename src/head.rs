@@ -22,7 +22,9 @@ pub const MAX_FIELDS: usize = 100;
 /// hand-written path. Heads over twice the limit get hyper's own bare 431.
 pub const H1_READ_BUFFER: usize = 2 * MAX_HEAD_BYTES;
 
-/// hyper's HTTP/1.1 field limit, for the same reason as [`H1_READ_BUFFER`].
+/// hyper's HTTP/1.1 field limit on the listeners that refuse heads themselves
+/// ([`crate::server::Handler::OWN_FIELD_REFUSALS`]), for the same reason as
+/// [`H1_READ_BUFFER`]; elsewhere hyper's default, [`MAX_FIELDS`].
 pub const H1_MAX_FIELDS: usize = 2 * MAX_FIELDS;
 
 /// The decoded header block HTTP/2 accepts before it refuses a stream itself. Larger than

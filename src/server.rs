@@ -39,6 +39,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Something that answers requests on a listener.
 pub trait Handler: Send + Sync + 'static {
+    /// Whether hyper reads heads of up to twice [`crate::head::MAX_FIELDS`] fields, so that
+    /// the handler refuses one over the limit itself, with the JSON body of every refusal,
+    /// as the hand-written path does (the public listener: the same answer on every path).
+    /// Otherwise hyper refuses it with a bare 431: past hyper's default of 100 fields, its
+    /// parser takes two heap buffers of ~6 KiB per request, which cost a one-event
+    /// publish 8% of its throughput (`benches/README.md`).
+    const OWN_FIELD_REFUSALS: bool = false;
+
     /// Answers one request from `peer`.
     fn handle(
         self: Arc<Self>,
@@ -120,14 +128,16 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
 /// The listen backlog: room for a connect burst (the kernel caps it at `somaxconn`).
 const BACKLOG: u32 = 4096;
 
-fn builder(options: Options) -> auto::Builder<stalled::StreamExecutor> {
+fn builder(options: Options, own_field_refusals: bool) -> auto::Builder<stalled::StreamExecutor> {
     let mut builder = auto::Builder::new(stalled::StreamExecutor::new(options.send_timeout));
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(crate::head::H1_READ_BUFFER)
-        .max_headers(crate::head::H1_MAX_FIELDS);
+        .max_buf_size(crate::head::H1_READ_BUFFER);
+    if own_field_refusals {
+        builder.http1().max_headers(crate::head::H1_MAX_FIELDS);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -236,7 +246,7 @@ pub async fn serve_with<H: Handler>(
     linger: bool,
     options: Options,
 ) {
-    let main_builder = Arc::new(builder(options));
+    let main_builder = Arc::new(builder(options, H::OWN_FIELD_REFUSALS));
     let graceful = GracefulShutdown::new();
     // Connections served outside hyper each hold a sender; the drain waits for all of them.
     let (taken_over, mut taken_over_done) = tokio::sync::mpsc::channel::<()>(1);
@@ -299,7 +309,7 @@ pub async fn serve_with<H: Handler>(
     }
 
     let mut late = tokio::task::JoinSet::new();
-    let mut builder = builder(options);
+    let mut builder = builder(options, H::OWN_FIELD_REFUSALS);
     builder.http1().keep_alive(false);
     drop(taken_over);
     let drained = async {

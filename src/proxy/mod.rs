@@ -449,6 +449,8 @@ impl Drop for ConnectionGauge {
 }
 
 impl Handler for Public {
+    const OWN_FIELD_REFUSALS: bool = true;
+
     async fn take_over(
         self: Arc<Self>,
         stream: tokio::net::TcpStream,
