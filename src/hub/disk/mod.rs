@@ -57,6 +57,14 @@ const PROBE: Duration = Duration::from_secs(1);
 /// Largest segment file before a new one is started.
 const SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Smallest segment file before a new one is started, whatever its event count: sized by
+/// count alone (a quarter of `max_events`), a small history taking events fast would
+/// create and remove hundreds of files a second (400 at a million events a second into a
+/// history of 10,000), each creation two flushes and a thread's work. The directory then
+/// holds at most this much more than the history. The unit tests keep count-sized
+/// segments, so that a few events span several.
+const MIN_SEGMENT_BYTES: u64 = if cfg!(test) { 0 } else { 4 << 20 };
+
 /// At most this many events are written in one group (bounds one write's buffer).
 const GROUP_EVENTS: usize = 65_536;
 
@@ -436,7 +444,8 @@ struct Writer {
     sync: Option<Duration>,
     max_events: u64,
     max_age: Duration,
-    /// Events per segment before a new one is started.
+    /// Events per segment before a new one is started (if it holds
+    /// [`MIN_SEGMENT_BYTES`]).
     segment_events: u64,
     /// Events in all segments.
     total: u64,
@@ -558,17 +567,20 @@ impl Writer {
         }
     }
 
+    /// Whether the open segment holds `1 / share` of a full one: [`Self::segment_events`]
+    /// events in [`MIN_SEGMENT_BYTES`] bytes or more, or [`SEGMENT_BYTES`] bytes.
+    fn filled(&self, share: u64) -> bool {
+        let Some(cur) = &self.current else {
+            return false;
+        };
+        let events = self.segments.back().map_or(0, |s| s.events);
+        (events >= self.segment_events / share && cur.len >= MIN_SEGMENT_BYTES / share)
+            || cur.len >= SEGMENT_BYTES / share
+    }
+
     /// Appends `buf` (holding `n` records) to the current segment, starting one if needed.
     fn write(&mut self, buf: &[u8], n: u64, now: u64) -> std::io::Result<()> {
-        let full = self
-            .segments
-            .back()
-            .is_some_and(|s| s.events >= self.segment_events)
-            || self
-                .current
-                .as_ref()
-                .is_some_and(|c| c.len >= SEGMENT_BYTES);
-        if full {
+        if self.filled(1) {
             self.retire(false);
         }
         let result = self.open().and_then(|()| self.append(buf));
@@ -676,15 +688,7 @@ impl Writer {
     /// thread, so that moving to it costs the publishes nothing: creating a segment
     /// flushes the file and the directory, two flushes a publish would otherwise wait for.
     fn create_ahead(&mut self) {
-        let half = self
-            .segments
-            .back()
-            .is_some_and(|s| s.events >= self.segment_events / 2)
-            || self
-                .current
-                .as_ref()
-                .is_some_and(|c| c.len >= SEGMENT_BYTES / 2);
-        if self.ahead.is_some() || self.current.is_none() || !half {
+        if self.ahead.is_some() || !self.filled(2) {
             return;
         }
         let number = self.take_number();
