@@ -57,13 +57,19 @@ const PROBE: Duration = Duration::from_secs(1);
 /// Largest segment file before a new one is started.
 const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Smallest segment file before a new one is started, whatever its event count: sized by
-/// count alone (a quarter of `max_events`), a small history taking events fast would
-/// create and remove hundreds of files a second (400 at a million events a second into a
-/// history of 10,000), each creation two flushes and a thread's work. The directory then
-/// holds at most this much more than the history. The unit tests keep count-sized
-/// segments, so that a few events span several.
+/// A segment that reached its event count ([`Writer::segment_events`]) within
+/// [`MIN_SEGMENT_AGE`] of being started is kept open until it holds this much: sized by
+/// count alone, a small history taking events fast would create and remove hundreds of
+/// files a second (400 at a million events a second into a history of 10,000), each
+/// creation two flushes and a thread's work. The directory then holds at most this much
+/// more than the history. The unit tests keep count-sized segments, so that a few events
+/// span several.
 const MIN_SEGMENT_BYTES: u64 = if cfg!(test) { 0 } else { 4 << 20 };
+
+/// See [`MIN_SEGMENT_BYTES`]: a segment filled more slowly ends at its event count, so
+/// that events out of the history (by count or by `max_age`) leave the disk as soon as
+/// they did when segments were sized by count alone.
+const MIN_SEGMENT_AGE: Duration = Duration::from_secs(1);
 
 /// At most this many events are written in one group (bounds one write's buffer).
 const GROUP_EVENTS: usize = 65_536;
@@ -431,6 +437,7 @@ struct Current {
     number: u64,
     file: Arc<File>,
     len: u64,
+    opened: Instant,
 }
 
 /// The next segment, being created (or created) on its own thread.
@@ -444,8 +451,7 @@ struct Writer {
     sync: Option<Duration>,
     max_events: u64,
     max_age: Duration,
-    /// Events per segment before a new one is started (if it holds
-    /// [`MIN_SEGMENT_BYTES`]).
+    /// Events per segment before a new one is started (see [`MIN_SEGMENT_BYTES`]).
     segment_events: u64,
     /// Events in all segments.
     total: u64,
@@ -568,14 +574,17 @@ impl Writer {
     }
 
     /// Whether the open segment holds `1 / share` of a full one: [`Self::segment_events`]
-    /// events in [`MIN_SEGMENT_BYTES`] bytes or more, or [`SEGMENT_BYTES`] bytes.
-    fn filled(&self, share: u64) -> bool {
+    /// events, and [`MIN_SEGMENT_BYTES`] bytes or [`MIN_SEGMENT_AGE`] of age; or
+    /// [`SEGMENT_BYTES`] bytes.
+    fn filled(&self, share: u32) -> bool {
         let Some(cur) = &self.current else {
             return false;
         };
         let events = self.segments.back().map_or(0, |s| s.events);
-        (events >= self.segment_events / share && cur.len >= MIN_SEGMENT_BYTES / share)
-            || cur.len >= SEGMENT_BYTES / share
+        (events >= self.segment_events / u64::from(share)
+            && (cur.len >= MIN_SEGMENT_BYTES / u64::from(share)
+                || cur.opened.elapsed() >= MIN_SEGMENT_AGE / share))
+            || cur.len >= SEGMENT_BYTES / u64::from(share)
     }
 
     /// Appends `buf` (holding `n` records) to the current segment, starting one if needed.
@@ -673,6 +682,7 @@ impl Writer {
             number,
             file: Arc::new(file),
             len: segment::MAGIC.len() as u64,
+            opened: Instant::now(),
         });
         Ok(())
     }
