@@ -170,32 +170,18 @@ async fn a_publish_with_over_a_hundred_header_fields_is_refused_and_stores_nothi
     let names: Vec<String> = (0..100).map(|i| format!("x-f{i}")).collect();
     let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
     fields.push(("content-type", "application/json"));
-    let resp = send(
-        gw.admin,
-        request(
-            "POST",
-            "/publish",
-            &fields,
-            r#"{"topic":"a","data":"refused"}"#,
-        ),
-    )
-    .await;
+    let post = |fields: &[(&str, &str)], data: &str| {
+        let body = format!(r#"{{"topic":"a","data":"{data}"}}"#);
+        request("POST", "/publish", fields, body)
+    };
+    let resp = send(gw.admin, post(&fields, "refused")).await;
     // hyper's parser refuses it on this listener, before ssegate reads it: a bare 431
     // (`Handler::OWN_FIELD_REFUSALS`; reading more fields costs every publish).
     assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(body_bytes(resp).await, Bytes::new());
     // 97 of them, the content type, `host` and `content-length` make 100: within the limit.
     fields.drain(..3);
-    let (status, _) = call_json(
-        gw.admin,
-        request(
-            "POST",
-            "/publish",
-            &fields,
-            r#"{"topic":"a","data":"after"}"#,
-        ),
-    )
-    .await;
+    let (status, _) = call_json(gw.admin, post(&fields, "after")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         c.event().await.data,
