@@ -217,3 +217,10 @@ fn run(config: Config, path: PathBuf) -> ExitCode {
         }
     })
 }
+
+/// jemalloc rather than the system allocator: the publishing thread frees a group's
+/// allocations together, which glibc turns into fast-bin consolidation at the next large
+/// allocation, and idle streams take less memory (`docs/decisions.md`). Only the binary:
+/// the library leaves the choice to whoever embeds it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
