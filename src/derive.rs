@@ -523,8 +523,8 @@ impl Publisher {
 
 async fn publish_all(queue: Arc<Queue>, hub: Hub) {
     let metrics = &queue.metrics;
-    // Allocated once: a batch's vectors are not small (16 events take over a KiB, which
-    // makes glibc's malloc consolidate its free lists at each allocation).
+    // Allocated once: a batch's vectors are not small (16 events take over a KiB; glibc's
+    // malloc consolidates its free lists at each allocation that large).
     let mut events = Vec::with_capacity(BATCH);
     let mut rules: Vec<Arc<Compiled>> = Vec::with_capacity(BATCH);
     // The ids the hub gives them, which nothing reads.

@@ -358,12 +358,12 @@ fn parse_event(
 /// The answer to a publish: `{"ids":["<id>",…]}`, written straight into one buffer (an id
 /// is digits and a dash: nothing to escape).
 pub fn ids_answer(ids: &[EventId]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(10 + ids.len() * 24);
     out.push_str("{\"ids\":[");
     for (i, id) in ids.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        let _ = write!(out, "{sep}\"{id}\"");
+        out.push_str(if i == 0 { "\"" } else { ",\"" });
+        out.push_str(id.text().as_str());
+        out.push('"');
     }
     out.push_str("]}");
     out

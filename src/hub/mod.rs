@@ -172,7 +172,7 @@ pub struct Event {
     pub chunk: Bytes,
     /// Where the frame starts in `chunk`: after the size line (at most 18 bytes). Kept as
     /// an offset rather than a second `Bytes`, the event is 32 bytes smaller (and its
-    /// allocation stays in glibc's fast bins).
+    /// allocation at most 120 bytes: jemalloc's 128-byte class, glibc's fast bins).
     frame_at: u8,
 }
 
@@ -275,7 +275,7 @@ impl Event {
 /// The room one line of data needs after it for [`Event::encode`] to frame it in place, as
 /// an event of type `event_type` and of up to 64 KiB, under an id up to [`ROOMY_ID`]'s
 /// length. Room for any id would be 21 bytes more, most never used (and a derived `meta`
-/// event would leave glibc's fast bins).
+/// event's buffer would move up an allocator size class).
 pub(crate) fn frame_room(event_type: Option<&str>) -> usize {
     let framing = sse::one_line_head_len(ROOMY_ID, event_type) + sse::ONE_LINE_TAIL.len();
     crate::chunked::chunk_len(0xffff) - 0xffff + framing

@@ -484,8 +484,8 @@ fn frame_in_place(id: EventId) {
 }
 
 #[test]
-fn an_event_stays_in_glibcs_fast_bins() {
-    // With the `Arc`'s two counts: a request of at most 120 bytes (a chunk of 128).
+fn an_event_is_an_allocation_of_at_most_120_bytes() {
+    // With the `Arc`'s two counts: jemalloc's 128-byte class (glibc: a fast-bin chunk).
     assert!(std::mem::size_of::<Event>() + 16 <= 120);
     let ev = Event::encode(
         EventId::new(1, 2),

@@ -59,9 +59,43 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// The id as text, `<ms>-<seq>`, on the stack: the one place the form is written
+    /// (a stream's `id:` line, the publish answer, logs).
+    pub fn text(self) -> IdText {
+        // itoa (already built for serde_json) writes two digits a step.
+        let (mut ms, mut seq) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (ms, seq) = (
+            ms.format(self.ms).as_bytes(),
+            seq.format(self.seq).as_bytes(),
+        );
+        let mut text = IdText {
+            bytes: [0; ID_MAX],
+            len: ms.len() + 1 + seq.len(),
+        };
+        text.bytes[..ms.len()].copy_from_slice(ms);
+        text.bytes[ms.len()] = b'-';
+        text.bytes[ms.len() + 1..text.len].copy_from_slice(seq);
+        text
+    }
+}
+
+/// An event id as text ([`EventId::text`]).
+pub struct IdText {
+    bytes: [u8; ID_MAX],
+    len: usize,
+}
+
+impl IdText {
+    /// The text: ASCII digits and one dash.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
+        f.write_str(self.text().as_str())
     }
 }
 
@@ -127,10 +161,8 @@ fn put_fields(buf: &mut impl BufMut, id: EventId, event_type: Option<&str>) {
 
 /// How long [`OneLine::head`] is for the event `id` of type `event_type`.
 pub(crate) fn one_line_head_len(id: EventId, event_type: Option<&str>) -> usize {
-    let mut digits = itoa::Buffer::new();
-    let id_len = digits.format(id.ms).len() + 1 + digits.format(id.seq).len();
     b"id: ".len()
-        + id_len
+        + id.text().as_str().len()
         + 1
         + event_type.map_or(0, |t| b"event: ".len() + t.len() + 1)
         + DATA.len()
@@ -212,11 +244,7 @@ pub fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
 }
 
 fn write_id(buf: &mut impl BufMut, id: EventId) {
-    // itoa (already built for serde_json) writes two digits a step.
-    let mut digits = itoa::Buffer::new();
-    buf.put_slice(digits.format(id.ms).as_bytes());
-    buf.put_u8(b'-');
-    buf.put_slice(digits.format(id.seq).as_bytes());
+    buf.put_slice(id.text().as_str().as_bytes());
 }
 
 fn put_data(buf: &mut BytesMut, data: &str) {

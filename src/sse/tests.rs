@@ -138,6 +138,14 @@ fn ids_are_written_in_decimal() {
 
 proptest! {
     #[test]
+    fn an_id_reads_back_from_its_text(ms in any::<u64>(), seq in any::<u64>()) {
+        let id = EventId::new(ms, seq);
+        let text = id.to_string();
+        prop_assert_eq!(&text, &format!("{ms}-{seq}"));
+        prop_assert_eq!(text.parse::<EventId>(), Ok(id));
+    }
+
+    #[test]
     fn a_one_line_frame_is_head_data_tail(
         data in "[^\r\n]{0,40}",
         ty in proptest::option::of("[a-z:._-]{1,64}"),
