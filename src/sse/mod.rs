@@ -57,9 +57,7 @@ impl EventId {
             },
         }
     }
-}
 
-impl EventId {
     /// The id as text, `<ms>-<seq>`, on the stack: the one place the form is written
     /// (a stream's `id:` line, the publish answer, logs).
     pub fn text(self) -> IdText {
