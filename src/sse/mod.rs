@@ -85,9 +85,14 @@ pub struct IdText {
 }
 
 impl IdText {
-    /// The text: ASCII digits and one dash.
+    /// The text's bytes: ASCII digits and one dash.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The text.
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -160,7 +165,7 @@ fn put_fields(buf: &mut impl BufMut, id: EventId, event_type: Option<&str>) {
 /// How long [`OneLine::head`] is for the event `id` of type `event_type`.
 pub(crate) fn one_line_head_len(id: EventId, event_type: Option<&str>) -> usize {
     b"id: ".len()
-        + id.text().as_str().len()
+        + id.text().as_bytes().len()
         + 1
         + event_type.map_or(0, |t| b"event: ".len() + t.len() + 1)
         + DATA.len()
@@ -242,7 +247,7 @@ pub fn encoded_len_hint(event_type: Option<&str>, data: &str) -> usize {
 }
 
 fn write_id(buf: &mut impl BufMut, id: EventId) {
-    buf.put_slice(id.text().as_str().as_bytes());
+    buf.put_slice(id.text().as_bytes());
 }
 
 fn put_data(buf: &mut BytesMut, data: &str) {
