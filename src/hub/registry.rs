@@ -282,10 +282,11 @@ pub(crate) struct Registry {
 /// large fan-outs does not keep the connections on its worker thread from writing.
 const YIELD_EVERY: u64 = 4096;
 
-/// Events copied out of the log per read: also the longest run a dispatcher that is behind
-/// queues at once, so a burst wakes each stream once per this many events (64 before:
-/// `benches/ab.sh` S3, 5 alternating runs, 0.80× the CPU per delivery).
-const READ_BATCH: usize = 256;
+/// Events copied out of the log per read, at most: also the longest run a dispatcher that
+/// is behind queues at once, so a burst wakes and writes each stream once per this many
+/// events (64, then 256 before: S3 made 5–6 writes per stream at 256, 3–4 at 512; see
+/// `benches/README.md`).
+const READ_BATCH: usize = 512;
 
 /// A run of events is queued as one [`Run`] once it goes to this many of a shard's streams
 /// (copying it once costs less than queueing it event by event to each of them).
@@ -449,14 +450,19 @@ impl Registry {
             // Written directly only when this dispatcher is caught up: behind, it queues,
             // and each stream's task sends what piled up in one write.
             let caught_up = batch.len() < READ_BATCH;
-            let queued = if caught_up {
-                batch.len().saturating_sub(1)
-            } else {
-                batch.len()
+            // The last event is written directly unless it joins the run before it (the
+            // same streams, which the run has just woken: one write each, not two).
+            let queued = match batch.len() {
+                n if !caught_up => n,
+                n if n >= 2 && batch[n - 1].topics == batch[n - 2].topics => n,
+                n => n.saturating_sub(1),
             };
             // Queued a run of events for the same topics at a time: each subscriber is
             // locked and woken once per run, not once per event.
-            for run in batch[..queued].chunk_by(|a, b| a.topics == b.topics) {
+            for run in batch[..queued]
+                .chunk_by(|a, b| a.topics == b.topics)
+                .flat_map(Run::parts)
+            {
                 let topics = &run[0].topics;
                 shard
                     .lock()

@@ -120,6 +120,9 @@ impl Filter {
     }
 }
 
+/// The most bytes of frames one [`Run`] copies ([`Run::parts`]).
+const RUN_MAX_BYTES: usize = 256 * 1024;
+
 /// Events a dispatcher queues to many streams at once ([`Subscriber::enqueue_run`]): their
 /// frames copied back to back into one buffer, once for all of them. A stream then hands
 /// out the whole run as one frame: one slice of one write instead of one per event (the
@@ -149,6 +152,19 @@ impl Run {
     /// `close` event is handed out on its own, and ends the stream there).
     pub(crate) fn fits(events: &[Arc<Event>]) -> bool {
         events.len() > 1 && events.iter().all(|e| !e.close)
+    }
+
+    /// `events` cut into runs whose frames total at most [`RUN_MAX_BYTES`] (an event larger
+    /// than that is a run of its own): a burst of large events is not copied into one
+    /// buffer of a whole read's size.
+    pub(crate) fn parts(events: &[Arc<Event>]) -> impl Iterator<Item = &[Arc<Event>]> {
+        let mut bytes = events.first().map_or(0, |e| e.frame().len());
+        events.chunk_by(move |_, next| {
+            let len = next.frame().len();
+            let joins = bytes + len <= RUN_MAX_BYTES;
+            bytes = if joins { bytes + len } else { len };
+            joins
+        })
     }
 
     fn first(&self) -> EventId {
