@@ -510,3 +510,28 @@ async fn drop_oldest_drops_the_oldest_events_of_a_queued_run_one_by_one() {
         assert_eq!(texts(&take(s, 256).unwrap()).concat(), want);
     }
 }
+
+#[tokio::test]
+async fn a_stream_only_its_task_writes_keeps_no_queue_buffers_once_idle() {
+    let hub = hub(100);
+    let mut s = subscribe(&hub, "t");
+    assert_eq!(
+        take(&mut s, 8).unwrap().len(),
+        2,
+        "`retry:` and the starting id"
+    );
+    hub.publish(numbered(3, "q")).await.unwrap();
+    assert_eq!(data_of(&take_live(&mut s, 8).await).len(), 3);
+    // Nothing more queued: the poll that finds so leaves both buffers freed.
+    assert!(take(&mut s, 8).unwrap().is_empty());
+    assert_eq!(s.backlog.capacity(), 0);
+    assert_eq!(s.sub.lock().events.capacity(), 0);
+}
+
+#[test]
+fn an_http2_streams_body_fits_in_112_bytes() {
+    // The body (subscription and guard) is its own allocation for every HTTP/2 stream:
+    // over 112 bytes it moves to jemalloc's 128-byte class.
+    assert!(std::mem::size_of::<Subscription>() <= 96);
+    assert!(std::mem::size_of::<crate::response::EventBody>() <= 112);
+}
