@@ -37,8 +37,8 @@ struct Report {
     polled: bool,
     /// It handed over a chunk and has not been polled since: it waits on the client.
     owed: bool,
-    /// Chunks handed over: any restarts the timeout.
-    chunks: u64,
+    /// A chunk was handed over: that restarts the timeout.
+    progressed: bool,
 }
 
 /// Applies `f` to the report of the stream task being polled, if any; says whether there
@@ -140,7 +140,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
         if report.polled {
             *this.owed = report.owed;
         }
-        *this.progressed |= report.chunks > 0;
+        *this.progressed |= report.progressed;
         if !*this.owed {
             *this.timer = None;
             return Poll::Pending;
@@ -195,7 +195,7 @@ impl<B: hyper::body::Body> WatchedBody<B> {
                 *r = Report {
                     polled: true,
                     owed: true,
-                    chunks: r.chunks + 1,
+                    progressed: true,
                 };
             }
         });
@@ -219,7 +219,7 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
                 *r = Report {
                     polled: true,
                     owed,
-                    chunks: r.chunks + u64::from(owed),
+                    progressed: r.progressed || owed,
                 }
             });
         }
