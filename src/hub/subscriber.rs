@@ -158,6 +158,8 @@ impl Run {
     /// than that is a run of its own): a burst of large events is not copied into one
     /// buffer of a whole read's size.
     pub(crate) fn parts(events: &[Arc<Event>]) -> impl Iterator<Item = &[Arc<Event>]> {
+        // The bytes of the part so far: `chunk_by` asks about consecutive pairs front to
+        // back, so take the parts in order (as `flat_map` does), never from the back.
         let mut bytes = events.first().map_or(0, |e| e.frame().len());
         events.chunk_by(move |_, next| {
             let len = next.frame().len();
