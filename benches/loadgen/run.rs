@@ -149,8 +149,12 @@ struct Shared {
     connected_per_topic: Vec<AtomicU64>,
     connect_done_us: AtomicU64,
     accepted: Vec<AtomicU64>,
-    /// Per topic, the sequence numbers the server accepted (a 2xx answer to their publish).
-    accepted_seqs: Vec<Mutex<Seen>>,
+    /// Per topic, the sequence numbers the server accepted (a 2xx answer to their publish),
+    /// and when.
+    accepted_seqs: Vec<Mutex<Accepted>>,
+    /// One publisher, which sends a request only once the one before is answered: the
+    /// sequence numbers are then the server's order.
+    in_order: bool,
     publish_requests: AtomicU64,
     publish_failed: AtomicU64,
     /// Events of refused publishes, by HTTP status (or `io` when the request failed).
@@ -176,13 +180,50 @@ impl Shared {
         }
     }
 
-    /// Whether the server accepted an event of `topic` with a sequence number in `range`
-    /// (a stream that skips over one has lost it; over refused ones, it has not).
-    fn accepted_any(&self, topic: usize, range: std::ops::Range<u64>) -> bool {
-        let Some(Ok(set)) = self.accepted_seqs.get(topic).map(Mutex::lock) else {
+    /// Whether an event of `topic` with a sequence number in `range` is known to come
+    /// before, in the server's order, the event whose publish was sent at `sent`: a stream
+    /// that receives the later one first has skipped it or received it out of order. With
+    /// one publisher, every accepted lower number does; with several in flight, the numbers
+    /// are not the server's order (two publishes sent together may be taken either way
+    /// round), and only one answered before the later one was sent is known to.
+    fn preceded(&self, topic: usize, range: std::ops::Range<u64>, sent: u64) -> bool {
+        let Some(Ok(acc)) = self.accepted_seqs.get(topic).map(Mutex::lock) else {
             return true;
         };
-        range.into_iter().any(|s| set.contains(s))
+        range.into_iter().any(|s| {
+            if self.in_order {
+                acc.seqs.contains(s)
+            } else {
+                acc.answered_by(s, sent)
+            }
+        })
+    }
+}
+
+/// The sequence numbers of one topic the server accepted, and when each publish was
+/// answered (µs, as `now_us`).
+#[derive(Default)]
+struct Accepted {
+    seqs: Seen,
+    at: Vec<u64>,
+}
+
+impl Accepted {
+    fn insert(&mut self, seq: u64, at: u64) {
+        if self.seqs.insert(seq).is_some() {
+            let i = seq as usize;
+            if self.at.len() <= i {
+                self.at.resize(i + 1, 0);
+            }
+            self.at[i] = at;
+        }
+    }
+
+    /// Whether `seq` was accepted with an answer by `t`.
+    fn answered_by(&self, seq: u64, t: u64) -> bool {
+        self.at
+            .get(seq as usize)
+            .is_some_and(|&at| at != 0 && at <= t)
     }
 }
 
@@ -196,6 +237,8 @@ struct StreamResult {
     slow: bool,
     /// The largest sequence number received so far.
     max_seq: Option<u64>,
+    /// When that event's publish was sent.
+    max_sent: u64,
     /// New sequence numbers that arrived after a larger one (not in order).
     out_of_order: u64,
     /// Times a sequence number skipped ahead of the next expected one.
@@ -538,20 +581,25 @@ fn take_events(
                 Some(true) => {
                     new += 1;
                     match res.max_seq {
-                        Some(m) if seq < m => res.out_of_order += 1,
-                        Some(m) if seq > m + 1 && sh.accepted_any(topic, m + 1..seq) => {
+                        Some(m) if seq < m && sh.preceded(topic, seq..seq + 1, res.max_sent) => {
+                            res.out_of_order += 1;
+                        }
+                        Some(m) if seq > m + 1 && sh.preceded(topic, m + 1..seq, sent) => {
                             res.gaps += 1;
                             sh.error(|| format!(
                                 "gap on topic {topic}: {seq} after {m} (slow {}, {} reconnects, {} ended by the server)",
                                 res.slow, res.reconnects, res.ends
                             ));
                         }
-                        None if seq > 0 && sh.accepted_any(topic, 0..seq) => {
+                        None if seq > 0 && sh.preceded(topic, 0..seq, sent) => {
                             res.gaps += 1;
                         }
                         _ => {}
                     }
-                    res.max_seq = Some(res.max_seq.map_or(seq, |m| m.max(seq)));
+                    if res.max_seq.is_none_or(|m| seq > m) {
+                        res.max_seq = Some(seq);
+                        res.max_sent = sent;
+                    }
                     let lat = now.saturating_sub(sent);
                     sh.latency.record(lat);
                     if let Some(slot) = last.and_then(|l| l.get(seq as usize)) {
@@ -775,8 +823,8 @@ async fn publisher(sh: Arc<Shared>, plan: Arc<Plan>) {
                 sh.last_publish_us.fetch_max(done, Relaxed);
                 for &(topic, seq) in &events {
                     sh.accepted[topic].fetch_add(1, Relaxed);
-                    if let Ok(mut set) = sh.accepted_seqs[topic].lock() {
-                        set.insert(seq);
+                    if let Ok(mut acc) = sh.accepted_seqs[topic].lock() {
+                        acc.insert(seq, done);
                     }
                 }
                 if close {
@@ -868,8 +916,9 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         connect_done_us: AtomicU64::new(0),
         accepted: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
         accepted_seqs: (0..args.topics)
-            .map(|_| Mutex::new(Seen::default()))
+            .map(|_| Mutex::new(Accepted::default()))
             .collect(),
+        in_order: args.publishers == 1,
         publish_requests: AtomicU64::new(0),
         publish_failed: AtomicU64::new(0),
         publish_refused: Mutex::new(BTreeMap::new()),
@@ -1086,7 +1135,7 @@ impl Report<'_> {
     /// publish was refused (or its answer never came).
     fn check(&self, r: &StreamResult) -> (u64, u64) {
         match self.sh.accepted_seqs[r.topic].lock() {
-            Ok(want) => r.seen.diff(&want),
+            Ok(want) => r.seen.diff(&want.seqs),
             Err(_) => (0, 0),
         }
     }
