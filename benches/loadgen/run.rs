@@ -581,7 +581,13 @@ fn take_events(
                 Some(true) => {
                     new += 1;
                     match res.max_seq {
-                        Some(m) if seq < m && sh.preceded(topic, seq..seq + 1, res.max_sent) => {
+                        // With one publisher, any lower number after a higher one is out
+                        // of order, accepted or not (as the check always was).
+                        Some(m)
+                            if seq < m
+                                && (sh.in_order
+                                    || sh.preceded(topic, seq..seq + 1, res.max_sent)) =>
+                        {
                             res.out_of_order += 1;
                         }
                         Some(m) if seq > m + 1 && sh.preceded(topic, m + 1..seq, sent) => {
