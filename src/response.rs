@@ -73,6 +73,66 @@ pub struct EventBody {
     pub guard: Box<dyn Send + Sync>,
 }
 
+impl EventBody {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.subscription
+            .poll_chunk(cx)
+            .map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A response body as hyper keeps it while sending it: an event stream's state out of its
+/// box, anything else as it came. hyper keeps an HTTP/2 stream's body in the stream's
+/// future for as long as the stream is open, so an event stream there needs no allocation
+/// of its own (the box's 112 bytes), and takes no more room than any other body.
+pub enum Sending {
+    /// An event stream, out of its box.
+    Events(EventBody),
+    /// Any other body.
+    Other(Body),
+}
+
+impl From<Body> for Sending {
+    fn from(body: Body) -> Self {
+        match body {
+            Body::Stream(events) => Self::Events(*events),
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl hyper::body::Body for Sending {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Events(events) => events.poll_frame(cx),
+            Self::Other(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Events(_) => false,
+            Self::Other(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Events(_) => SizeHint::default(),
+            Self::Other(body) => body.size_hint(),
+        }
+    }
+}
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -85,10 +145,7 @@ impl hyper::body::Body for Body {
             Self::Empty => Poll::Ready(None),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Self::Stream(s) => s
-                .subscription
-                .poll_chunk(cx)
-                .map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Self::Stream(s) => s.poll_frame(cx),
             Self::Tapped(b, tap) => {
                 let polled = Pin::new(b.as_mut()).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled

@@ -19,7 +19,7 @@ pub(crate) use poller::Socket;
 use sockets::Rewind;
 pub(crate) use sockets::{SendTimeout, Stall};
 
-use crate::response::Body;
+use crate::response::{Body, Sending};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -356,7 +356,7 @@ pub async fn serve_with<H: Handler>(
 }
 
 /// What the service answers a request with.
-type Answer = Result<Response<stalled::WatchedBody<Body>>, Infallible>;
+type Answer = Result<Response<stalled::WatchedBody<Sending>>, Infallible>;
 
 /// The service for one connection; `first_request` is set when a request head arrives.
 ///
@@ -371,7 +371,7 @@ fn service<H: Handler>(
     first_request: Arc<AtomicBool>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<stalled::WatchedBody<Body>>,
+    Response = Response<stalled::WatchedBody<Sending>>,
     Error = Infallible,
     Future = Pin<Box<dyn Future<Output = Answer> + Send>>,
 > + Clone
@@ -382,7 +382,7 @@ fn service<H: Handler>(
         let handler = Arc::clone(&handler);
         Box::pin(async move {
             let resp = handler.handle(req, peer).await;
-            Ok::<_, Infallible>(resp.map(stalled::WatchedBody::new))
+            Ok::<_, Infallible>(resp.map(|body| stalled::WatchedBody::new(body.into())))
         }) as Pin<Box<dyn Future<Output = Answer> + Send>>
     })
 }

@@ -41,17 +41,14 @@ struct Report {
     progressed: bool,
 }
 
-/// Applies `f` to the report of the stream task being polled, if any; says whether there
-/// was one.
-fn report(f: impl FnOnce(&mut Report)) -> bool {
-    STREAM.with(|cell| match cell.get() {
-        Some(mut r) => {
+/// Applies `f` to the report of the stream task being polled, if any.
+fn report(f: impl FnOnce(&mut Report)) {
+    STREAM.with(|cell| {
+        if let Some(mut r) = cell.get() {
             f(&mut r);
             cell.set(Some(r));
-            true
         }
-        None => false,
-    })
+    });
 }
 
 /// Collects the reports of one poll of a stream's task; puts back what was there before,
@@ -78,12 +75,16 @@ impl Drop for Collecting {
 /// Spawns hyper's HTTP/2 stream tasks, each watched for the send timeout.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StreamExecutor {
-    send_timeout: Duration,
+    // In milliseconds: hyper keeps a copy in every HTTP/2 stream's future, where 4 bytes
+    // share a word with its own flag.
+    send_timeout_ms: u32,
 }
 
 impl StreamExecutor {
     pub(crate) fn new(send_timeout: Duration) -> Self {
-        Self { send_timeout }
+        Self {
+            send_timeout_ms: millis(send_timeout),
+        }
     }
 }
 
@@ -92,67 +93,61 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Watched(Box::pin(Watch {
-            task: fut,
+        tokio::spawn(Watched {
+            task: Box::pin(fut),
             owed: false,
             progressed: false,
-            send_timeout_ms: millis(self.send_timeout),
+            send_timeout_ms: self.send_timeout_ms,
             timer: None,
-        })));
+        });
     }
 }
 
-/// A stream's task, ended when its body stays stalled for the send timeout. Boxed, so that
-/// the task itself is tokio's smallest (128 bytes): it lives as long as the stream.
-struct Watched<F>(Pin<Box<Watch<F>>>);
-
-pin_project_lite::pin_project! {
-    /// What a [`Watched`] task holds: hyper's stream future and its watch, in one
-    /// allocation.
-    struct Watch<F> {
-        #[pin]
-        task: F,
-        // The body handed over a chunk and has not been polled since: it waits on the
-        // client.
-        owed: bool,
-        // A chunk was handed over since the timer was (re)started.
-        progressed: bool,
-        // In milliseconds, so that the watch's fields fit in 16 bytes: with hyper's
-        // stream future (168 bytes) the allocation is 184, in jemalloc's 192-byte class
-        // rather than its 224 one.
-        send_timeout_ms: u32,
-        // Running while the body is stalled.
-        timer: Option<Pin<Box<Sleep>>>,
-    }
+/// A stream's task, ended when its body stays stalled for the send timeout. It lives as
+/// long as the stream, so it is kept small: hyper's stream future is boxed on its own
+/// (216 bytes with an event stream's body, jemalloc's 224-byte class) and the watch's
+/// fields (16 bytes) stay in tokio's task, which is 128 bytes with a future of up to ~32
+/// (`benches/README.md`, session 10).
+struct Watched<F> {
+    task: Pin<Box<F>>,
+    /// The body handed over a chunk and has not been polled since: it waits on the client.
+    owed: bool,
+    /// A chunk was handed over since the timer was (re)started.
+    progressed: bool,
+    /// In milliseconds, so that the watch's fields fit in 16 bytes.
+    send_timeout_ms: u32,
+    /// Running while the body is stalled.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<F: Future<Output = ()>> Future for Watched<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut().0.as_mut().project();
+        // Unpin: the stream's future is pinned in its own box.
+        let this = self.get_mut();
         let collecting = Collecting::start();
-        let done = this.task.poll(cx).is_ready();
+        let done = this.task.as_mut().poll(cx).is_ready();
         let report = collecting.finish();
         if done {
             return Poll::Ready(());
         }
         if report.polled {
-            *this.owed = report.owed;
+            this.owed = report.owed;
         }
-        *this.progressed |= report.progressed;
-        if !*this.owed {
-            *this.timer = None;
+        this.progressed |= report.progressed;
+        if !this.owed {
+            this.timer = None;
             return Poll::Pending;
         }
-        let send_timeout = Duration::from_millis(u64::from(*this.send_timeout_ms));
+        let send_timeout = Duration::from_millis(u64::from(this.send_timeout_ms));
         let deadline = Instant::now() + send_timeout;
-        match this.timer {
-            Some(_) if !*this.progressed => {}
+        match &mut this.timer {
+            Some(_) if !this.progressed => {}
             Some(timer) => timer.as_mut().reset(deadline),
-            None => *this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
-        *this.progressed = false;
+        this.progressed = false;
         let Some(timer) = this.timer.as_mut() else {
             return Poll::Pending;
         };
@@ -161,7 +156,7 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
                 // Returning drops the task: hyper's send stream goes with it, and h2 resets
                 // the stream.
                 tracing::debug!(
-                    send_timeout_ms = *this.send_timeout_ms,
+                    send_timeout_ms = this.send_timeout_ms,
                     "HTTP/2 stream sent nothing for the send timeout (its window stayed closed); resetting it"
                 );
                 Poll::Ready(())
@@ -177,18 +172,18 @@ fn millis(d: Duration) -> u32 {
 }
 
 /// A response body that tells its HTTP/2 stream's watcher whether it is stalled; on
-/// HTTP/1.1 it only passes the body through.
+/// HTTP/1.1 it only passes the body through (polled by no watcher, it finds no report to
+/// write to). It adds nothing to the body's size: hyper keeps it in every HTTP/2 stream's
+/// task.
 pub(crate) struct WatchedBody<B> {
     body: B,
-    /// Made within an HTTP/2 stream's task: it reports to the watcher.
-    watched: bool,
 }
 
 impl<B: hyper::body::Body> WatchedBody<B> {
     /// Wraps `body`; called from within the stream's task (the service's future).
     pub(crate) fn new(body: B) -> Self {
         let owed = !body.is_end_stream();
-        let watched = report(|r| {
+        report(|r| {
             if owed {
                 // Owed until hyper first polls it: a stream that cannot even start is
                 // stalled.
@@ -199,7 +194,7 @@ impl<B: hyper::body::Body> WatchedBody<B> {
                 };
             }
         });
-        Self { body, watched }
+        Self { body }
     }
 }
 
@@ -213,16 +208,14 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.body).poll_frame(cx);
-        if this.watched {
-            let owed = matches!(poll, Poll::Ready(Some(Ok(_))));
-            report(|r| {
-                *r = Report {
-                    polled: true,
-                    owed,
-                    progressed: r.progressed || owed,
-                }
-            });
-        }
+        let owed = matches!(poll, Poll::Ready(Some(Ok(_))));
+        report(|r| {
+            *r = Report {
+                polled: true,
+                owed,
+                progressed: r.progressed || owed,
+            }
+        });
         poll
     }
 
@@ -320,7 +313,7 @@ mod tests {
     #[test]
     fn a_body_made_outside_a_stream_task_reports_nothing() {
         let mut body = WatchedBody::new(OneChunk(Some(Bytes::from_static(b"x"))));
-        assert!(!body.watched);
+        assert!(STREAM.get().is_none(), "no report was begun by making it");
         let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(Pin::new(&mut body).poll_frame(&mut cx).is_ready());
         assert!(
