@@ -22,6 +22,9 @@
 #   RECONNECT_EVERY=60 SLOW_FRACTION=0.1 SLOW_PAUSE_MS=5000 SLOW_READ_MS=5000
 #   SAMPLE_EVERY=10 WARMUP=60 RSS_SLACK=1.2 OUT=/tmp/ssegate-soak
 #   LISTEN=127.0.0.1:18180 ADMIN=127.0.0.1:18181 (passed to run-ssegate.sh), LG=<loadgen>
+#   H2_CONNS (unset: HTTP/1.1 streams; set: every stream an HTTP/2 stream over H2_CONNS h2c
+#   connections per address, 0 for one per 1,000 streams, as an h2 ingress sends them; a
+#   slow stream then holds its own flow-control window shut rather than a socket)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +80,7 @@ CMD=("$LG" --json run --label soak --sub-addr "$LISTEN" --pub-addr "$ADMIN"
     --reconnect-every "$RECONNECT_EVERY" --slow-fraction "$SLOW_FRACTION"
     --slow-pause-ms "$SLOW_PAUSE_MS" --slow-read-ms "$SLOW_READ_MS" --slow-rcvbuf 4096
     --drain-idle "$(( SLOW_PAUSE_MS / 1000 + 5 ))" --drain-max "$(( SLOW_PAUSE_MS / 1000 + 15 ))" --pid "$PID")
+if [ -n "${H2_CONNS:-}" ]; then CMD+=(--h2 --h2-conns "$H2_CONNS"); fi
 echo "soak: ${CMD[*]}"
 "${CMD[@]}" 2>&1 | tee "$OUT/loadgen.out"
 touch "$OUT/loadgen.done"
