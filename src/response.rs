@@ -57,13 +57,6 @@ pub trait Tap: Send + Sync {
     fn chunked(&mut self) {}
 }
 
-impl Body {
-    /// A complete body.
-    pub fn full(b: impl Into<Bytes>) -> Self {
-        Self::Full(Some(b.into()))
-    }
-}
-
 /// An SSE stream as a response body, with whatever must be released when it ends
 /// (connection gauges, per-IP slots) held in `guard`.
 pub struct EventBody {
@@ -73,38 +66,8 @@ pub struct EventBody {
     pub guard: Box<dyn Send + Sync>,
 }
 
-impl EventBody {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.subscription
-            .poll_chunk(cx)
-            .map(|c| c.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-/// A response body as hyper keeps it while sending it: an event stream's state out of its
-/// box, anything else as it came. hyper keeps an HTTP/2 stream's body in the stream's
-/// future for as long as the stream is open, so an event stream there needs no allocation
-/// of its own (the box's 112 bytes), and takes no more room than any other body.
-pub enum Sending {
-    /// An event stream, out of its box.
-    Events(EventBody),
-    /// Any other body.
-    Other(Body),
-}
-
-impl From<Body> for Sending {
-    fn from(body: Body) -> Self {
-        match body {
-            Body::Stream(events) => Self::Events(*events),
-            other => Self::Other(other),
-        }
-    }
-}
-
-impl hyper::body::Body for Sending {
+/// Never at its end until the subscription ends, of no known size (the trait's defaults).
+impl hyper::body::Body for EventBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -112,23 +75,30 @@ impl hyper::body::Body for Sending {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Events(events) => events.poll_frame(cx),
-            Self::Other(body) => Pin::new(body).poll_frame(cx),
-        }
+        self.get_mut()
+            .subscription
+            .poll_chunk(cx)
+            .map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A response body as hyper keeps it while sending it ([`Body::into_sending`]).
+pub type Sending = http_body_util::Either<EventBody, Body>;
+
+impl Body {
+    /// A complete body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Self::Full(Some(b.into()))
     }
 
-    fn is_end_stream(&self) -> bool {
+    /// The body with an event stream's state out of its box, anything else as it is.
+    /// hyper keeps an HTTP/2 stream's body in the stream's future for as long as the stream
+    /// is open, so an event stream there needs no allocation of its own (the box's 112
+    /// bytes), and takes no more room than any other body.
+    pub fn into_sending(self) -> Sending {
         match self {
-            Self::Events(_) => false,
-            Self::Other(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Events(_) => SizeHint::default(),
-            Self::Other(body) => body.size_hint(),
+            Self::Stream(events) => Sending::Left(*events),
+            other => Sending::Right(other),
         }
     }
 }
@@ -145,7 +115,7 @@ impl hyper::body::Body for Body {
             Self::Empty => Poll::Ready(None),
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Incoming(b) => Pin::new(b).poll_frame(cx),
-            Self::Stream(s) => s.poll_frame(cx),
+            Self::Stream(s) => Pin::new(s.as_mut()).poll_frame(cx),
             Self::Tapped(b, tap) => {
                 let polled = Pin::new(b.as_mut()).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -165,7 +135,8 @@ impl hyper::body::Body for Body {
             Self::Empty => true,
             Self::Full(b) => b.is_none(),
             Self::Incoming(b) => b.is_end_stream(),
-            Self::Stream(_) | Self::Frames(_) => false,
+            Self::Stream(s) => s.is_end_stream(),
+            Self::Frames(_) => false,
             Self::Tapped(b, _) => b.is_end_stream(),
             Self::Guarded(g) => g.body.is_end_stream(),
         }
@@ -176,7 +147,8 @@ impl hyper::body::Body for Body {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Incoming(b) => b.size_hint(),
-            Self::Stream(_) | Self::Frames(_) => SizeHint::default(),
+            Self::Stream(s) => s.size_hint(),
+            Self::Frames(_) => SizeHint::default(),
             Self::Tapped(b, _) => b.size_hint(),
             Self::Guarded(g) => g.body.size_hint(),
         }

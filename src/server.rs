@@ -382,7 +382,7 @@ fn service<H: Handler>(
         let handler = Arc::clone(&handler);
         Box::pin(async move {
             let resp = handler.handle(req, peer).await;
-            Ok::<_, Infallible>(resp.map(|body| stalled::WatchedBody::new(body.into())))
+            Ok::<_, Infallible>(resp.map(|body| stalled::WatchedBody::new(body.into_sending())))
         }) as Pin<Box<dyn Future<Output = Answer> + Send>>
     })
 }
