@@ -174,7 +174,7 @@ fn millis(d: Duration) -> u32 {
 /// A response body that tells its HTTP/2 stream's watcher whether it is stalled; on
 /// HTTP/1.1 it only passes the body through (polled by no watcher, it finds no report to
 /// write to). It adds nothing to the body's size: hyper keeps it in every HTTP/2 stream's
-/// task.
+/// future.
 pub(crate) struct WatchedBody<B> {
     body: B,
 }
