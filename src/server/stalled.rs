@@ -30,6 +30,12 @@ thread_local! {
     static STREAM: Cell<Option<Report>> = const { Cell::new(None) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The size of the last stream future this thread's executor was handed.
+    static SPAWNED_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
 /// What a stream's body reports to its task's watcher during one poll of the task.
 #[derive(Debug, Clone, Copy, Default)]
 struct Report {
@@ -93,6 +99,8 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
+        #[cfg(test)]
+        SPAWNED_BYTES.set(std::mem::size_of::<F>());
         tokio::spawn(Watched {
             task: Box::pin(fut),
             owed: false,
@@ -308,6 +316,55 @@ mod tests {
             Err(oneshot::error::TryRecvError::Empty),
             "an idle stream is not stalled"
         );
+    }
+
+    /// Answers every request `200` with no body.
+    struct Ok200;
+
+    impl crate::server::Handler for Ok200 {
+        fn handle(
+            self: std::sync::Arc<Self>,
+            _req: hyper::Request<hyper::body::Incoming>,
+            _peer: std::net::SocketAddr,
+        ) -> impl Future<Output = hyper::Response<crate::response::Body>> + Send {
+            std::future::ready(crate::response::empty(hyper::StatusCode::OK))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http2_streams_future_fits_in_jemallocs_224_byte_class() {
+        // What every open HTTP/2 stream holds besides tokio's task is hyper's stream future,
+        // boxed on its own; its type, and so its size, is the same whatever body the handler
+        // answers with (an event stream's is kept in it unboxed).
+        let listener = crate::server::bind("test", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = crate::shutdown::Shutdown::new();
+        tokio::spawn(crate::server::serve(
+            listener,
+            std::sync::Arc::new(Ok200),
+            shutdown.clone(),
+            Duration::from_secs(1),
+            false,
+        ));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{addr}/"))
+            .body(())
+            .unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+        // The server runs on this thread (a current-thread runtime): its executor recorded
+        // the stream's future here.
+        let size = SPAWNED_BYTES.get();
+        assert!(
+            size > 128,
+            "hyper's stream future was spawned ({size} bytes)"
+        );
+        assert!(size <= 224, "hyper's stream future is {size} bytes");
+        shutdown.trigger();
     }
 
     #[test]
